@@ -1,0 +1,200 @@
+"""The base config (every key jaxtrain knows) and its validation.
+
+Config files in `configs/` start from `base_config()` and override a few
+fields. `validate()` checks a config against this schema and the registries of
+models, optimizers, schedules and datasets, and raises a one-line `UserError`
+before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+from jaxtrain import errors
+
+# Metrics that early stopping and best-checkpoint selection may rank by (they
+# are computed at every evaluation), with the direction that counts as better.
+RANKABLE_METRICS = {
+    "eval/accuracy": "max",
+    "eval/loss": "min",
+}
+
+PIPELINES = ("auto", "device", "grain")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the config with every key and its default value."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"
+  c.data.data_dir = ""  # "" = $JAXTRAIN_DATA_DIR or ~/.cache/jaxtrain/tensorflow_datasets.
+  c.data.train_split = "train"  # Any TFDS split string, e.g. "train[:90%]".
+  c.data.eval_split = "test"
+  c.data.batch_size = 128
+  c.data.eval_batch_size = 1000
+  # "device": the whole split lives on the device and batches are gathered
+  # inside jit (fast path for small data). "grain": a Grain pipeline streams
+  # from the TFDS data source. "auto": device when the split is small.
+  c.data.pipeline = "auto"
+  c.data.device_max_mb = 512
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"
+  c.model.hidden_sizes = (256, 256)  # mlp
+  c.model.features = (32, 64)  # cnn: channels per conv block
+  c.model.kernel_size = 3  # cnn
+  c.model.dense_size = 128  # cnn: width of the dense layer before the head
+  c.model.activation = "relu"
+  c.model.batch_norm = False
+  c.model.dropout_rate = 0.0  # A hyperparameter (array leaf in the state).
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"
+  c.optim.learning_rate = 1e-3  # Peak value; the schedule scales it.
+  c.optim.weight_decay = 0.0  # adamw: decoupled; others: L2 added to the gradient.
+  c.optim.momentum = 0.9  # momentum
+  c.optim.nesterov = False  # momentum
+  c.optim.b1 = 0.9  # adam, adamw
+  c.optim.b2 = 0.999  # adam, adamw
+  c.optim.eps = 1e-8  # adam, adamw
+  c.optim.clip_norm = 0.0  # Global-norm clipping; 0 = off.
+  c.optim.accumulate_steps = 1  # Gradient accumulation via optax.MultiSteps.
+  c.optim.schedule = ml_collections.ConfigDict()
+  c.optim.schedule.name = "constant"
+  c.optim.schedule.warmup_steps = 0  # Linear warmup from 0, for every schedule.
+  c.optim.schedule.end_factor = 0.0  # warmup_cosine, linear: final lr / peak lr.
+  c.optim.schedule.decay_rate = 0.5  # exponential
+  c.optim.schedule.transition_steps = 1000  # exponential
+  c.optim.schedule.boundaries = (1_000_000,)  # piecewise: steps where the lr is scaled...
+  c.optim.schedule.scales = (1.0,)  # piecewise: ...by these factors.
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.label_smoothing = 0.0  # A hyperparameter (array leaf in the state).
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 500
+  c.train.eval_every_steps = 100
+  c.train.log_every_steps = 50
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 250
+  c.checkpoint.keep = 2  # Latest checkpoints kept, plus the best one.
+  c.checkpoint.best_metric = "eval/accuracy"
+  c.checkpoint.async_save = True
+
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.metric = "eval/accuracy"
+  c.early_stopping.patience = 0  # Evaluations without improvement; 0 = off.
+  c.early_stopping.min_delta = 0.0
+  return c
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """Returns {'a.b.c': value} for every leaf of a (nested) config."""
+  out = {}
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(flatten(value, path + "."))
+    else:
+      out[path] = value
+  return out
+
+
+def _check_schema(config: ml_collections.ConfigDict) -> None:
+  """Every key is known and every value has the type of its default."""
+  known = flatten(base_config())
+  given = flatten(config)
+  for key, value in given.items():
+    if key not in known:
+      raise errors.UserError(
+          f"unknown config key {key!r}{errors.did_you_mean(key, known)}; "
+          "see jaxtrain/config.py for the keys that exist")
+    default = known[key]
+    if isinstance(default, bool):
+      ok = isinstance(value, bool)
+    elif isinstance(default, int):
+      ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, tuple):
+      ok = isinstance(value, (tuple, list))
+    else:
+      ok = isinstance(value, type(default))
+    if not ok:
+      raise errors.UserError(
+          f"config key {key!r} must be of type {type(default).__name__} "
+          f"(like the default {default!r}), got {value!r}")
+  for key in known:
+    if key not in given:
+      raise errors.UserError(
+          f"config key {key!r} is missing; start config files from "
+          "jaxtrain.config.base_config() so every key has a value")
+
+
+def _positive(config, *keys: str) -> None:
+  flat = flatten(config)
+  for key in keys:
+    if flat[key] <= 0:
+      raise errors.UserError(f"{key}={flat[key]!r} must be > 0")
+
+
+def _in_range(config, key: str, low: float, high: float) -> None:
+  value = flatten(config)[key]
+  if not (low <= value < high) or math.isnan(value):
+    raise errors.UserError(f"{key}={value!r} must be in [{low}, {high})")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line `UserError` for anything wrong with `config`.
+
+  Checks the schema (unknown or missing keys, wrong types), value ranges, and
+  that every named component (dataset, model, activation, optimizer, schedule,
+  metric) exists. Nothing is compiled or downloaded.
+  """
+  # Imported here so that `jaxtrain.config` stays cheap to import for configs.
+  from jaxtrain import models, optim  # pylint: disable=g-import-not-at-top
+  from jaxtrain.data import catalog  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise errors.UserError(
+        f"a config must be an ml_collections.ConfigDict, got {type(config).__name__}; "
+        "get_config() should return jaxtrain.config.base_config() with overrides")
+  _check_schema(config)
+  _positive(config, "data.batch_size", "data.eval_batch_size", "data.device_max_mb",
+            "train.num_steps", "train.eval_every_steps", "train.log_every_steps",
+            "checkpoint.every_steps", "checkpoint.keep", "optim.learning_rate",
+            "optim.accumulate_steps", "optim.schedule.transition_steps")
+  for key in ("optim.weight_decay", "optim.clip_norm", "optim.eps",
+              "optim.schedule.warmup_steps", "optim.schedule.end_factor",
+              "early_stopping.patience", "early_stopping.min_delta"):
+    value = flatten(config)[key]
+    if value < 0 or value != value:
+      raise errors.UserError(f"{key}={value!r} must be >= 0")
+  _in_range(config, "model.dropout_rate", 0.0, 1.0)
+  _in_range(config, "loss.label_smoothing", 0.0, 1.0)
+  for key in ("optim.momentum", "optim.b1", "optim.b2"):
+    _in_range(config, key, 0.0, 1.0)
+  if config.optim.schedule.warmup_steps >= config.train.num_steps:
+    raise errors.UserError(
+        f"optim.schedule.warmup_steps={config.optim.schedule.warmup_steps} must be "
+        f"smaller than train.num_steps={config.train.num_steps}")
+  if config.data.pipeline not in PIPELINES:
+    raise errors.unknown_choice("data.pipeline", config.data.pipeline, PIPELINES)
+  for key in ("checkpoint.best_metric", "early_stopping.metric"):
+    value = flatten(config)[key]
+    if value not in RANKABLE_METRICS:
+      raise errors.unknown_choice(key, value, RANKABLE_METRICS)
+  catalog.check_name(config.data.name)
+  models.check_config(config.model)
+  optim.check_config(config.optim)
+
+
+def mode_of(metric: str) -> str:
+  """'max' or 'min': which direction of `metric` is better."""
+  return RANKABLE_METRICS[metric]

@@ -1,0 +1,156 @@
+"""Finding datasets: the embedded ones and the TFDS catalog, one path for both.
+
+Every dataset is opened with `tfds.data_source` from an array_record copy in
+the data dir. The embedded datasets (`digits`, `mnist1d`) are prepared there on
+first use from the Python packages that ship them; catalog datasets (`mnist`,
+`cifar10`, ...) must have been prepared by the user, since nothing downloads at
+run time. Every failure becomes one `UserError` line that says what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jaxtrain import errors
+
+EMBEDDED = ("digits", "mnist1d")
+
+
+def default_data_dir() -> str:
+  """$JAXTRAIN_DATA_DIR, else ~/.cache/jaxtrain/tensorflow_datasets."""
+  env = os.environ.get("JAXTRAIN_DATA_DIR")
+  if env:
+    return env
+  return str(Path.home() / ".cache" / "jaxtrain" / "tensorflow_datasets")
+
+
+@functools.cache
+def _catalog_names() -> tuple[str, ...]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from jaxtrain.data import builders  # pylint: disable=g-import-not-at-top,unused-import
+  # Community datasets are excluded: listing them goes to the network.
+  return tuple(tfds.list_builders(with_community_datasets=False))
+
+
+def check_name(name: str) -> None:
+  """Raises a `UserError` unless `name` is an embedded or TFDS catalog dataset."""
+  base = name.split("/")[0].split(":")[0]
+  if base in EMBEDDED:
+    return
+  names = _catalog_names()
+  if base not in names:
+    raise errors.UserError(
+        f"data.name={name!r} is not a known dataset{errors.did_you_mean(base, names)}; "
+        f"embedded: {', '.join(EMBEDDED)}; or any TFDS catalog name "
+        "(e.g. mnist, cifar10) prepared in array_record format")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the loop needs to know about a dataset."""
+  name: str
+  input_key: str
+  label_key: str
+  num_classes: int
+  input_shape: tuple[int, ...]
+  input_dtype: str
+
+
+def _prepare_hint(name: str, data_dir: str) -> str:
+  return (f"prepare it with `tfds build {name} --data_dir={data_dir} "
+          "--file_format=array_record` on a machine with internet access (or with "
+          "--manual_dir for manually downloaded files), then copy the data dir here "
+          "or set data.data_dir")
+
+
+def open_split(name: str, split: str, data_dir: str = ""):
+  """Returns (random-access source, DatasetInfo) for one split of a dataset.
+
+  The source supports `len()`, `source[i]` and `source.__getitems__(indices)`,
+  each example a dict of numpy values.
+
+  Raises:
+    UserError: the dataset is not available here, or the split does not exist.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from jaxtrain.data import builders  # pylint: disable=g-import-not-at-top,unused-import
+
+  check_name(name)
+  data_dir = data_dir or default_data_dir()
+  base = name.split("/")[0].split(":")[0]
+  embedded = base in EMBEDDED
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except Exception as e:  # TFDS raises many types here; all mean "cannot open".
+    raise errors.UserError(f"dataset {name!r} cannot be opened from {data_dir}: "
+                           f"{_first_line(e)}") from None
+  if not builder.is_prepared():
+    if not embedded:
+      raise errors.UserError(
+          f"dataset {name!r} is not prepared in {data_dir} and nothing is downloaded "
+          f"at run time; {_prepare_hint(name, data_dir)}")
+    try:
+      Path(data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise errors.UserError(f"data.data_dir={data_dir!r} cannot be created ({e.strerror}); "
+                             "set data.data_dir to a writable directory") from None
+    tfds.disable_progress_bar()  # The data is small; a bar per split is noise.
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  file_format = builder.info.file_format
+  if file_format is not None and getattr(file_format, "value", file_format) != "array_record":
+    raise errors.UserError(
+        f"dataset {name!r} in {data_dir} is prepared as {getattr(file_format, 'value', file_format)}, "
+        f"but random access needs array_record; {_prepare_hint(name, data_dir)}")
+  try:
+    source = builder.as_data_source(split=split)
+  except Exception as e:  # Unknown or malformed split strings.
+    raise errors.UserError(
+        f"split {split!r} of dataset {name!r} cannot be read ({_first_line(e)}); "
+        f"available splits: {', '.join(sorted(builder.info.splits.keys()))}") from None
+  return source, _info_of(name, builder.info)
+
+
+def _info_of(name: str, info) -> DatasetInfo:
+  if not info.supervised_keys:
+    raise errors.UserError(
+        f"dataset {name!r} has no supervised (input, label) keys; jaxtrain trains "
+        "classifiers on datasets that declare them")
+  input_key, label_key = info.supervised_keys[:2]
+  label_feature = info.features[label_key]
+  num_classes = getattr(label_feature, "num_classes", None)
+  if not num_classes:
+    raise errors.UserError(f"dataset {name!r}: label {label_key!r} is not a ClassLabel")
+  input_feature = info.features[input_key]
+  return DatasetInfo(
+      name=name, input_key=input_key, label_key=label_key, num_classes=int(num_classes),
+      input_shape=tuple(input_feature.shape), input_dtype=np.dtype(input_feature.np_dtype).name)
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def to_model_inputs(inputs: np.ndarray) -> np.ndarray:
+  """Float32 model inputs: uint8 images scaled to [0, 1], floats unchanged.
+
+  A batch-level transform (the same function serves both pipelines), so it
+  costs one vectorized numpy call per batch.
+  """
+  if inputs.dtype == np.uint8:
+    return inputs.astype(np.float32) / np.float32(255.0)
+  return inputs.astype(np.float32, copy=False)
+
+
+def load_arrays(source, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole split into (inputs float32, labels int32) numpy arrays."""
+  examples = source.__getitems__(range(len(source)))
+  inputs = np.stack([ex[info.input_key] for ex in examples])
+  labels = np.asarray([ex[info.label_key] for ex in examples], np.int32)
+  return to_model_inputs(inputs), labels

@@ -1,0 +1,141 @@
+"""Training and evaluation input: a device-resident path and a Grain path.
+
+Both produce batches `{"inputs": float32[B, ...], "labels": int32[B]}` in an
+order fixed by the seed, and both resume exactly:
+
+- `DeviceData`: the whole split lives on the device; the batch for step `s` is
+  gathered inside jit from a per-epoch permutation, so the order is a pure
+  function of `(data_key, s)` and the train state's step is all resume needs.
+  This is the fast path: no host work per step.
+- `GrainData`: a Grain `MapDataset` over the TFDS data source (shuffle, repeat,
+  batch, batch-level transform) with a checkpointable iterator, for data that
+  does not fit on the device. Its iterator state is saved with the train state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtrain.data import catalog
+
+
+def device_batch(data: dict[str, jax.Array], data_key: jax.Array, step: jax.Array,
+                 batch_size: int) -> dict[str, jax.Array]:
+  """The batch for `step` from device-resident `data` (pure; call inside jit).
+
+  Each epoch is a fresh permutation of the split seeded by `(data_key, epoch)`;
+  the last incomplete batch of an epoch is dropped, as in the Grain path.
+  """
+  num_examples = data["labels"].shape[0]
+  steps_per_epoch = num_examples // batch_size
+  epoch = step // steps_per_epoch
+  order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+  start = (step % steps_per_epoch) * batch_size
+  indices = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
+  return {k: jnp.take(v, indices, axis=0) for k, v in data.items()}
+
+
+@dataclasses.dataclass
+class DeviceData:
+  """A training split held on the device (see `device_batch`)."""
+  arrays: dict[str, jax.Array]
+  data_key: jax.Array
+  batch_size: int
+  kind: str = "device"
+
+  def sample_batch(self) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v[: self.batch_size]) for k, v in self.arrays.items()}
+
+
+class GrainData:
+  """A Grain pipeline over a TFDS data source with a checkpointable iterator."""
+
+  kind = "grain"
+
+  def __init__(self, source, info: catalog.DatasetInfo, batch_size: int, seed: int):
+    import grain  # pylint: disable=g-import-not-at-top
+    self.batch_size = batch_size
+    input_key, label_key = info.input_key, info.label_key
+
+    def to_batch(examples):
+      return {"inputs": catalog.to_model_inputs(np.asarray(examples[input_key])),
+              "labels": np.asarray(examples[label_key], np.int32)}
+
+    # shuffle -> repeat gives every epoch its own permutation of the split.
+    dataset = (grain.MapDataset.source(source)
+               .shuffle(seed=seed)
+               .repeat(None)
+               .batch(batch_size, drop_remainder=True)
+               .map(to_batch))
+    self.iterator = iter(dataset)
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self.iterator
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self.iterator)
+
+  def sample_batch(self) -> dict[str, np.ndarray]:
+    # Peek without advancing: copy the state, read one batch, put it back.
+    state = self.iterator.get_state()
+    batch = next(self.iterator)
+    self.iterator.set_state(state)
+    return batch
+
+
+def choose_pipeline(requested: str, num_examples: int, input_shape, max_mb: int) -> str:
+  """'device' or 'grain' for data.pipeline='auto' by the split's size in float32."""
+  if requested != "auto":
+    return requested
+  megabytes = num_examples * math.prod(input_shape) * 4 / 2**20
+  return "device" if megabytes <= max_mb else "grain"
+
+
+def create_train_data(data_config, seed: int):
+  """Opens the training split; returns (DeviceData or GrainData, DatasetInfo)."""
+  source, info = catalog.open_split(data_config.name, data_config.train_split,
+                                    data_config.data_dir)
+  kind = choose_pipeline(data_config.pipeline, len(source), info.input_shape,
+                         data_config.device_max_mb)
+  if len(source) < data_config.batch_size:
+    from jaxtrain import errors  # pylint: disable=g-import-not-at-top
+    raise errors.UserError(
+        f"data.batch_size={data_config.batch_size} is larger than the "
+        f"{len(source)} examples of {data_config.name}:{data_config.train_split}; "
+        "lower data.batch_size")
+  if kind == "device":
+    inputs, labels = catalog.load_arrays(source, info)
+    arrays = {"inputs": jnp.asarray(inputs), "labels": jnp.asarray(labels)}
+    data_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x0DA7A)
+    return DeviceData(arrays, data_key, data_config.batch_size), info
+  return GrainData(source, info, data_config.batch_size, seed), info
+
+
+def load_eval_arrays(data_config) -> tuple[np.ndarray, np.ndarray]:
+  """The evaluation split as host numpy arrays (inputs, labels)."""
+  source, info = catalog.open_split(data_config.name, data_config.eval_split,
+                                    data_config.data_dir)
+  return catalog.load_arrays(source, info)
+
+
+def eval_batches(inputs: np.ndarray, labels: np.ndarray, batch_size: int):
+  """Yields fixed-shape batches with a `mask`; the last one is zero-padded.
+
+  Fixed shapes mean one compiled eval step however the split divides.
+  """
+  batch_size = min(batch_size, len(labels))
+  for start in range(0, len(labels), batch_size):
+    x, y = inputs[start:start + batch_size], labels[start:start + batch_size]
+    pad = batch_size - len(y)
+    mask = np.ones(batch_size, np.float32)
+    if pad:
+      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+      mask[batch_size - pad:] = 0.0
+    yield {"inputs": x, "labels": y, "mask": mask}

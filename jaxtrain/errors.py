@@ -1,0 +1,31 @@
+"""The one exception type for mistakes a user can fix.
+
+`main` prints a `UserError` as a single line on stderr and exits with code 2;
+the Python API lets it propagate. The message names the key, path or value and
+says what to do about it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+  """A problem in the user's input (config, workdir, dataset), not a bug."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+  """Returns ' (did you mean X?)' for the closest choice, or ''."""
+  close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_choice(key: str, value: str, choices: Iterable[str]) -> UserError:
+  """A `UserError` for a name that is not among `choices`."""
+  choices = sorted(choices)
+  return UserError(
+      f"{key}={value!r} is not known{did_you_mean(value, choices)}; "
+      f"choose one of: {', '.join(choices)}")

@@ -1,0 +1,87 @@
+"""Models as two pure functions, and the built-in Flax models.
+
+The loop sees a model only through `Model.init(rng, batch) -> variables` and
+`Model.apply(variables, batch, rng, train, hparams) -> (logits, new_mutable)`.
+`hparams` holds model-side hyperparameters as arrays (e.g. `dropout_rate`), so
+a tuner can change them without recompiling. Any Flax module whose `__call__`
+takes `(inputs, *, train, **hparams)` plugs in through `from_flax`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from jaxtrain import errors
+from jaxtrain.models import cnn, layers, mlp
+
+NAMES = ("mlp", "cnn")
+MODEL_HPARAMS = ("dropout_rate",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  init: Callable[[jax.Array, dict], dict]
+  apply: Callable[..., tuple[jax.Array, dict]]
+
+
+def from_flax(module) -> Model:
+  """Adapts a Flax linen module to the `Model` contract.
+
+  Every variable collection other than `params` (e.g. `batch_stats`) is treated
+  as mutable model state during training.
+  """
+
+  def init(rng: jax.Array, batch: dict) -> dict:
+    params_rng, dropout_rng = jax.random.split(rng)
+    return dict(module.init({"params": params_rng, "dropout": dropout_rng},
+                            batch["inputs"], train=False))
+
+  def apply(variables: dict, batch: dict, rng: jax.Array, train: bool,
+            hparams: dict[str, Any]) -> tuple[jax.Array, dict]:
+    mutable = [k for k in variables if k != "params"] if train else []
+    mutable = mutable or False  # Flax returns (out, state) for any list, even [].
+    out = module.apply(variables, batch["inputs"], train=train, rngs={"dropout": rng},
+                       mutable=mutable, **hparams)
+    if mutable:
+      logits, new_state = out
+      return logits, dict(new_state)
+    return out, {}
+
+  return Model(init=init, apply=apply)
+
+
+def check_config(model_config) -> None:
+  """Raises `UserError` for an unknown model name or a bad model field."""
+  if model_config.name not in NAMES:
+    raise errors.unknown_choice("model.name", model_config.name, NAMES)
+  if model_config.activation not in layers.ACTIVATIONS:
+    raise errors.unknown_choice("model.activation", model_config.activation, layers.ACTIVATIONS)
+  for key in ("hidden_sizes", "features"):
+    sizes = tuple(model_config[key])
+    if (key == "features" or sizes) and (not sizes or any(
+        not isinstance(s, int) or s <= 0 for s in sizes)):
+      raise errors.UserError(f"model.{key}={sizes!r} must be a tuple of positive integers")
+  for key in ("kernel_size", "dense_size"):
+    if model_config[key] <= 0:
+      raise errors.UserError(f"model.{key}={model_config[key]!r} must be > 0")
+
+
+def build(model_config, num_classes: int, input_shape: tuple[int, ...]) -> Model:
+  """Builds the model named by `model_config.name` (typed config made here, at the edge)."""
+  check_config(model_config)
+  common = dict(num_classes=num_classes, activation=model_config.activation,
+                batch_norm=model_config.batch_norm, dropout=model_config.dropout_rate > 0)
+  if model_config.name == "mlp":
+    return from_flax(mlp.MLP(mlp.MLPConfig(
+        hidden_sizes=tuple(model_config.hidden_sizes), **common)))
+  spatial_dims = 1 if len(input_shape) == 1 else len(input_shape) - 1
+  if spatial_dims not in (1, 2):
+    raise errors.UserError(
+        f"model.name='cnn' needs inputs of shape (L,), (L, C) or (H, W, C); got {input_shape}")
+  return from_flax(cnn.CNN(cnn.CNNConfig(
+      spatial_dims=spatial_dims, features=tuple(model_config.features),
+      kernel_size=model_config.kernel_size, dense_size=model_config.dense_size, **common)))

@@ -1,0 +1,31 @@
+"""Small layers the built-in models share."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "tanh": jnp.tanh,
+    "elu": nn.elu,
+}
+
+
+class Dropout(nn.Module):
+  """Dropout whose rate is an array, so a tuner can change it without recompiling.
+
+  `flax.linen.Dropout` takes its rate as a Python float fixed at construction
+  (and branches on it), which would bake the hyperparameter into the program.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, rate: jax.Array, *, train: bool) -> jax.Array:
+    if not train:
+      return x
+    keep = 1.0 - jnp.asarray(rate, x.dtype)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))

@@ -1,0 +1,249 @@
+"""The training loop: build -> restore -> step -> periodic actions -> save.
+
+Read top to bottom; each section is labelled. All side effects of a run
+(files, checkpoints, progress output) live here; what it calls is pure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxtrain import checkpoint as checkpoint_lib
+from jaxtrain import config as config_lib
+from jaxtrain import errors, models, optim, provenance, step as step_lib, writers
+from jaxtrain import metrics as metrics_lib
+from jaxtrain import state as state_lib
+from jaxtrain.data import pipeline
+
+TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "learning_rate", "count")
+
+
+def prepare_workdir(workdir: str | Path) -> Path:
+  """Creates `workdir` if needed; raises `UserError` if it cannot be written."""
+  path = Path(workdir).expanduser()
+  if path.exists() and not path.is_dir():
+    raise errors.UserError(f"--workdir {path} is a file, not a directory; "
+                           "pass a directory path (it is created if missing)")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".jaxtrain_write_test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise errors.UserError(f"--workdir {path} is not writable ({e.strerror}); "
+                           "choose a directory you can write to") from None
+  return path
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """Flattened keys whose values differ between two config dicts."""
+  def norm(d):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config_lib.flatten(d).items()}
+  a, b = norm(old), norm(new)
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _snapshot_config(config: ml_collections.ConfigDict, workdir: Path, resuming: bool,
+                     allow_config_change: bool) -> None:
+  path = workdir / "config.json"
+  new = json.loads(config.to_json())
+  if resuming and path.exists():
+    diff = config_differences(json.loads(path.read_text()), new)
+    if diff and not allow_config_change:
+      raise errors.UserError(
+          f"{workdir} holds a run with a different config (keys: {', '.join(diff)}); "
+          "use a new --workdir, or pass --allow_config_change to resume with the new values")
+  path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
+        stop_after_steps: int | None = None, allow_config_change: bool = False) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`; returns the contents of final.json.
+
+  Args:
+    config: a config from `jaxtrain.config.base_config()` plus overrides.
+    workdir: the run's directory; an existing checkpoint there is resumed.
+    stop_after_steps: stop after this step (saving a checkpoint), as a
+      preempted job would; running again continues from there.
+    allow_config_change: resume even if config.json in `workdir` differs.
+
+  Raises:
+    UserError: bad config, workdir, dataset or checkpoint (before compiling).
+  """
+  wall_start = time.perf_counter()
+  # --- Config and workdir: every check that can fail does so before device work.
+  config_lib.validate(config)
+  workdir = prepare_workdir(workdir)
+  c = config
+  num_steps = c.train.num_steps
+
+  # --- Input.
+  train_data, info = pipeline.create_train_data(c.data, c.seed)
+  eval_inputs, eval_labels = pipeline.load_eval_arrays(c.data)
+  eval_batches = [jax.device_put(b) for b in
+                  pipeline.eval_batches(eval_inputs, eval_labels, c.data.eval_batch_size)]
+
+  # --- Model, optimizer, state.
+  model = models.build(c.model, info.num_classes, info.input_shape)
+  tx, schedule = optim.build(c.optim, num_steps)
+  hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
+  create = jax.jit(lambda batch, rng: state_lib.create(model, tx, batch, hparams, rng))
+  state = create(train_data.sample_batch(), jax.random.PRNGKey(c.seed))
+
+  # --- Checkpoints: restore the latest if there is one.
+  ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
+                                     async_save=c.checkpoint.async_save)
+  grain_iterator = train_data.iterator if train_data.kind == "grain" else None
+  loop_state = {"best_score": None, "best_step": None, "best_eval": {},
+                "stop_best": None, "evals_since_best": 0, "elapsed_sec": 0.0}
+  latest = ckpts.latest_step()
+  _snapshot_config(c, workdir, latest is not None, allow_config_change)
+  if latest is not None:
+    state, loop_state = ckpts.restore(latest, state, grain_iterator)
+  start_step = int(state.step)
+  (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
+
+  # --- Compiled steps. State and metric sums are donated: updated in place.
+  traces = []  # One entry per trace of the train step; more than one = a recompile.
+
+  def train_fn(state, acc, data, data_key):
+    traces.append(1)
+    if train_data.kind == "device":
+      data = pipeline.device_batch(data, data_key, state.step, c.data.batch_size)
+    return step_lib.accumulate_train_step(model, tx, schedule, state, acc, data)
+
+  train_fn = jax.jit(train_fn, donate_argnums=(0, 1))
+  eval_fn = jax.jit(functools.partial(step_lib.eval_step, model))
+
+  def evaluate(state) -> dict[str, float]:
+    sums = None
+    for batch in eval_batches:
+      batch_sums = eval_fn(state, batch)
+      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    return metrics_lib.compute(sums, prefix="eval/")
+
+  def new_acc():
+    return {k: jnp.zeros((), jnp.float32) for k in TRAIN_METRICS}
+
+  # --- Writers.
+  metrics_log = writers.MetricsLog(workdir, start_step)
+  tensorboard = writers.TensorBoard(
+      workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
+      ["eval/accuracy", "eval/loss"])
+  progress = writers.Progress(num_steps, start_step)
+
+  best_metric, best_mode = c.checkpoint.best_metric, config_lib.mode_of(c.checkpoint.best_metric)
+  stop_metric, stop_mode = c.early_stopping.metric, config_lib.mode_of(c.early_stopping.metric)
+
+  def score_of(eval_metrics, metric, mode):  # Higher is better; NaN stays NaN.
+    value = eval_metrics[metric]
+    return value if mode == "max" else -value
+
+  def write_record(step, values):
+    metrics_log.write(step, values)
+    tensorboard.write(step, values)
+    progress.update(step, values)
+
+  def flush(pending):
+    p_step, p_acc, p_rate, p_eval = pending
+    write_record(p_step, {**metrics_lib.compute(p_acc, prefix="train/"),
+                          "steps_per_sec": p_rate, **p_eval})
+
+  # --- Loop.
+  if train_data.kind == "device":
+    data_args = (train_data.arrays, train_data.data_key)
+  acc = new_acc()
+  pending = None  # (step, metric sums on device, steps/s, eval values): fetched one step late.
+  last_eval: dict[str, float] = {}
+  status = "completed"
+  step = start_step
+  t_interval, steps_interval, paused_sec = time.perf_counter(), 0, 0.0
+  session_start = time.perf_counter()
+  while step < num_steps:
+    if train_data.kind == "grain":
+      data_args = (next(train_data), None)
+    state, acc = train_fn(state, acc, *data_args)
+    step += 1
+    steps_interval += 1
+
+    # Metrics of the last log step are pulled to the host only now, after the
+    # next step is queued, so the device never waits for the host.
+    if pending is not None:
+      flush(pending)
+      pending = None
+
+    is_last = step == num_steps or step == stop_after_steps
+    is_log = step % c.train.log_every_steps == 0 or is_last
+    is_eval = step % c.train.eval_every_steps == 0 or is_last
+    is_save = step % c.checkpoint.every_steps == 0 or is_last
+    t_pause = time.perf_counter()  # Eval and saves are not counted in steps/s.
+    rate = steps_interval / max(t_pause - t_interval - paused_sec, 1e-9)
+
+    eval_values: dict[str, float] = {}
+    if is_eval:
+      eval_values = last_eval = evaluate(state)
+      score = score_of(eval_values, best_metric, best_mode)
+      if math.isfinite(score) and (loop_state["best_score"] is None
+                                   or score > loop_state["best_score"]):
+        loop_state.update(best_score=score, best_step=step, best_eval=eval_values)
+        is_save = True  # So the best checkpoint exists on disk.
+      stop_score = score_of(eval_values, stop_metric, stop_mode)
+      previous = loop_state.get("stop_best")
+      if math.isfinite(stop_score) and (
+          previous is None or stop_score > previous + c.early_stopping.min_delta):
+        loop_state.update(stop_best=stop_score, evals_since_best=0)
+      else:
+        loop_state["evals_since_best"] += 1
+      if 0 < c.early_stopping.patience <= loop_state["evals_since_best"]:
+        status, is_last, is_save, is_log = "early_stopped", True, True, True
+    if is_log:
+      pending = (step, acc, rate, eval_values)
+      acc = new_acc()
+      t_interval, steps_interval, paused_sec = t_pause, 0, 0.0
+    elif is_eval:
+      write_record(step, eval_values)
+    if is_save:
+      loop_state["elapsed_sec"] += time.perf_counter() - session_start
+      session_start = time.perf_counter()
+      ckpts.save(step, state, loop_state, grain_iterator,
+                 score=score_of(eval_values, best_metric, best_mode) if eval_values else None)
+    paused_sec += time.perf_counter() - t_pause
+    if is_last:
+      if status == "completed" and step < num_steps:
+        status = "stopped"
+      break
+
+  if pending is not None:
+    flush(pending)
+  if not last_eval:  # Resumed a finished run: report its final evaluation again.
+    last_eval = evaluate(state)
+  ckpts.close()
+  loop_state["elapsed_sec"] += time.perf_counter() - session_start
+  metrics_log.close()
+  tensorboard.close()
+  progress.close()
+
+  # --- Final record.
+  final = {
+      "status": status,
+      "step": int(state.step),
+      "final": last_eval,
+      "best": {"metric": best_metric, "step": loop_state["best_step"], **loop_state["best_eval"]},
+      "train_time_sec": loop_state["elapsed_sec"],
+      "wall_time_sec": time.perf_counter() - wall_start,
+      "params_sha256": state_lib.params_sha256(state.params),
+      "num_params": state_lib.num_params(state.params),
+      "train_step_compiles": len(traces),
+      "checkpoint_steps": ckpts.all_steps(),
+  }
+  (workdir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+  return final
