@@ -99,6 +99,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   create = jax.jit(lambda batch, rng: state_lib.create(model, tx, batch, hparams, rng))
   state = create(train_data.sample_batch(), jax.random.PRNGKey(c.seed))
 
+  def new_acc():
+    return {k: jnp.zeros((), jnp.float32) for k in TRAIN_METRICS}
+
   # --- Checkpoints: restore the latest if there is one.
   ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
                                      async_save=c.checkpoint.async_save)
@@ -107,8 +110,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                 "stop_best": None, "evals_since_best": 0, "elapsed_sec": 0.0}
   latest = ckpts.latest_step()
   _snapshot_config(c, workdir, latest is not None, allow_config_change)
+  acc = new_acc()
   if latest is not None:
-    state, loop_state = ckpts.restore(latest, state, grain_iterator)
+    restored, loop_state = ckpts.restore(latest, {"train_state": state, "metric_sums": acc},
+                                         grain_iterator)
+    state, acc = restored["train_state"], restored["metric_sums"]
   start_step = int(state.step)
   (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
 
@@ -131,8 +137,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     return metrics_lib.compute(sums, prefix="eval/")
 
-  def new_acc():
-    return {k: jnp.zeros((), jnp.float32) for k in TRAIN_METRICS}
 
   # --- Writers.
   metrics_log = writers.MetricsLog(workdir, start_step)
@@ -161,7 +165,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # --- Loop.
   if train_data.kind == "device":
     data_args = (train_data.arrays, train_data.data_key)
-  acc = new_acc()
   pending = None  # (step, metric sums on device, steps/s, eval values): fetched one step late.
   last_eval: dict[str, float] = {}
   status = "completed"
@@ -181,9 +184,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       flush(pending)
       pending = None
 
-    is_last = step == num_steps or step == stop_after_steps
-    is_log = step % c.train.log_every_steps == 0 or is_last
-    is_eval = step % c.train.eval_every_steps == 0 or is_last
+    # A requested stop saves a checkpoint but adds no log record or evaluation,
+    # so the resumed run's records are exactly those of an uninterrupted run.
+    is_end = step == num_steps
+    is_last = is_end or step == stop_after_steps
+    is_log = step % c.train.log_every_steps == 0 or is_end
+    is_eval = step % c.train.eval_every_steps == 0 or is_end
     is_save = step % c.checkpoint.every_steps == 0 or is_last
     t_pause = time.perf_counter()  # Eval and saves are not counted in steps/s.
     rate = steps_interval / max(t_pause - t_interval - paused_sec, 1e-9)
@@ -214,7 +220,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if is_save:
       loop_state["elapsed_sec"] += time.perf_counter() - session_start
       session_start = time.perf_counter()
-      ckpts.save(step, state, loop_state, grain_iterator,
+      # The partial metric sums are saved too: the next log record averages
+      # the same steps whether or not the run was interrupted in between.
+      ckpts.save(step, {"train_state": state, "metric_sums": acc}, loop_state, grain_iterator,
                  score=score_of(eval_values, best_metric, best_mode) if eval_values else None)
     paused_sec += time.perf_counter() - t_pause
     if is_last:

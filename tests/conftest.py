@@ -1,0 +1,46 @@
+"""Shared test setup: 8 fake CPU devices, strict dtypes, one data dir per session."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxtrain.config import base_config  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory):
+  """Embedded datasets are prepared once per session into a private dir."""
+  path = os.environ.get("JAXTRAIN_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+  os.environ["JAXTRAIN_DATA_DIR"] = path
+  return path
+
+
+def tiny_config(**overrides):
+  """A digits MLP small enough to train in about a second."""
+  c = base_config()
+  c.data.batch_size = 32
+  c.model.hidden_sizes = (64,)
+  c.optim.learning_rate = 1e-2
+  c.train.num_steps = 60
+  c.train.eval_every_steps = 20
+  c.train.log_every_steps = 10
+  c.checkpoint.every_steps = 20
+  c.checkpoint.keep = 2
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture
+def strict_dtypes():
+  with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+    yield

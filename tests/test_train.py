@@ -1,0 +1,135 @@
+"""The training loop end to end: results, files, resume, compile count."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxtrain import train, writers
+from tests.conftest import tiny_config
+
+
+def _losses(workdir):
+  return [(r["step"], r.get("train/loss"), r.get("eval/accuracy"))
+          for r in writers.read_metrics(workdir)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("full")
+  return workdir, train.run(tiny_config(), workdir)
+
+
+def test_writes_the_workdir_record(uninterrupted):
+  workdir, final = uninterrupted
+  for name in ("config.json", "provenance.json", "metrics.jsonl", "final.json"):
+    assert (workdir / name).is_file(), name
+  assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard event file"
+  assert json.loads((workdir / "final.json").read_text()) == json.loads(json.dumps(final))
+  assert final["status"] == "completed" and final["step"] == 60
+  records = writers.read_metrics(workdir)
+  assert [r["step"] for r in records] == list(range(10, 61, 10))
+  for r in records:
+    assert {"train/loss", "train/accuracy", "steps_per_sec", "train/learning_rate"} <= set(r)
+  assert {"eval/loss", "eval/accuracy"} <= set(records[1])
+  assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 60
+  prov = json.loads((workdir / "provenance.json").read_text())
+  assert prov["packages"]["jax"] and prov["devices"]
+
+
+def test_learns_and_matches_golden_metrics(uninterrupted):
+  # Golden values for tiny_config() on CPU. If a deliberate change moves them
+  # (model init, data order, optimizer), rerun this test, check that accuracy
+  # is still high, and update the numbers in the same commit.
+  workdir, final = uninterrupted
+  first = writers.read_metrics(workdir)[0]
+  assert first["train/loss"] == pytest.approx(GOLDEN_FIRST_LOSS, rel=1e-4)
+  assert final["final"]["eval/accuracy"] == pytest.approx(GOLDEN_FINAL_ACCURACY, abs=1e-6)
+  assert final["final"]["eval/accuracy"] > 0.9
+
+
+def test_one_compile_for_the_whole_run(uninterrupted):
+  _, final = uninterrupted
+  assert final["train_step_compiles"] == 1
+
+
+def test_keeps_latest_and_best_checkpoints(uninterrupted):
+  workdir, final = uninterrupted
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == sorted(final["checkpoint_steps"])
+  assert 60 in steps and final["best"]["step"] in steps
+  assert len(steps) <= 2 + 1
+
+
+@pytest.mark.parametrize("pipeline", ["device", "grain"])
+def test_resume_is_bitwise_identical(tmp_path, pipeline):
+  config = tiny_config(**{"data.pipeline": pipeline})
+  full = train.run(config, tmp_path / "full")
+  first = train.run(config, tmp_path / "resumed", stop_after_steps=30)
+  assert first["status"] == "stopped" and first["step"] == 30
+  second = train.run(config, tmp_path / "resumed")
+  assert second["status"] == "completed" and second["step"] == 60
+  assert second["params_sha256"] == full["params_sha256"]
+  assert _losses(tmp_path / "resumed") == _losses(tmp_path / "full")
+  assert second["final"] == full["final"]
+
+
+def test_resume_after_crash_between_checkpoints(tmp_path):
+  """Steps after the last checkpoint are redone; their log lines are not duplicated."""
+  config = tiny_config()
+  full = train.run(config, tmp_path / "full")
+  train.run(config, tmp_path / "crashed", stop_after_steps=40)
+  # Simulate a crash at step 50: checkpoint 50 never committed, logs got to 50.
+  import shutil
+  workdir = tmp_path / "crashed"
+  train.run(config, tmp_path / "scratch", stop_after_steps=50)
+  shutil.copy(tmp_path / "scratch" / "metrics.jsonl", workdir / "metrics.jsonl")
+  assert writers.read_metrics(workdir)[-1]["step"] == 50
+  resumed = train.run(config, workdir)
+  assert resumed["params_sha256"] == full["params_sha256"]
+  assert _losses(workdir) == _losses(tmp_path / "full")
+
+
+def test_rerunning_a_finished_run_changes_nothing(uninterrupted, tmp_path):
+  config = tiny_config()
+  workdir = tmp_path / "again"
+  first = train.run(config, workdir)
+  again = train.run(config, workdir)
+  assert again["params_sha256"] == first["params_sha256"]
+  assert again["step"] == 60 and again["final"] == first["final"]
+
+
+def test_refuses_to_resume_with_a_different_config(tmp_path):
+  from jaxtrain import errors
+  train.run(tiny_config(), tmp_path, stop_after_steps=20)
+  with pytest.raises(errors.UserError, match="optim.learning_rate"):
+    train.run(tiny_config(**{"optim.learning_rate": 0.1}), tmp_path)
+
+
+def test_early_stopping(tmp_path):
+  config = tiny_config(**{"train.num_steps": 400, "train.eval_every_steps": 10,
+                          "early_stopping.patience": 2, "early_stopping.min_delta": 0.5,
+                          "early_stopping.metric": "eval/loss"})
+  final = train.run(config, tmp_path)
+  # eval/loss at steps 10..40 is 1.343, 0.772, 0.449, 0.313 (see the golden
+  # run): 20 improves on 10 by more than min_delta=0.5, then 30 and 40 do not
+  # improve on 0.772 by 0.5, so the second miss stops the run at step 40.
+  assert final["status"] == "early_stopped"
+  assert final["step"] == 40
+  records = writers.read_metrics(tmp_path)
+  assert records[-1]["step"] == 40 and "eval/loss" in records[-1]
+
+
+def test_dropout_batchnorm_label_smoothing_train(tmp_path):
+  config = tiny_config(**{"model.dropout_rate": 0.1, "model.batch_norm": True,
+                          "loss.label_smoothing": 0.1, "optim.name": "adamw",
+                          "optim.weight_decay": 1e-4, "optim.schedule.name": "warmup_cosine",
+                          "optim.schedule.warmup_steps": 10, "optim.clip_norm": 1.0,
+                          "optim.accumulate_steps": 2})
+  final = train.run(config, tmp_path)
+  assert final["final"]["eval/accuracy"] > 0.8
+  assert np.isfinite(final["final"]["eval/loss"])
+
+
+GOLDEN_FIRST_LOSS = 1.8803276062011718
+GOLDEN_FINAL_ACCURACY = 0.9472222222222222
