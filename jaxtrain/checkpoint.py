@@ -70,6 +70,11 @@ class Checkpoints:
           "saved with") from None
     return restored["state"], dict(restored["loop"])
 
+  def restore_loop(self, step: int) -> dict[str, Any]:
+    """Only the loop state (JSON) of a checkpoint."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+    return dict(restored["loop"])
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -91,6 +91,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.early_stopping.metric = "eval/accuracy"
   c.early_stopping.patience = 0  # Evaluations without improvement; 0 = off.
   c.early_stopping.min_delta = 0.0
+
+  # Tuning: a population of settings trained together (see jaxtrain/tune/).
+  c.tune = ml_collections.ConfigDict()
+  c.tune.strategy = "none"  # none | grid | random | pbt | halving | bayes
+  c.tune.population_size = 8  # Members trained at once (grid: all grid points).
+  c.tune.metric = "eval/accuracy"  # Evaluated every train.eval_every_steps.
+  c.tune.space = ml_collections.ConfigDict()  # e.g. space.optim.learning_rate = "loguniform(1e-4, 1e-1)"
+  c.tune.grid_points = 3  # grid: values per continuous dimension.
+  c.tune.execution = "auto"  # vmap | map | auto (map for conv models on CPU).
+  c.tune.steps_per_call = 1  # Steps per dispatch (lax.scan); must divide eval_every_steps.
+  c.tune.per_member_data_order = True
+  c.tune.shard_population = True  # Shard the member axis over all devices when it divides.
+  c.tune.pbt = ml_collections.ConfigDict()
+  c.tune.pbt.exploit = "truncation"  # truncation | tournament
+  c.tune.pbt.fraction = 0.25  # truncation: bottom fraction copies the top fraction.
+  c.tune.pbt.perturb_factors = (0.8, 1.25)
+  c.tune.pbt.resample_probability = 0.25
+  c.tune.halving = ml_collections.ConfigDict()
+  c.tune.halving.eta = 3  # Keep the top 1/eta at each rung.
+  c.tune.halving.min_steps = 100  # First rung; rungs at min_steps * eta^k.
+  c.tune.bayes = ml_collections.ConfigDict()
+  c.tune.bayes.rounds = 4  # Each round asks Optuna for population_size settings.
+  c.tune.early_stopping = ml_collections.ConfigDict()
+  c.tune.early_stopping.patience = 0  # Evaluations without improvement per member; 0 = off.
+  c.tune.early_stopping.min_delta = 0.0
   return c
 
 
@@ -109,7 +134,8 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[
 def _check_schema(config: ml_collections.ConfigDict) -> None:
   """Every key is known and every value has the type of its default."""
   known = flatten(base_config())
-  given = flatten(config)
+  # The search space is free-form here; jaxtrain.tune.space checks it.
+  given = {k: v for k, v in flatten(config).items() if not k.startswith("tune.space.")}
   for key, value in given.items():
     if key not in known:
       raise errors.UserError(

@@ -70,11 +70,17 @@ def check_config(model_config) -> None:
       raise errors.UserError(f"model.{key}={model_config[key]!r} must be > 0")
 
 
-def build(model_config, num_classes: int, input_shape: tuple[int, ...]) -> Model:
-  """Builds the model named by `model_config.name` (typed config made here, at the edge)."""
+def build(model_config, num_classes: int, input_shape: tuple[int, ...],
+          force_dropout: bool = False) -> Model:
+  """Builds the model named by `model_config.name` (typed config made here, at the edge).
+
+  Dropout layers exist when `dropout_rate > 0`, or with `force_dropout` (a tuner
+  searching the rate needs them even where a member's rate is 0).
+  """
   check_config(model_config)
   common = dict(num_classes=num_classes, activation=model_config.activation,
-                batch_norm=model_config.batch_norm, dropout=model_config.dropout_rate > 0)
+                batch_norm=model_config.batch_norm,
+                dropout=model_config.dropout_rate > 0 or force_dropout)
   if model_config.name == "mlp":
     return from_flax(mlp.MLP(mlp.MLPConfig(
         hidden_sizes=tuple(model_config.hidden_sizes), **common)))

@@ -1,0 +1,83 @@
+"""The population's history: WORKDIR/tune/lineage.jsonl, one event per line.
+
+Events: `init` (a member starts with settings), `exploit` (a member copies a
+parent's whole state and explores new hyperparameters), `refill` (a culled or
+stopped slot gets a new member), `cull` (successive halving drops a member),
+`stop` (per-member early stopping), `final` (score at the end of its phase).
+Each record has member, parent, step, phase, hyperparameters before and
+after, and score, so the winner's schedule can be replayed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  if isinstance(value, dict):
+    return {k: _clean(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_clean(v) for v in value]
+  return value
+
+
+class Lineage:
+  """Appends events; on resume keeps only the first `keep` (those checkpointed)."""
+
+  def __init__(self, path: Path, keep: int):
+    self.path = Path(path)
+    lines = []
+    if self.path.exists():
+      lines = [l for l in self.path.read_text(encoding="utf-8").splitlines() if l.strip()]
+    lines = lines[:keep]
+    self.path.write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+    self.count = len(lines)
+    self._file = open(self.path, "a", encoding="utf-8")
+
+  def write(self, **event: Any) -> None:
+    self._file.write(json.dumps(_clean(event)) + "\n")
+    self._file.flush()
+    self.count += 1
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+  path = Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+
+
+def schedule_of(events: list[dict[str, Any]], member: int) -> list[dict[str, Any]]:
+  """The hyperparameter schedule that produced `member`, following its ancestry.
+
+  Returns [{"step": s, "settings": {...}}, ...] in step order: the settings in
+  force from step s on. An exploit at step s means the member's state up to s
+  is its parent's, so the walk continues into the parent's history before s.
+  """
+  segments = []
+  current, until = member, math.inf
+  while current is not None:
+    history = [e for e in events if e["member"] == current and e["step"] < until
+               and e["event"] in ("init", "refill", "exploit")]
+    if not history:
+      break
+    event = history[-1]
+    segments.append({"step": event["step"], "settings": event["after"]})
+    if event["event"] == "exploit":
+      current, until = event["parent"], event["step"]
+    else:
+      current = None  # Created fresh: the history starts here.
+  merged: dict[str, Any] = {}
+  out = []
+  for segment in reversed(segments):
+    merged = {**merged, **segment["settings"]}
+    out.append({"step": segment["step"], "settings": dict(merged)})
+  return out

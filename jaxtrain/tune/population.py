@@ -1,0 +1,221 @@
+"""The population engine: many members trained by one compiled step (pure).
+
+A population state is a `TrainState` with a leading member axis `P` on every
+leaf. The member step (`jaxtrain.step.train_step`) runs over it either with
+`jax.vmap` (one batched program: the fast path on accelerators and for dense
+models) or with `lax.map` (members one after another inside the same program:
+faster for convolutions on CPU, where vmap turns convolutions into slow grouped
+convolutions), optionally `steps_per_call` steps per dispatch with `lax.scan`.
+
+Members never mix: each has its own optimizer state, hyperparameters, RNG and
+data order, so one member's NaN cannot reach another. Exploit, explore and
+refill are pure functions that gather whole member states on device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtrain import metrics as metrics_lib
+from jaxtrain import optim
+from jaxtrain import state as state_lib
+from jaxtrain import step as step_lib
+from jaxtrain.data import pipeline
+from jaxtrain.tune import space as space_lib
+
+EXECUTIONS = ("auto", "vmap", "map")
+
+
+def create(model, tx, sample_batch: dict, base_hparams: dict[str, float],
+           rngs: jax.Array) -> state_lib.TrainState:
+  """A population of fresh members, one per key in `rngs` ([P, 2])."""
+  return jax.vmap(lambda rng: state_lib.create(model, tx, sample_batch, base_hparams, rng))(rngs)
+
+
+def get_dynamic(pop_state, keys: Sequence[str]) -> dict[str, jax.Array]:
+  """Per-member values [P] of dynamic hyperparameters, by config key."""
+  opt_hparams = optim.get_hparams(pop_state.opt_state)
+  out = {}
+  for key in keys:
+    where, name = space_lib.DYNAMIC_KEYS[key]
+    out[key] = opt_hparams[name] if where == "opt" else pop_state.hparams[name]
+  return out
+
+
+def set_dynamic(pop_state, values: dict[str, jax.Array]):
+  """A copy of the population with dynamic hyperparameters replaced ([P] each)."""
+  opt_values, state_values = {}, dict(pop_state.hparams)
+  for key, value in values.items():
+    where, name = space_lib.DYNAMIC_KEYS[key]
+    value = jnp.asarray(value, jnp.float32)
+    if where == "opt":
+      opt_values[name] = value
+    else:
+      state_values[name] = value
+  opt_state = optim.set_hparams(pop_state.opt_state, opt_values) if opt_values else pop_state.opt_state
+  return pop_state.replace(opt_state=opt_state, hparams=state_values)
+
+
+def take(pop_state, index: int):
+  """One member's state (no member axis), e.g. to export it as a single run."""
+  return jax.tree.map(lambda x: x[index], pop_state)
+
+
+def select(mask_P: jax.Array, new, old):
+  """Member-wise `where`: members with mask True take `new`, the rest keep `old`."""
+  def pick(n, o):
+    return jnp.where(mask_P.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+  return jax.tree.map(pick, new, old)
+
+
+def make_train_fn(model, tx, schedule, batch_size: int, execution: str,
+                  steps_per_call: int = 1, unroll: int | bool = 1) -> Callable:
+  """Returns `fn(pop_state, acc, active_P, data, data_keys_P) -> (pop_state, acc)`.
+
+  Not jitted (the caller jits it, with donation and shardings). Members with
+  `active` False keep their state unchanged; under `map` they also skip the
+  computation, under `vmap` they are computed and discarded.
+  """
+
+  def member_step(state, acc, active, data, data_key):
+    def run(operand):
+      state, acc = operand
+      batch = pipeline.device_batch(data, data_key, state.step, batch_size)
+      return step_lib.accumulate_train_step(model, tx, schedule, state, acc, batch)
+    if execution == "map":
+      return jax.lax.cond(active, run, lambda operand: operand, (state, acc))
+    new_state, new_acc = run((state, acc))
+    return (jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, state),
+            jax.tree.map(lambda n, o: jnp.where(active, n, o), new_acc, acc))
+
+  if execution == "vmap":
+    pop_step = jax.vmap(member_step, in_axes=(0, 0, 0, None, 0))
+  elif execution == "map":
+    def pop_step(states, accs, active, data, data_keys):
+      return jax.lax.map(lambda xs: member_step(xs[0], xs[1], xs[2], data, xs[3]),
+                         (states, accs, active, data_keys))
+  else:
+    raise ValueError(f"execution must be 'vmap' or 'map', got {execution!r}")
+
+  if steps_per_call == 1:
+    return pop_step
+
+  def multi_step(states, accs, active, data, data_keys):
+    def body(carry, _):
+      return pop_step(*carry, active, data, data_keys), None
+    (states, accs), _ = jax.lax.scan(body, (states, accs), None, length=steps_per_call,
+                                     unroll=unroll)
+    return states, accs
+
+  return multi_step
+
+
+def make_eval_fn(model) -> Callable:
+  """Returns `fn(pop_state, batch) -> metric sums [P]` (batch shared by all members)."""
+  return jax.vmap(lambda state, batch: step_lib.eval_step(model, state, batch),
+                  in_axes=(0, None))
+
+
+def new_metric_sums(population_size: int) -> dict[str, jax.Array]:
+  return {k: jnp.zeros((population_size,), jnp.float32)
+          for k in ("loss", "accuracy", "grad_norm", "learning_rate", "count")}
+
+
+def compute_member_metrics(sums: dict[str, Any], prefix: str) -> list[dict[str, float]]:
+  """Host-side per-member means from metric sums with a leading member axis."""
+  sums = jax.device_get(sums)
+  size = len(np.asarray(sums["count"]))
+  return [metrics_lib.compute({k: v[i] for k, v in sums.items()}, prefix) for i in range(size)]
+
+
+# --- Exploit and explore (PBT). Pure; jit once, reuse for every event. ---
+
+
+def exploit(scores_P: jax.Array, rng: jax.Array, *, method: str, fraction: float
+            ) -> tuple[jax.Array, jax.Array]:
+  """Chooses parents; returns (parent index [P], exploited mask [P]).
+
+  `truncation`: the bottom `fraction` of members (by score; NaN counts as the
+  worst) copy a member drawn from the top `fraction`. `tournament`: every
+  member meets a random other member and copies it if the other scored
+  strictly better. Members that copy are 'exploited'.
+  """
+  size = scores_P.shape[0]
+  scores = jnp.where(jnp.isnan(scores_P), -jnp.inf, scores_P)
+  members = jnp.arange(size)
+  if method == "truncation":
+    count = max(1, int(size * fraction))
+    order = jnp.argsort(scores, stable=True)  # Ascending: worst first.
+    bottom, top = order[:count], order[size - count:]
+    picks = top[jax.random.randint(rng, (count,), 0, count)]
+    parents = members.at[bottom].set(picks)
+  elif method == "tournament":
+    offset = jax.random.randint(rng, (size,), 1, max(size, 2))
+    opponent = (members + offset) % size
+    parents = jnp.where(scores[opponent] > scores, opponent, members)
+  else:
+    raise ValueError(f"unknown exploit method {method!r}")
+  return parents, parents != members
+
+
+def explore(values: dict[str, jax.Array], exploited_P: jax.Array, rng: jax.Array,
+            dims: Sequence[space_lib.Dimension], *, factors: Sequence[float],
+            resample_probability: float) -> dict[str, jax.Array]:
+  """New dynamic hyperparameters for exploited members (others unchanged).
+
+  Each exploited member's value is resampled from its dimension with
+  probability `resample_probability`, otherwise multiplied by a factor drawn
+  from `factors`; the result is clipped to the dimension's range.
+  """
+  out = {}
+  factors_arr = jnp.asarray(factors, jnp.float32)
+  for i, dim in enumerate(dims):
+    value = values[dim.key]
+    size = value.shape[0]
+    k_choice, k_factor, k_sample = jax.random.split(jax.random.fold_in(rng, i), 3)
+    resample = jax.random.uniform(k_choice, (size,)) < resample_probability
+    perturbed = value * factors_arr[jax.random.randint(k_factor, (size,), 0, len(factors))]
+    fresh = _sample_on_device(dim, k_sample, size)
+    new = jnp.where(resample, fresh, perturbed)
+    if dim.kind in ("uniform", "loguniform", "int"):
+      new = jnp.clip(new, dim.low, dim.high)
+      if dim.kind == "int":
+        new = jnp.round(new)
+    out[dim.key] = jnp.where(exploited_P, new, value).astype(value.dtype)
+  return out
+
+
+def _sample_on_device(dim: space_lib.Dimension, rng: jax.Array, size: int) -> jax.Array:
+  if dim.kind == "uniform":
+    return jax.random.uniform(rng, (size,), minval=dim.low, maxval=dim.high)
+  if dim.kind == "loguniform":
+    return jnp.exp(jax.random.uniform(rng, (size,), minval=np.log(dim.low),
+                                      maxval=np.log(dim.high)))
+  if dim.kind == "int":
+    return jax.random.randint(rng, (size,), int(dim.low), int(dim.high) + 1).astype(jnp.float32)
+  choices = jnp.asarray(dim.choices, jnp.float32)
+  return choices[jax.random.randint(rng, (size,), 0, len(dim.choices))]
+
+
+def exploit_and_explore(pop_state, scores_P, rng, dims, *, method: str, fraction: float,
+                        factors: Sequence[float], resample_probability: float):
+  """One PBT event: returns (new population, parents [P], exploited [P]).
+
+  Exploited members receive a copy of their parent's whole state (parameters,
+  model state, optimizer state with its hyperparameters, step), a fresh RNG
+  stream, and explored dynamic hyperparameters.
+  """
+  k_exploit, k_explore, k_rng = jax.random.split(rng, 3)
+  parents, exploited = exploit(scores_P, k_exploit, method=method, fraction=fraction)
+  copied = jax.tree.map(lambda x: x[parents], pop_state)
+  fresh_rngs = jax.vmap(lambda i: jax.random.fold_in(k_rng, i))(jnp.arange(parents.shape[0]))
+  copied = copied.replace(rng=jnp.where(exploited[:, None], fresh_rngs, copied.rng))
+  keys = [d.key for d in dims]
+  values = explore(get_dynamic(copied, keys), exploited, k_explore, dims, factors=factors,
+                   resample_probability=resample_probability)
+  return set_dynamic(copied, values), parents, exploited
