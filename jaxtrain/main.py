@@ -6,6 +6,7 @@ the user can fix are printed as one line on stderr with exit code 2.
 
 from __future__ import annotations
 
+import json
 import sys
 
 from absl import flags
@@ -13,7 +14,7 @@ from ml_collections import config_flags
 
 from jaxtrain import errors
 
-MODES = ("train",)
+MODES = ("train", "eval")
 
 
 def parse(argv: list[str]):
@@ -30,6 +31,8 @@ def parse(argv: list[str]):
   flags.DEFINE_enum("mode", "train", MODES, "What to do.", flag_values=fv)
   flags.DEFINE_integer("stop_after_steps", None, "Stop (with a checkpoint) after this "
                        "step; rerun the same command to continue.", flag_values=fv)
+  flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: latest).",
+                       flag_values=fv)
   flags.DEFINE_bool("allow_config_change", False, "Resume even if the config differs "
                     "from WORKDIR/config.json.", flag_values=fv)
   try:
@@ -39,12 +42,13 @@ def parse(argv: list[str]):
   except (Exception, SystemExit) as e:  # A config file that fails to execute.
     raise errors.UserError(f"config file failed to load: {type(e).__name__}: "
                            f"{_first_line(str(e))}") from None
-  if fv.config is None:
+  if fv.config is None and fv.mode != "eval":
     raise errors.UserError("--config is required, e.g. --config=configs/digits_mlp.py")
   if not fv.workdir:
     raise errors.UserError("--workdir is required, e.g. --workdir=runs/digits_mlp")
   return fv.config, fv.workdir, {"mode": fv.mode, "stop_after_steps": fv.stop_after_steps,
-                                 "allow_config_change": fv.allow_config_change}
+                                 "allow_config_change": fv.allow_config_change,
+                                 "step": fv.step}
 
 
 def _first_line(text: str) -> str:
@@ -72,6 +76,19 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv if argv is None else argv
   try:
     config, workdir, options = parse(argv)
+    if options["mode"] == "eval":
+      from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
+      result = evaluate.run(workdir, config, step=options["step"])
+      print(json.dumps(result), file=sys.stdout)
+      return 0
+    if config.tune.strategy != "none":
+      from jaxtrain import tune  # pylint: disable=g-import-not-at-top
+      result = tune.run(config, workdir)
+      print(f"best {result['metric']}={result['best_score']:.4f} (member "
+            f"{result['best_member']}: {result['best_settings']}); {result['num_members']} "
+            f"members, {result['member_steps']} member-steps; best member exported to "
+            f"{workdir}/best", file=sys.stderr)
+      return 0
     from jaxtrain import train  # pylint: disable=g-import-not-at-top
     result = train.run(config, workdir, stop_after_steps=options["stop_after_steps"],
                        allow_config_change=options["allow_config_change"])

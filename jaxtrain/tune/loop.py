@@ -122,6 +122,7 @@ def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
   with out.unlocked():
     _apply_settings(out, settings)
     out.tune.strategy = "none"
+    out.tune.space = ml_collections.ConfigDict()  # A single run searches nothing.
   return out
 
 
@@ -468,13 +469,16 @@ def _ask_round(study, dims, c, loop) -> list[dict[str, Any]]:
   return settings
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
+        stop_after_steps: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) the search in `workdir`; returns the result summary.
 
   The result (also WORKDIR/tune/result.json) holds the best member's settings
   and score and a table with one row per member. The best member is exported
   to WORKDIR/best/ as a normal single-run workdir (`--mode=eval` and
-  fine-tuning use it like any run).
+  fine-tuning use it like any run). `stop_after_steps` stops at the first
+  evaluation at or after that many population steps (counted over all
+  phases), with a checkpoint, as a preempted job would; running again resumes.
 
   Raises:
     UserError: bad config, search space, workdir or dataset (before compiling).
@@ -517,6 +521,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   tensorboard = writers.TensorBoard(
       workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)), [f"best/{c.tune.metric}"])
   compiles: dict[int, int] = {}
+  status = "completed"
   session_start = time.perf_counter()
 
   # --- Phases: each is one population trained from step 0 to train.num_steps.
@@ -568,12 +573,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
       finishing = loop["step"] >= c.train.num_steps
       if finishing:
         _finish_phase(c, phase, pop, loop, lineage, study, tune_dir)
-      if loop["step"] % c.checkpoint.every_steps == 0 or finishing:
+      stopping = stop_after_steps is not None and loop["global_step"] >= stop_after_steps
+      if loop["step"] % c.checkpoint.every_steps == 0 or finishing or stopping:
         loop["elapsed_sec"] += time.perf_counter() - session_start
         session_start = time.perf_counter()
         loop["lineage_count"] = lineage.count
         ckpts.save(loop["global_step"], {"population": pop, "metric_sums": acc}, loop)
+      if stopping and not finishing:
+        break
     compiles[loop["phase"]] = phase.compiles
+    if loop["step"] < c.train.num_steps:  # Stopped inside this phase.
+      status = "stopped"
+      break
+    if stop_after_steps is not None and loop["global_step"] >= stop_after_steps:
+      status = "stopped"  # At a phase boundary: its final checkpoint is the resume point.
+      break
     loop["phase"] += 1
     loop["members"] = []
 
@@ -582,7 +596,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   metrics_log.close()
   tensorboard.close()
   loop["elapsed_sec"] += time.perf_counter() - session_start
-  result = _result(c, loop, compiles, time.perf_counter() - wall_start)
+  result = {"status": status, **_result(c, loop, compiles, time.perf_counter() - wall_start)}
   (tune_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
   try:
     from jaxtrain.tune import plots  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,279 @@
+"""The population tuner: engine invariants, strategies, records, exact resume."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtrain import errors, models, optim, train, writers
+from jaxtrain.config import base_config
+from jaxtrain.data import pipeline
+from jaxtrain.tune import lineage as lineage_lib
+from jaxtrain.tune import population as pop_lib
+from jaxtrain.tune import loop as tune_run
+from jaxtrain.tune import space as space_lib
+from tests.conftest import tiny_config
+
+
+def tune_config(strategy, size=4, **overrides):
+  c = tiny_config(**{"train.num_steps": 40, "train.eval_every_steps": 10,
+                     "checkpoint.every_steps": 20, **overrides})
+  c.tune.strategy = strategy
+  c.tune.population_size = size
+  c.tune.space.optim = dict(learning_rate="loguniform(1e-3, 3e-2)",
+                            weight_decay="loguniform(1e-6, 1e-3)")
+  c.tune.halving.min_steps = 10
+  c.tune.halving.eta = 2
+  c.tune.bayes.rounds = 2
+  return c
+
+
+# --- The engine, directly. ---
+
+
+def _engine(size, execution="vmap", learning_rates=None, shard=False):
+  """Trains a digits MLP population for 12 steps; returns the final population."""
+  c = tiny_config()
+  data, info = pipeline.create_train_data(c.data, seed=0)
+  model = models.build(c.model, info.num_classes, info.input_shape)
+  tx, schedule = optim.build(c.optim, 100)
+  rngs = jnp.stack([jax.random.PRNGKey(i) for i in range(size)])
+  pop = pop_lib.create(model, tx, data.sample_batch(),
+                       {"dropout_rate": 0.0, "label_smoothing": 0.0}, rngs)
+  lrs = learning_rates or [1e-3 * (i + 1) for i in range(size)]
+  pop = pop_lib.set_dynamic(pop, {"optim.learning_rate": jnp.asarray(lrs, jnp.float32)})
+  data_keys = jnp.stack([jax.random.PRNGKey(100 + i) for i in range(size)])
+  acc = pop_lib.new_metric_sums(size)
+  active = jnp.ones((size,), bool)
+  fn = pop_lib.make_train_fn(model, tx, schedule, c.data.batch_size, execution)
+  if shard:
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:size]), ("pop",))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pop"))
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    pop, acc, active, data_keys = jax.device_put((pop, acc, active, data_keys), spec)
+    step = jax.jit(fn, in_shardings=(spec, spec, spec, rep, spec), out_shardings=(spec, spec))
+  else:
+    step = jax.jit(fn)
+  for _ in range(12):
+    pop, acc = step(pop, acc, active, data.arrays, data_keys)
+  return jax.device_get(pop)
+
+
+def _member_params(pop, i):
+  return [np.asarray(x[i]) for x in jax.tree.leaves(pop.params)]
+
+
+def test_a_nan_member_never_touches_the_others():
+  healthy = _engine(4, learning_rates=[1e-3, 2e-3, 3e-3, 4e-3])
+  poisoned = _engine(4, learning_rates=[1e-3, 2e-3, float("nan"), 4e-3])
+  assert not np.all(np.isfinite(np.concatenate([p.ravel() for p in
+                                                _member_params(poisoned, 2)])))
+  for i in (0, 1, 3):
+    for a, b in zip(_member_params(healthy, i), _member_params(poisoned, i)):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_members_are_independent_of_population_size():
+  pair = _engine(2, learning_rates=[1e-3, 2e-3])
+  four = _engine(4, learning_rates=[1e-3, 2e-3, 3e-3, 4e-3])
+  for i in (0, 1):
+    for a, b in zip(_member_params(pair, i), _member_params(four, i)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_map_execution_matches_vmap():
+  a = _engine(4, execution="vmap")
+  b = _engine(4, execution="map")
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_population_sharded_over_8_devices_matches_one_device():
+  assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+  single = _engine(8)
+  sharded = _engine(8, shard=True)
+  for x, y in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_exploit_copies_whole_member_state_and_explores():
+  pop = _engine(4)
+  dims = [space_lib.parse_dimension("optim.learning_rate", "loguniform(1e-4, 1.0)")]
+  scores = jnp.asarray([0.9, 0.1, 0.5, 0.7], jnp.float32)
+  new, parents, exploited = jax.jit(
+      lambda p, s, r: pop_lib.exploit_and_explore(
+          p, s, r, dims, method="truncation", fraction=0.25, factors=(0.5, 2.0),
+          resample_probability=0.0))(pop, scores, jax.random.PRNGKey(0))
+  assert np.asarray(parents).tolist() == [0, 0, 2, 3]  # Worst (1) copies the best (0).
+  assert np.asarray(exploited).tolist() == [False, True, False, False]
+  lr_old = np.asarray(optim.get_hparams(pop.opt_state)["learning_rate"])
+  lr_new = np.asarray(optim.get_hparams(new.opt_state)["learning_rate"])
+  assert lr_new[1] in (np.float32(lr_old[0] * 0.5), np.float32(lr_old[0] * 2.0))
+  np.testing.assert_array_equal(lr_new[[0, 2, 3]], lr_old[[0, 2, 3]])
+  for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(pop.params)):
+    np.testing.assert_array_equal(np.asarray(x)[1], np.asarray(y)[0])
+  mu_new = jax.tree.leaves(new.opt_state.inner_state)
+  mu_old = jax.tree.leaves(pop.opt_state.inner_state)
+  for x, y in zip(mu_new, mu_old):
+    np.testing.assert_array_equal(np.asarray(x)[1], np.asarray(y)[0])
+  assert not np.array_equal(np.asarray(new.rng[1]), np.asarray(pop.rng[0]))
+
+
+def test_tournament_copies_only_from_better_members():
+  scores = jnp.asarray([0.1, 0.2, 0.3, 0.4, float("nan")], jnp.float32)
+  parents, exploited = pop_lib.exploit(scores, jax.random.PRNGKey(3), method="tournament",
+                                       fraction=0.25)
+  parents = np.asarray(parents)
+  clean = np.nan_to_num(np.asarray(scores), nan=-np.inf)
+  for i, p in enumerate(parents):
+    assert p == i or clean[p] > clean[i]
+  assert parents[4] != 4  # NaN loses to anyone.
+
+
+# --- Whole searches through the tuning loop. ---
+
+
+@pytest.fixture(scope="module")
+def pbt_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("pbt")
+  return workdir, tune_run.run(tune_config("pbt"), workdir)
+
+
+def test_pbt_runs_compiles_once_and_records_lineage(pbt_run):
+  workdir, result = pbt_run
+  assert result["status"] == "completed"
+  assert result["train_step_compiles"] == {0: 1}
+  assert result["num_members"] == 4 and result["member_steps"] == 4 * 40
+  events = lineage_lib.read(workdir / "tune" / "lineage.jsonl")
+  kinds = [e["event"] for e in events]
+  assert kinds.count("init") == 4 and kinds.count("final") == 4
+  exploits = [e for e in events if e["event"] == "exploit"]
+  assert exploits, "PBT made no exploit in 3 ready intervals"
+  for e in exploits:
+    assert e["parent"] != e["member"] and e["parent_score"] > e["score"]
+    assert set(e["before"]) == set(e["after"]) == {"optim.learning_rate", "optim.weight_decay"}
+  assert result["best_score"] > 0.8
+  records = writers.read_metrics(workdir)
+  assert [r["step"] for r in records] == [10, 20, 30, 40]
+  assert len(records[0]["eval/accuracy"]) == 4
+
+
+def test_best_member_is_exported_as_a_normal_run(pbt_run):
+  from jaxtrain import evaluate
+  workdir, result = pbt_run
+  best = workdir / "best"
+  final = json.loads((best / "final.json").read_text())
+  assert final["member"] == result["best_member"]
+  evaluated = evaluate.run(best)
+  assert evaluated["eval/accuracy"] == pytest.approx(result["best_score"], abs=1e-9)
+  assert evaluated["params_sha256"] == final["params_sha256"]
+  config = json.loads((best / "config.json").read_text())
+  assert config["optim"]["learning_rate"] == pytest.approx(
+      result["best_settings"]["optim.learning_rate"])
+  schedule = json.loads((best / "schedule.json").read_text())
+  assert schedule[0]["step"] == 0 and schedule[-1]["settings"] == {
+      k: pytest.approx(v) for k, v in result["best_settings"].items()}
+  # Rerunning train.run on the export continues it like any run: nothing to do.
+  again = train.run(evaluate.load_config(best), best)
+  assert again["params_sha256"] == final["params_sha256"]
+
+
+def test_pbt_resume_is_bitwise_identical(pbt_run, tmp_path):
+  workdir, result = pbt_run
+  first = tune_run.run(tune_config("pbt"), tmp_path, stop_after_steps=20)
+  assert first["status"] == "stopped"
+  second = tune_run.run(tune_config("pbt"), tmp_path)
+  assert second["status"] == "completed"
+  a = json.loads((workdir / "best" / "final.json").read_text())
+  b = json.loads((tmp_path / "best" / "final.json").read_text())
+  assert a["params_sha256"] == b["params_sha256"]
+  assert ((workdir / "tune" / "lineage.jsonl").read_text()
+          == (tmp_path / "tune" / "lineage.jsonl").read_text())
+  strip = lambda rs: [{k: v for k, v in r.items() if "per_sec" not in k} for r in rs]
+  assert strip(writers.read_metrics(workdir)) == strip(writers.read_metrics(tmp_path))
+
+
+def test_halving_culls_refills_without_recompiling(tmp_path):
+  result = tune_run.run(tune_config("halving", size=4), tmp_path)
+  assert result["train_step_compiles"] == {0: 1}
+  events = lineage_lib.read(tmp_path / "tune" / "lineage.jsonl")
+  culls = [e for e in events if e["event"] == "cull"]
+  refills = [e for e in events if e["event"] == "refill"]
+  assert culls and len(culls) == len(refills)
+  assert result["num_members"] == 4 + len(refills)
+  assert result["member_steps"] == 4 * 40  # Same budget: culled slots are reused.
+
+
+def test_random_with_per_member_early_stopping_refills(tmp_path):
+  config = tune_config("random", size=4, **{"train.num_steps": 60})
+  config.tune.early_stopping.patience = 1
+  config.tune.early_stopping.min_delta = 0.05
+  result = tune_run.run(config, tmp_path)
+  events = lineage_lib.read(tmp_path / "tune" / "lineage.jsonl")
+  assert [e for e in events if e["event"] == "stop"]
+  assert result["num_members"] > 4
+  assert result["train_step_compiles"] == {0: 1}
+
+
+def test_grid_with_a_static_dimension_makes_one_program_per_group(tmp_path):
+  config = tune_config("grid")
+  config.tune.grid_points = 2
+  config.tune.space.optim = dict(learning_rate="loguniform(1e-3, 1e-2)")
+  config.tune.space.model = dict(hidden_sizes="choice((16,), (32,))")
+  result = tune_run.run(config, tmp_path)
+  assert result["num_members"] == 4
+  assert result["train_step_compiles"] == {0: 1, 1: 1}
+  widths = {tuple(r["settings"]["model.hidden_sizes"]) for r in result["members"]}
+  assert widths == {(16,), (32,)}
+
+
+def test_bayes_persists_the_optuna_study(tmp_path):
+  import optuna
+  result = tune_run.run(tune_config("bayes"), tmp_path)
+  assert result["num_members"] == 8
+  study = optuna.load_study(study_name="jaxtrain",
+                            storage=f"sqlite:///{tmp_path / 'tune' / 'optuna.db'}")
+  complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+  assert len(complete) == 8
+  assert study.best_value == pytest.approx(result["best_score"])
+  again = tune_run.run(tune_config("bayes"), tmp_path)  # Finished: nothing new asked.
+  assert len(optuna.load_study(study_name="jaxtrain", storage=study._storage).trials) == 8
+  assert again["best_score"] == result["best_score"]
+
+
+@pytest.mark.parametrize("space,message", [
+    ({"optim": {"learning_rat": "loguniform(1e-4, 1e-1)"}}, "did you mean 'optim.learning_rate'"),
+    ({"optim": {"learning_rate": "uniform(0.1, 0.01)"}}, "the range is empty"),
+    ({"optim": {"learning_rate": "loguniform(0.0, 0.1)"}}, "loguniform needs low > 0"),
+    ({"optim": {"learning_rate": "lognormal(0.1, 1)"}}, "not a search dimension"),
+    ({"train": {"num_steps": "int(10, 20)"}}, "not a config key that can be searched"),
+    ({"model": {"hidden_sizes": "uniform(1, 2)"}}, "use choice"),
+    ({"model": {"dropout_rate": "uniform(0.0, 1.5)"}}, "model.dropout_rate"),
+])
+def test_bad_search_spaces_are_one_line_errors(space, message):
+  config = tune_config("random")
+  config.tune.space = space
+  with pytest.raises(errors.UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+    tune_run.validate(config)
+  assert "\n" not in str(e.value)
+
+
+def test_population_size_zero_is_refused():
+  with pytest.raises(errors.UserError, match="tune.population_size=0"):
+    tune_run.validate(tune_config("random", size=0))
+
+
+def test_schedule_follows_the_ancestry():
+  events = [
+      {"event": "init", "member": 0, "step": 0, "after": {"lr": 1.0, "w": 1}},
+      {"event": "init", "member": 1, "step": 0, "after": {"lr": 2.0, "w": 2}},
+      {"event": "exploit", "member": 1, "parent": 0, "step": 10, "after": {"lr": 0.5, "w": 1}},
+      {"event": "exploit", "member": 0, "parent": 1, "step": 20, "after": {"lr": 0.25, "w": 1}},
+  ]
+  assert lineage_lib.schedule_of(events, 0) == [
+      {"step": 0, "settings": {"lr": 1.0, "w": 1}},
+      {"step": 10, "settings": {"lr": 0.5, "w": 1}},
+      {"step": 20, "settings": {"lr": 0.25, "w": 1}},
+  ]
