@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # "" = $JAXTRAIN_DATA_DIR or ~/.cache/jaxtrain/tensorflow_datasets.
   c.data.train_split = "train"  # Any TFDS split string, e.g. "train[:90%]".
   c.data.eval_split = "test"
+  c.data.test_split = ""  # Tuning: the best member is also scored on this split ("" = none).
   c.data.batch_size = 128
   c.data.eval_batch_size = 1000
   # "device": the whole split lives on the device and batches are gathered

@@ -380,6 +380,7 @@ def _finish_phase(c, phase: _Phase, pop, loop, lineage, study, tune_dir: Path) -
     lineage.write(event="final", member=m["id"], parent=None, step=loop["step"],
                   phase=loop["phase"], before=None, after=m["settings"], score=m["score"])
     loop["done"].append(_summary(m, loop["phase"], "completed" if m["active"] else "stopped"))
+  _write_member_hparams(tune_dir.parent, members, c.tune.metric)
   if study is not None:
     import optuna  # pylint: disable=g-import-not-at-top
     for m in members:
@@ -399,6 +400,18 @@ def _finish_phase(c, phase: _Phase, pop, loop, lineage, study, tune_dir: Path) -
     events = lineage_lib.read(tune_dir / "lineage.jsonl")
     export_member(c, members[best], pop_lib.take(pop, best), tune_dir.parent / "best",
                   lineage_lib.schedule_of(events, members[best]["id"]))
+
+
+def _write_member_hparams(workdir: Path, members, metric: str) -> None:
+  """One TensorBoard run per member (members/NNNN) with its settings and final
+  metrics, so TensorBoard's HParams view tables and compares the members."""
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  for m in members:
+    writer = SummaryWriter(logdir=str(workdir / "members" / f"{m['id']:04d}"))
+    hparams = writers.hparams_for_tensorboard(m["settings"])
+    final = {k: v for k, v in m["last_eval"].items() if isinstance(v, float)}
+    writer.add_hparams(hparams, final or {metric: float("nan")}, name=".")
+    writer.close()
 
 
 def export_member(config, member: dict, state, directory: Path, schedule) -> None:
@@ -597,6 +610,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   tensorboard.close()
   loop["elapsed_sec"] += time.perf_counter() - session_start
   result = {"status": status, **_result(c, loop, compiles, time.perf_counter() - wall_start)}
+  if status == "completed" and c.data.test_split and loop.get("best"):
+    # Members were compared on data.eval_split; the winner alone meets the test split.
+    from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
+    test_config = evaluate.load_config(workdir / "best")
+    test_config.data.eval_split = c.data.test_split
+    test = evaluate.run(workdir / "best", test_config)
+    result["best_test"] = {k: v for k, v in test.items() if k.startswith("eval/")}
   (tune_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
   try:
     from jaxtrain.tune import plots  # pylint: disable=g-import-not-at-top
