@@ -7,7 +7,9 @@ says what to do about it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 from collections.abc import Iterable
 
 EXIT_USER_ERROR = 2
@@ -29,3 +31,20 @@ def unknown_choice(key: str, value: str, choices: Iterable[str]) -> UserError:
   return UserError(
       f"{key}={value!r} is not known{did_you_mean(value, choices)}; "
       f"choose one of: {', '.join(choices)}")
+
+
+@contextlib.contextmanager
+def absl_warnings_muted():
+  """Hides absl-logged warnings (TFDS, ml_collections) while user input is checked.
+
+  They restate, as extra stderr lines, what the one-line `UserError` says
+  (e.g. TFDS warns about a dataset folder that is not prepared). Usable as a
+  decorator. The absl logger's level is restored on exit.
+  """
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)

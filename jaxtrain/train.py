@@ -22,7 +22,7 @@ from jaxtrain import config as config_lib
 from jaxtrain import errors, models, optim, provenance, step as step_lib, writers
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import state as state_lib
-from jaxtrain.data import pipeline
+from jaxtrain.data import catalog, pipeline
 
 TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "learning_rate", "count")
 
@@ -82,6 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   wall_start = time.perf_counter()
   # --- Config and workdir: every check that can fail does so before device work.
   config_lib.validate(config)
+  catalog.check_splits(config.data)
   workdir = prepare_workdir(workdir)
   c = config
   num_steps = c.train.num_steps
@@ -121,13 +122,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # --- Compiled steps. State and metric sums are donated: updated in place.
   traces = []  # One entry per trace of the train step; more than one = a recompile.
 
-  def train_fn(state, acc, data, data_key):
+  def train_fn(state, acc, order, data, data_key):
     traces.append(1)
     if train_data.kind == "device":
-      data = pipeline.device_batch(data, data_key, state.step, c.data.batch_size)
-    return step_lib.accumulate_train_step(model, tx, schedule, state, acc, data)
+      order = pipeline.refresh_order(order, data_key, state.step, train_data.num_examples,
+                                     c.data.batch_size)
+      data = pipeline.device_batch(data, order, state.step, c.data.batch_size)
+    state, acc = step_lib.accumulate_train_step(model, tx, schedule, state, acc, data)
+    return state, acc, order
 
-  train_fn = jax.jit(train_fn, donate_argnums=(0, 1))
+  train_fn = jax.jit(train_fn, donate_argnums=(0, 1, 2))
   eval_fn = jax.jit(functools.partial(step_lib.eval_step, model))
 
   def evaluate(state) -> dict[str, float]:
@@ -163,8 +167,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                           "steps_per_sec": p_rate, **p_eval})
 
   # --- Loop.
+  order = None  # Device pipeline: the epoch's permutation, recomputed once per epoch.
   if train_data.kind == "device":
     data_args = (train_data.arrays, train_data.data_key)
+    order = pipeline.new_epoch_order(train_data.num_examples)
   pending = None  # (step, metric sums on device, steps/s, eval values): fetched one step late.
   last_eval: dict[str, float] = {}
   status = "completed"
@@ -174,7 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   while step < num_steps:
     if train_data.kind == "grain":
       data_args = (next(train_data), None)
-    state, acc = train_fn(state, acc, *data_args)
+    state, acc, order = train_fn(state, acc, order, *data_args)
     step += 1
     steps_interval += 1
 

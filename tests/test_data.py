@@ -64,12 +64,36 @@ def test_device_batches_cover_each_epoch_once():
   n, batch = 10, 3
   data = {"labels": jnp.arange(n, dtype=jnp.int32)}
   key = jax.random.PRNGKey(0)
-  get = jax.jit(lambda step: pipeline.device_batch(data, key, step, batch)["labels"])
+  def labels_at(step):
+    order = pipeline.refresh_order(pipeline.new_epoch_order(n), key, step, n, batch)
+    return pipeline.device_batch(data, order, step, batch)["labels"]
+  get = jax.jit(labels_at)
   epoch0 = np.concatenate([np.asarray(get(s)) for s in range(3)])
   epoch1 = np.concatenate([np.asarray(get(s)) for s in range(3, 6)])
   assert len(set(epoch0)) == 9 and len(set(epoch1)) == 9  # Remainder dropped.
   assert not np.array_equal(epoch0, epoch1)  # A fresh permutation per epoch.
   np.testing.assert_array_equal(np.asarray(get(4)), np.asarray(get(4)))
+
+
+def test_epoch_order_cache_recomputes_only_at_epoch_boundaries():
+  n, batch = 10, 3
+  key = jax.random.PRNGKey(0)
+  cache = pipeline.new_epoch_order(n)
+  refresh = jax.jit(lambda c, s: pipeline.refresh_order(c, key, s, n, batch))
+  epochs = []
+  for step in range(7):
+    cache = refresh(cache, step)
+    epochs.append(int(cache.epoch))
+    np.testing.assert_array_equal(
+        np.asarray(cache.order), np.asarray(pipeline.epoch_permutation(key, step // 3, n)))
+  assert epochs == [0, 0, 0, 1, 1, 1, 2]
+  # Population version: members at different steps keep their own epochs.
+  keys = jnp.stack([key, jax.random.PRNGKey(1)])
+  orders = pipeline.refresh_orders(pipeline.new_epoch_order(n, (2,)), keys,
+                                   jnp.asarray([1, 4]), n, batch)
+  assert np.asarray(orders.epoch).tolist() == [0, 1]
+  np.testing.assert_array_equal(np.asarray(orders.order[1]),
+                                np.asarray(pipeline.epoch_permutation(keys[1], 1, n)))
 
 
 def test_grain_iterator_resumes_exactly():

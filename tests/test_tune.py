@@ -34,7 +34,7 @@ def tune_config(strategy, size=4, **overrides):
 
 
 def _engine(size, execution="vmap", learning_rates=None, shard=False):
-  """Trains a digits MLP population for 12 steps; returns the final population."""
+  """Trains a digits MLP population for 60 steps; returns the final population."""
   c = tiny_config()
   data, info = pipeline.create_train_data(c.data, seed=0)
   model = models.build(c.model, info.num_classes, info.input_shape)
@@ -48,16 +48,19 @@ def _engine(size, execution="vmap", learning_rates=None, shard=False):
   acc = pop_lib.new_metric_sums(size)
   active = jnp.ones((size,), bool)
   fn = pop_lib.make_train_fn(model, tx, schedule, c.data.batch_size, execution)
+  orders = pipeline.new_epoch_order(data.num_examples, (size,))
   if shard:
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:size]), ("pop",))
     spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pop"))
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    pop, acc, active, data_keys = jax.device_put((pop, acc, active, data_keys), spec)
-    step = jax.jit(fn, in_shardings=(spec, spec, spec, rep, spec), out_shardings=(spec, spec))
+    pop, acc, orders, active, data_keys = jax.device_put(
+        (pop, acc, orders, active, data_keys), spec)
+    step = jax.jit(fn, in_shardings=(spec, spec, spec, spec, rep, spec),
+                   out_shardings=(spec, spec, spec))
   else:
     step = jax.jit(fn)
-  for _ in range(12):
-    pop, acc = step(pop, acc, active, data.arrays, data_keys)
+  for _ in range(60):  # Past the first epoch (44 steps of 32).
+    pop, acc, orders = step(pop, acc, orders, active, data.arrays, data_keys)
   return jax.device_get(pop)
 
 

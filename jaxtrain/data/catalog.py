@@ -68,6 +68,7 @@ def _prepare_hint(name: str, data_dir: str) -> str:
           "or set data.data_dir")
 
 
+@errors.absl_warnings_muted()  # TFDS warns about unprepared folders; the UserError says it.
 def open_split(name: str, split: str, data_dir: str = ""):
   """Returns (random-access source, DatasetInfo) for one split of a dataset.
 
@@ -110,10 +111,22 @@ def open_split(name: str, split: str, data_dir: str = ""):
   try:
     source = builder.as_data_source(split=split)
   except Exception as e:  # Unknown or malformed split strings.
+    splits = sorted(builder.info.splits.keys())
+    hint = errors.did_you_mean(split.split("[")[0], splits)
     raise errors.UserError(
-        f"split {split!r} of dataset {name!r} cannot be read ({_first_line(e)}); "
-        f"available splits: {', '.join(sorted(builder.info.splits.keys()))}") from None
+        f"split {split!r} of dataset {name!r} cannot be read ({_first_line(e)}){hint}; "
+        f"available splits: {', '.join(splits)}") from None
   return source, _info_of(name, builder.info)
+
+
+def check_splits(data_config) -> None:
+  """Raises `UserError` unless data.train_split and data.eval_split both open.
+
+  The loop reads the eval split only after the training data is on the device;
+  this finds a bad eval split before that (and before any compilation).
+  """
+  for split in (data_config.train_split, data_config.eval_split):
+    open_split(data_config.name, split, data_config.data_dir)
 
 
 def _info_of(name: str, info) -> DatasetInfo:

@@ -27,7 +27,7 @@ from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
 from jaxtrain import errors, models, optim, provenance, train, writers
 from jaxtrain import state as state_lib
-from jaxtrain.data import pipeline
+from jaxtrain.data import catalog, pipeline
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import space as space_lib
@@ -70,9 +70,10 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
   if not 0 <= t.pbt.resample_probability <= 1:
     raise errors.UserError(
         f"tune.pbt.resample_probability={t.pbt.resample_probability} must be in [0, 1]")
-  if t.halving.eta < 2:
+  if t.strategy == "halving" and t.halving.eta < 2:
     raise errors.UserError(f"tune.halving.eta={t.halving.eta} must be >= 2")
-  if t.halving.min_steps <= 0 or t.halving.min_steps % config.train.eval_every_steps:
+  if t.strategy == "halving" and (
+      t.halving.min_steps <= 0 or t.halving.min_steps % config.train.eval_every_steps):
     raise errors.UserError(
         f"tune.halving.min_steps={t.halving.min_steps} must be a positive multiple of "
         f"train.eval_every_steps={config.train.eval_every_steps}")
@@ -80,6 +81,9 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
     raise errors.UserError(f"tune.bayes.rounds={t.bayes.rounds} must be > 0")
   if t.grid_points <= 0:
     raise errors.UserError(f"tune.grid_points={t.grid_points} must be > 0")
+  catalog.check_splits(config.data)
+  if config.data.test_split:
+    catalog.open_split(config.data.name, config.data.test_split, config.data.data_dir)
   dims = space_lib.parse_space(t.space, config_lib.flatten(config_lib.base_config()))
   if not dims:
     raise errors.UserError(
@@ -203,15 +207,15 @@ class _Phase:
         config.tune.steps_per_call,
         unroll=True if c.model.name == "cnn" else 1)  # Rolled conv scans are slow on CPU.
 
-    def train_fn(pop, acc, active, data, data_keys):
+    def train_fn(pop, acc, orders, active, data, data_keys):
       self.traces.append(1)
-      return pop_train(pop, acc, active, data, data_keys)
+      return pop_train(pop, acc, orders, active, data, data_keys)
 
     ms = self.member_sharding
     self._train = jax.jit(
-        train_fn, donate_argnums=(0, 1),
-        in_shardings=(ms, ms, ms, replicated, ms) if shard else None,
-        out_shardings=(ms, ms) if shard else None)
+        train_fn, donate_argnums=(0, 1, 2),
+        in_shardings=(ms, ms, ms, ms, replicated, ms) if shard else None,
+        out_shardings=(ms, ms, ms) if shard else None)
     self._eval = jax.jit(pop_lib.make_eval_fn(self.model))
     self._create = jax.jit(lambda rngs: pop_lib.create(
         self.model, self.tx, self.sample_batch, self.base_hparams, rngs))
@@ -224,6 +228,8 @@ class _Phase:
             resample_probability=config.tune.pbt.resample_probability))
     self._select = jax.jit(pop_lib.select)
     self.data_keys = None
+    self.orders = None  # Per-member epoch permutations (a cache; never checkpointed).
+    self.num_examples = train_data.num_examples
 
   @property
   def compiles(self) -> int:
@@ -253,13 +259,16 @@ class _Phase:
     if self.dynamic_keys:
       pop = self._set_dynamic(pop, self.dynamic_values(members))
     self.data_keys = self._put(self._data_keys(members))
+    self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
     return self._put(pop), self._put(pop_lib.new_metric_sums(len(members)))
 
   def active(self, members) -> jax.Array:
     return self._put(jnp.asarray([m["active"] for m in members]))
 
   def train(self, pop, acc, active):
-    return self._train(pop, acc, active, self.data, self.data_keys)
+    pop, acc, self.orders = self._train(pop, acc, self.orders, active, self.data,
+                                        self.data_keys)
+    return pop, acc
 
   def evaluate(self, pop) -> list[dict[str, float]]:
     sums = None

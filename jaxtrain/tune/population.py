@@ -75,17 +75,20 @@ def select(mask_P: jax.Array, new, old):
 
 def make_train_fn(model, tx, schedule, batch_size: int, execution: str,
                   steps_per_call: int = 1, unroll: int | bool = 1) -> Callable:
-  """Returns `fn(pop_state, acc, active_P, data, data_keys_P) -> (pop_state, acc)`.
+  """Returns `fn(pop, acc, orders, active_P, data, data_keys_P) -> (pop, acc, orders)`.
 
-  Not jitted (the caller jits it, with donation and shardings). Members with
-  `active` False keep their state unchanged; under `map` they also skip the
-  computation, under `vmap` they are computed and discarded.
+  Not jitted (the caller jits it, with donation and shardings). `orders` is
+  the per-member epoch permutation cache (`pipeline.EpochOrder` with a member
+  axis). Members with `active` False keep their state unchanged; under `map`
+  they also skip the computation, under `vmap` they are computed and discarded.
   """
 
-  def member_step(state, acc, active, data, data_key):
+  def member_step(state, acc, order, active, data, data_key):
+    del data_key  # The order already encodes it.
+
     def run(operand):
       state, acc = operand
-      batch = pipeline.device_batch(data, data_key, state.step, batch_size)
+      batch = pipeline.device_batch(data, order, state.step, batch_size)
       return step_lib.accumulate_train_step(model, tx, schedule, state, acc, batch)
     if execution == "map":
       return jax.lax.cond(active, run, lambda operand: operand, (state, acc))
@@ -94,23 +97,29 @@ def make_train_fn(model, tx, schedule, batch_size: int, execution: str,
             jax.tree.map(lambda n, o: jnp.where(active, n, o), new_acc, acc))
 
   if execution == "vmap":
-    pop_step = jax.vmap(member_step, in_axes=(0, 0, 0, None, 0))
+    members_step = jax.vmap(member_step, in_axes=(0, 0, 0, 0, None, 0))
   elif execution == "map":
-    def pop_step(states, accs, active, data, data_keys):
-      return jax.lax.map(lambda xs: member_step(xs[0], xs[1], xs[2], data, xs[3]),
-                         (states, accs, active, data_keys))
+    def members_step(states, accs, orders, active, data, data_keys):
+      return jax.lax.map(lambda xs: member_step(xs[0], xs[1], xs[2], xs[3], data, xs[4]),
+                         (states, accs, orders, active, data_keys))
   else:
     raise ValueError(f"execution must be 'vmap' or 'map', got {execution!r}")
+
+  def pop_step(states, accs, orders, active, data, data_keys):
+    num_examples = data["labels"].shape[0]
+    orders = pipeline.refresh_orders(orders, data_keys, states.step, num_examples, batch_size)
+    states, accs = members_step(states, accs, orders, active, data, data_keys)
+    return states, accs, orders
 
   if steps_per_call == 1:
     return pop_step
 
-  def multi_step(states, accs, active, data, data_keys):
+  def multi_step(states, accs, orders, active, data, data_keys):
     def body(carry, _):
       return pop_step(*carry, active, data, data_keys), None
-    (states, accs), _ = jax.lax.scan(body, (states, accs), None, length=steps_per_call,
-                                     unroll=unroll)
-    return states, accs
+    (states, accs, orders), _ = jax.lax.scan(body, (states, accs, orders), None,
+                                             length=steps_per_call, unroll=unroll)
+    return states, accs, orders
 
   return multi_step
 

@@ -1,0 +1,145 @@
+"""Command-line parsing for `jaxtrain.main`: flags -> a locked ConfigDict.
+
+Checks what ml_collections would otherwise report as a bare traceback (missing
+config file, unknown override key, a value of the wrong type) and raises a
+one-line `UserError` instead.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from jaxtrain import config as config_lib
+from jaxtrain import errors
+
+MODES = ("train", "eval")
+
+
+def parse(argv: list[str]):
+  """Returns (config, workdir, options) from command-line args (argv[0] = program).
+
+  Raises:
+    UserError: unknown flag, bad config file or override, missing --workdir.
+  """
+  # Checked before ml_collections sees them: it fails on these with a bare
+  # OSError, KeyError or AttributeError that does not name the file or key.
+  spec = _flag_arg(argv, "config")
+  if spec is not None:
+    _check_config_path(spec)
+  _check_override_keys(argv)
+
+  fv = flags.FlagValues()  # Fresh flags per call: no global state, callable from tests.
+  config_flags.DEFINE_config_file("config", None, "Path to a config file[:arg].",
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "Directory of the run (created; resumed if it "
+                      "holds a checkpoint).", flag_values=fv)
+  flags.DEFINE_enum("mode", "train", MODES, "What to do.", flag_values=fv)
+  flags.DEFINE_integer("stop_after_steps", None, "Stop (with a checkpoint) after this "
+                       "step; rerun the same command to continue.", flag_values=fv)
+  flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: latest).",
+                       flag_values=fv)
+  flags.DEFINE_bool("allow_config_change", False, "Resume even if the config differs "
+                    "from WORKDIR/config.json.", flag_values=fv)
+  try:
+    with errors.absl_warnings_muted():  # e.g. "get_config() returned None": said below.
+      positional = fv(argv)[1:]
+  except flags.Error as e:
+    raise errors.UserError(_flag_error_line(str(e), spec)) from None
+  except (Exception, SystemExit) as e:  # A config file that fails to execute.
+    space_keys = [k for k in _override_keys(argv) if k.startswith("tune.space.")]
+    if space_keys and isinstance(e, (KeyError, AttributeError)):
+      raise errors.UserError(
+          f"cannot override {', '.join(space_keys)}: --config.tune.space.* only changes "
+          "search dimensions that the config file defines") from None
+    raise errors.UserError(f"--config={spec} failed to load: {_exception_line(e)}") from None
+  if positional:
+    raise errors.UserError(f"unexpected argument {positional[0]!r}; flags take the form "
+                           "--name=value, e.g. --config=configs/digits_mlp.py")
+  if fv["config"].present and not isinstance(fv.config, ml_collections.ConfigDict):
+    raise errors.UserError(_not_a_config_line(fv.config, spec))
+  if fv.config is None and fv.mode != "eval":
+    raise errors.UserError("--config is required, e.g. --config=configs/digits_mlp.py")
+  if not fv.workdir:
+    raise errors.UserError("--workdir is required, e.g. --workdir=runs/digits_mlp")
+  return fv.config, fv.workdir, {"mode": fv.mode, "stop_after_steps": fv.stop_after_steps,
+                                 "allow_config_change": fv.allow_config_change,
+                                 "step": fv.step}
+
+
+def _flag_arg(argv: list[str], name: str) -> str | None:
+  """The value of --name in argv (as --name=VALUE or --name VALUE), or None."""
+  for i, arg in enumerate(argv[1:], start=1):
+    flag, has_value, value = arg.lstrip("-").partition("=")
+    if arg.startswith("-") and flag == name:
+      if has_value:
+        return value
+      return argv[i + 1] if i + 1 < len(argv) else None
+  return None
+
+
+def _check_config_path(spec: str) -> None:
+  """Raises `UserError` unless the file of --config=PATH[:arg] exists."""
+  path = spec.split(":", 1)[0]
+  if not Path(path).is_file():
+    folder = Path(path).parent
+    siblings = [p.name for p in folder.glob("*.py")] if folder.is_dir() else []
+    raise errors.UserError(
+        f"--config file {path!r} not found{errors.did_you_mean(Path(path).name, siblings)}; "
+        "pass the path of a config file, e.g. --config=configs/digits_mlp.py")
+
+
+def _override_keys(argv: list[str]) -> list[str]:
+  """The keys of --config.KEY=VALUE (and --[no]config.KEY) overrides in argv."""
+  matches = (re.match(r"-{1,2}(?:no)?config\.([^=]+)", arg) for arg in argv[1:])
+  return [m.group(1) for m in matches if m]
+
+
+def _check_override_keys(argv: list[str]) -> None:
+  """Raises `UserError` for an override --config.KEY=VALUE of a key not in the schema."""
+  known = config_lib.flatten(config_lib.base_config())
+  for key in _override_keys(argv):
+    # tune.space is free-form (the config file defines its keys); parents of
+    # known keys (e.g. --config.optim.schedule) are ml_collections' to check.
+    if (key in known or key.startswith("tune.space.")
+        or any(k.startswith(key + ".") for k in known)):
+      continue
+    raise errors.UserError(
+        f"unknown config key {key!r} in --config.{key}"
+        f"{errors.did_you_mean(key, known)}; see jaxtrain/config.py for the keys that exist")
+
+
+def _exception_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+  return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def _flag_error_line(text: str, spec: str | None) -> str:
+  """One line from an absl/ml_collections flag error, naming the config key if any."""
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+  if "Error whilst parsing config file" in text:  # get_config raised; its traceback follows.
+    return f"--config={spec} failed to load: {lines[-1]}"
+  match = re.match(r"flag --config\.([\w.]+)=(.*?): ", text, re.DOTALL)
+  default = match and config_lib.flatten(config_lib.base_config()).get(match.group(1))
+  if default is not None:  # A value that does not parse as the key's type.
+    key, value = match.groups()
+    return (f"config key {key!r} must be of type {type(default).__name__} (like the "
+            f"default {default!r}), got {value!r} from --config.{key}")
+  return " ".join(lines)
+
+
+def _not_a_config_line(config, spec: str) -> str:
+  try:
+    getattr(config, "lock", None)  # ml_collections defers an OSError from loading to here.
+  except OSError as e:
+    return f"--config={spec} failed to load: {_exception_line(e.__cause__ or e)}"
+  returned = "None" if config is None else f"a {type(config).__name__}"
+  return (f"--config={spec}: get_config() returned {returned}, not an "
+          "ml_collections.ConfigDict; return jaxtrain.config.base_config() with overrides")
+
+

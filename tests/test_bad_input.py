@@ -1,0 +1,186 @@
+"""Mistakes a user can make on the command line: exit code 2 and one line.
+
+Each case is a command line and the substrings its one `error: ` line on stderr
+must contain (the key, path or value, and the hint where there is one). Every
+case fails before anything is compiled and prints nothing else to stderr: no
+traceback, no absl/TFDS warnings.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import pytest
+
+from jaxtrain import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "--config=configs/digits_mlp.py"
+WORKDIR = "--workdir={tmp}/run"  # {tmp}: the test's tmp_path.
+
+# Config files for the cases below, written into {tmp}.
+FILES = {
+    "syntax_error.py": "def get_config(:\n  pass\n",
+    "returns_dict.py": "def get_config():\n  return {'train': {'num_steps': 5}}\n",
+    "returns_none.py": ("from jaxtrain.config import base_config\n\n\n"
+                        "def get_config():\n  base_config()\n"),
+    "raises.py": "def get_config():\n  raise ValueError('boom')\n",
+    "extra_key.py": ("from jaxtrain.config import base_config\n\n\n"
+                     "def get_config():\n  c = base_config()\n  c.train.num_epochs = 3\n"
+                     "  return c\n"),
+    "a_file": "not a directory\n",
+}
+
+# (id, command-line args after the program name, substrings of the error line)
+CASES = [
+    # Flags and overrides.
+    ("unknown_key", [CONFIG, WORKDIR, "--config.train.num_stepz=5"],
+     ["'train.num_stepz'", "did you mean 'train.num_steps'"]),
+    ("unknown_section", [CONFIG, WORKDIR, "--config.trian.num_steps=5"],
+     ["'trian.num_steps'", "did you mean 'train.num_steps'"]),
+    ("unknown_nested_key", [CONFIG, WORKDIR, "--config.optim.schedule.warmup=10"],
+     ["'optim.schedule.warmup'", "did you mean 'optim.schedule.warmup_steps'"]),
+    ("unknown_deep_key", [CONFIG, WORKDIR, "--config.train.foo.bar=5"],
+     ["'train.foo.bar'", "jaxtrain/config.py"]),
+    ("int_not_a_number", [CONFIG, WORKDIR, "--config.train.num_steps=abc"],
+     ["'train.num_steps'", "type int", "'abc'"]),
+    ("float_for_int", [CONFIG, WORKDIR, "--config.train.num_steps=1.5"],
+     ["'train.num_steps'", "type int", "'1.5'"]),
+    ("float_not_a_number", [CONFIG, WORKDIR, "--config.optim.learning_rate=fast"],
+     ["'optim.learning_rate'", "type float", "'fast'"]),
+    ("bool_not_a_bool", [CONFIG, WORKDIR, "--config.model.batch_norm=maybe"],
+     ["'model.batch_norm'", "type bool", "'maybe'"]),
+    ("unknown_flag", [CONFIG, "--workdirr={tmp}/run"], ["'workdirr'", "workdir"]),
+    ("unknown_mode", [CONFIG, WORKDIR, "--mode=tune"], ["--mode=tune", "train|eval"]),
+    ("positional_argument", ["configs/digits_mlp.py", WORKDIR],
+     ["'configs/digits_mlp.py'", "--config="]),
+    ("missing_config", [WORKDIR], ["--config is required"]),
+    ("missing_workdir", [CONFIG], ["--workdir is required"]),
+    # Config files.
+    ("config_file_missing", ["--config=configs/digit_mlp.py", WORKDIR],
+     ["'configs/digit_mlp.py' not found", "did you mean 'digits_mlp.py'"]),
+    ("config_syntax_error", ["--config={tmp}/syntax_error.py", WORKDIR],
+     ["syntax_error.py", "SyntaxError"]),
+    ("config_raises", ["--config={tmp}/raises.py", WORKDIR],
+     ["raises.py failed to load", "ValueError: boom"]),
+    ("config_arg_not_taken", ["--config=configs/digits_mlp.py:fast", WORKDIR],
+     ["digits_mlp.py:fast", "TypeError", "get_config()"]),
+    ("config_returns_dict", ["--config={tmp}/returns_dict.py", WORKDIR],
+     ["returns_dict.py", "returned a dict", "base_config()"]),
+    ("config_returns_none", ["--config={tmp}/returns_none.py", WORKDIR],
+     ["returns_none.py", "returned None"]),
+    ("config_extra_key", ["--config={tmp}/extra_key.py", WORKDIR],
+     ["unknown config key 'train.num_epochs'"]),
+    # Values.
+    ("zero_batch_size", [CONFIG, WORKDIR, "--config.data.batch_size=0"],
+     ["data.batch_size=0 must be > 0"]),
+    ("negative_batch_size", [CONFIG, WORKDIR, "--config.data.batch_size=-8"],
+     ["data.batch_size=-8 must be > 0"]),
+    ("negative_learning_rate", [CONFIG, WORKDIR, "--config.optim.learning_rate=-0.1"],
+     ["optim.learning_rate=-0.1 must be > 0"]),
+    ("zero_num_steps", [CONFIG, WORKDIR, "--config.train.num_steps=0"],
+     ["train.num_steps=0 must be > 0"]),
+    ("dropout_rate_one", [CONFIG, WORKDIR, "--config.model.dropout_rate=1.0"],
+     ["model.dropout_rate=1.0", "[0.0, 1.0)"]),
+    ("warmup_not_below_num_steps", [CONFIG, WORKDIR, "--config.optim.schedule.warmup_steps=500"],
+     ["optim.schedule.warmup_steps=500", "train.num_steps=500"]),
+    ("piecewise_length_mismatch",
+     [CONFIG, WORKDIR, "--config.optim.schedule.name=piecewise",
+      "--config.optim.schedule.boundaries=(100,200)", "--config.optim.schedule.scales=(0.5,)"],
+     ["optim.schedule.boundaries", "optim.schedule.scales", "same length"]),
+    # Names.
+    ("unknown_model", [CONFIG, WORKDIR, "--config.model.name=mlpp"],
+     ["model.name='mlpp'", "did you mean 'mlp'", "cnn, mlp"]),
+    ("unknown_activation", [CONFIG, WORKDIR, "--config.model.activation=relux"],
+     ["model.activation='relux'", "did you mean 'relu'"]),
+    ("unknown_optimizer", [CONFIG, WORKDIR, "--config.optim.name=adamm"],
+     ["optim.name='adamm'", "did you mean 'adam'", "sgd"]),
+    ("unknown_schedule", [CONFIG, WORKDIR, "--config.optim.schedule.name=cosine"],
+     ["optim.schedule.name='cosine'", "did you mean 'warmup_cosine'"]),
+    ("unknown_pipeline", [CONFIG, WORKDIR, "--config.data.pipeline=gpu"],
+     ["data.pipeline='gpu'", "auto, device, grain"]),
+    ("unknown_early_stopping_metric", [CONFIG, WORKDIR, "--config.early_stopping.metric=eval/acc"],
+     ["early_stopping.metric='eval/acc'", "did you mean 'eval/accuracy'"]),
+    ("unknown_tune_strategy", [CONFIG, WORKDIR, "--config.tune.strategy=pbtt"],
+     ["tune.strategy='pbtt'", "did you mean 'pbt'"]),
+    ("unknown_dataset", [CONFIG, WORKDIR, "--config.data.name=digit"],
+     ["data.name='digit'", "did you mean 'digits'"]),
+    # Workdir.
+    ("workdir_is_a_file", [CONFIG, "--workdir={tmp}/a_file"], ["a_file is a file"]),
+    ("workdir_under_a_file", [CONFIG, "--workdir={tmp}/a_file/run"],
+     ["a_file/run is not writable"]),
+    ("workdir_in_proc", [CONFIG, "--workdir=/proc/jaxtrain_run"],
+     ["/proc/jaxtrain_run is not writable"]),
+    # Data (the embedded digits are prepared in the session's data dir).
+    ("catalog_dataset_not_prepared", [CONFIG, WORKDIR, "--config.data.name=mnist"],
+     ["'mnist' is not prepared", "tfds build mnist"]),
+    ("unknown_train_split", [CONFIG, WORKDIR, "--config.data.train_split=trian"],
+     ["'trian'", "did you mean 'train'", "available splits: test, train"]),
+    ("unknown_eval_split", [CONFIG, WORKDIR, "--config.data.eval_split=tset"],
+     ["'tset'", "did you mean 'test'", "available splits: test, train"]),
+    ("batch_larger_than_dataset", [CONFIG, WORKDIR, "--config.data.batch_size=5000"],
+     ["data.batch_size=5000", "1437 examples", "lower data.batch_size"]),
+    ("eval_without_checkpoint", [CONFIG, WORKDIR, "--mode=eval"], ["no checkpoint", "train first"]),
+]
+
+# Run as `python -m jaxtrain.main` too: whole stderr, start-up time included.
+SUBPROCESS_CASES = ["unknown_key", "config_file_missing", "catalog_dataset_not_prepared"]
+
+
+@pytest.fixture
+def args_for(tmp_path, data_dir):
+  """Returns a function from a case's args to argv, with the case's files in tmp_path."""
+  del data_dir  # Requested so that $JAXTRAIN_DATA_DIR is the session's tmp data dir.
+  for name, text in FILES.items():
+    (tmp_path / name).write_text(text)
+
+  def args_for_case(args):
+    return [arg.format(tmp=tmp_path) for arg in args]
+  return args_for_case
+
+
+@pytest.fixture
+def compiles():
+  """A list that gets one entry per XLA compilation while the test runs."""
+  events = []
+
+  def listener(event, duration_secs, **kwargs):
+    del duration_secs, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  yield events
+  jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _assert_one_error_line(stderr: str, expected: list[str]) -> None:
+  lines = stderr.splitlines()
+  assert len(lines) == 1 and stderr.endswith("\n"), f"want one line on stderr, got:\n{stderr}"
+  assert lines[0].startswith("error: "), lines[0]
+  for text in expected:
+    assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+
+
+@pytest.mark.parametrize("args, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_code_2(args, expected, args_for, compiles, capsys):
+  code = main.main(["jaxtrain.main", *args_for(args)])
+  out = capsys.readouterr()
+  _assert_one_error_line(out.err, expected)
+  assert code == 2
+  assert not compiles, "the error came after something was compiled"
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES)
+def test_command_line_prints_one_line_quickly(case, args_for):
+  args, expected = {c[0]: c[1:] for c in CASES}[case]
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, "-m", "jaxtrain.main", *args_for(args)], cwd=REPO,
+                        env=os.environ.copy(), capture_output=True, text=True, timeout=60)
+  seconds = time.perf_counter() - start
+  _assert_one_error_line(proc.stderr, expected)
+  assert proc.returncode == 2
+  assert seconds < 10, f"took {seconds:.1f} s to report a bad input (goal: under 5 s)"
