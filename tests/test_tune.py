@@ -280,3 +280,14 @@ def test_schedule_follows_the_ancestry():
       {"step": 10, "settings": {"lr": 0.5, "w": 1}},
       {"step": 20, "settings": {"lr": 0.25, "w": 1}},
   ]
+
+
+def test_bayes_resume_mid_round_is_bitwise_identical(tmp_path):
+  full = tune_run.run(tune_config("bayes"), tmp_path / "full")
+  stopped = tune_run.run(tune_config("bayes"), tmp_path / "resumed", stop_after_steps=60)
+  assert stopped["status"] == "stopped"  # Inside round 2 (steps 40..80).
+  resumed = tune_run.run(tune_config("bayes"), tmp_path / "resumed")
+  assert resumed["best_settings"] == full["best_settings"]
+  a = json.loads((tmp_path / "full" / "best" / "final.json").read_text())
+  b = json.loads((tmp_path / "resumed" / "best" / "final.json").read_text())
+  assert a["params_sha256"] == b["params_sha256"]
