@@ -2,7 +2,13 @@
 
 One `CheckpointManager` keeps the `keep` latest steps plus the best one by a
 finite score (NaN and Inf never count as best). Saves are asynchronous; the
-loop is blocked only while device arrays are copied out.
+loop is blocked only while device arrays are copied out. Orbax writes each
+step into a temporary directory and renames it when complete, so a step that
+is listed is a committed one.
+
+Restores go only into the structure the current config expects (arrays via
+tensorstore, the loop state as JSON; nothing is unpickled), and a checkpoint
+that does not match is refused with every mismatching path listed.
 """
 
 from __future__ import annotations
@@ -11,16 +17,24 @@ import math
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from jaxtrain import errors
 
 
+class CheckpointError(errors.JaxtrainError):
+  """A checkpoint could not be written; the last committed one is intact."""
+  exit_code = errors.EXIT_CHECKPOINT_FAILED
+
+
 class Checkpoints:
   """Saves and restores one run's checkpoints under `directory`."""
 
   def __init__(self, directory: str | Path, *, keep: int, async_save: bool = True):
+    import grain  # pylint: disable=g-import-not-at-top
     self.directory = Path(directory).absolute()
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
@@ -29,7 +43,11 @@ class Checkpoints:
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Handlers are named so that metadata (shapes, dtypes) can be read before
+    # a restore, to compare against what this run expects.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -42,42 +60,111 @@ class Checkpoints:
 
   def save(self, step: int, state, loop_state: dict[str, Any], data_iterator=None,
            score: float | None = None, force: bool = True) -> None:
-    """Starts an async save; `score` (higher is better) ranks it for 'best'."""
+    """Starts an async save; `score` (higher is better) ranks it for 'best'.
+
+    Raises:
+      CheckpointError: this save, or the previous asynchronous one, failed.
+    """
     import grain  # pylint: disable=g-import-not-at-top
     items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     metrics = {"score": score} if score is not None and math.isfinite(score) else None
-    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+    except Exception as e:  # Orbax re-raises a failed async save at the next call.
+      raise self._save_error(step, e) from None
+
+  def _save_error(self, step: int, e: Exception) -> CheckpointError:
+    committed = self.manager.latest_step()
+    text = " ".join(str(e).split())[:300]
+    return CheckpointError(
+        f"checkpoint save near step {step} in {self.directory} failed "
+        f"({type(e).__name__}: {text}); the last committed checkpoint "
+        f"({'step ' + str(committed) if committed is not None else 'none'}) is intact and is "
+        "what a rerun resumes from; free disk space or fix permissions, then rerun")
+
+  def check_structure(self, step: int, target_state) -> None:
+    """Raises `UserError` listing every path where checkpoint `step` differs from
+    `target_state` (missing, extra, shape or dtype); nothing is restored."""
+    try:
+      metadata = self.manager.item_metadata(step)["state"]
+    except Exception as e:  # Unreadable metadata: truncated or corrupted files.
+      raise self._corrupt_error(step, e) from None
+    if metadata is None:
+      raise self._corrupt_error(step, ValueError("no state metadata"))
+    saved = _by_path(metadata, lambda m: (tuple(m.shape), np.dtype(m.dtype).name))
+    wanted = _by_path(target_state, lambda x: (tuple(np.shape(x)), np.dtype(x.dtype).name))
+    problems = []
+    for path in sorted(set(saved) | set(wanted)):
+      if path not in saved:
+        problems.append(f"{path} missing from the checkpoint")
+      elif path not in wanted:
+        problems.append(f"{path} in the checkpoint is not in this model")
+      elif saved[path] != wanted[path]:
+        (s_shape, s_dtype), (w_shape, w_dtype) = saved[path], wanted[path]
+        problems.append(f"{path} is {s_dtype}{list(s_shape)} in the checkpoint, "
+                        f"{w_dtype}{list(w_shape)} here")
+    if problems:
+      raise errors.UserError(
+          f"checkpoint {self.directory / str(step)} does not match this config "
+          f"({len(problems)} problems: {'; '.join(problems)}); use a new --workdir, or the "
+          "config it was saved with")
+
+  def _corrupt_error(self, step: int, e: Exception) -> errors.UserError:
+    text = " ".join(str(e).split())[:300]
+    others = [s for s in self.all_steps() if s != step]
+    return errors.UserError(
+        f"checkpoint {self.directory / str(step)} cannot be read ({type(e).__name__}: {text}); "
+        "it may be truncated or corrupted: move that directory away to resume from "
+        f"{'step ' + str(max(others)) if others else 'scratch'}")
 
   def restore(self, step: int, target_state, data_iterator=None) -> tuple[Any, dict[str, Any]]:
     """Restores into the structure of `target_state` (and `data_iterator`, in place).
 
     Raises:
-      UserError: the checkpoint does not match the current model/optimizer.
+      UserError: the checkpoint does not match the current model/optimizer, or
+        its files cannot be read.
     """
     import grain  # pylint: disable=g-import-not-at-top
+    self.check_structure(step, target_state)
     items = {"state": ocp.args.StandardRestore(target_state), "loop": ocp.args.JsonRestore()}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # Orbax raises several types for a mismatching tree.
-      text = " ".join(str(e).split())
-      raise errors.UserError(
-          f"checkpoint {self.directory}/{step} does not match this config "
-          f"({type(e).__name__}: {text[:400]}); use a new --workdir or the config it was "
-          "saved with") from None
+    except Exception as e:  # Orbax raises several types for unreadable files.
+      raise self._corrupt_error(step, e) from None
     return restored["state"], dict(restored["loop"])
 
   def restore_loop(self, step: int) -> dict[str, Any]:
     """Only the loop state (JSON) of a checkpoint."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise self._corrupt_error(step, e) from None
     return dict(restored["loop"])
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise self._save_error(self.latest_step() or 0, e) from None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
+
+
+def _by_path(tree, describe) -> dict[str, Any]:
+  """{'params/Dense_0/kernel': describe(leaf)} for every leaf of `tree`."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    parts = []
+    for key in path:
+      for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+          parts.append(str(getattr(key, attr)))
+          break
+    out["/".join(parts)] = describe(leaf)
+  return out

@@ -81,6 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 500
   c.train.eval_every_steps = 100
   c.train.log_every_steps = 50
+  # Non-finite loss or gradient: "stop" (keep the last good state and checkpoint,
+  # exit code 3), "skip" (skip such updates; stop after max_consecutive_skips in a
+  # row), or "none" (apply every update).
+  c.train.nan_policy = "stop"
+  c.train.max_consecutive_skips = 10
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 250
@@ -211,6 +216,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         f"optim.schedule.warmup_steps={config.optim.schedule.warmup_steps} must be "
         f"smaller than train.num_steps={config.train.num_steps}")
+  if config.train.nan_policy not in ("stop", "skip", "none"):
+    raise errors.unknown_choice("train.nan_policy", config.train.nan_policy,
+                                ("stop", "skip", "none"))
+  if config.train.max_consecutive_skips <= 0:
+    raise errors.UserError(
+        f"train.max_consecutive_skips={config.train.max_consecutive_skips} must be > 0")
   if config.data.pipeline not in PIPELINES:
     raise errors.unknown_choice("data.pipeline", config.data.pipeline, PIPELINES)
   for key in ("checkpoint.best_metric", "early_stopping.metric"):

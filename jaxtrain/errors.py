@@ -12,11 +12,21 @@ import difflib
 import logging
 from collections.abc import Iterable
 
-EXIT_USER_ERROR = 2
+# Exit codes of `python -m jaxtrain.main` (also documented in the README).
+EXIT_USER_ERROR = 2  # Bad config, workdir, dataset or checkpoint: fix the input.
+EXIT_NONFINITE = 3  # train.nan_policy stopped the run at a non-finite loss/gradient.
+EXIT_CHECKPOINT_FAILED = 4  # A checkpoint could not be written (disk full, permissions).
+EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved; rerun the same command to resume.
 
 
-class UserError(Exception):
+class JaxtrainError(Exception):
+  """An error reported to the user as one line, with its own exit code."""
+  exit_code = 1
+
+
+class UserError(JaxtrainError):
   """A problem in the user's input (config, workdir, dataset), not a bug."""
+  exit_code = EXIT_USER_ERROR
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -73,8 +73,9 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
   target = jax.eval_shape(lambda: state_lib.create(model, tx, sample, hparams,
                                                    jax.random.PRNGKey(0)))
   acc = {k: jax.ShapeDtypeStruct((), jnp.float32)
-         for k in ("loss", "accuracy", "grad_norm", "learning_rate", "count")}
-  restored, _ = ckpts.restore(step, {"train_state": target, "metric_sums": acc})
+         for k in ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate", "count")}
+  guard = jax.eval_shape(step_lib.new_guard)
+  restored, _ = ckpts.restore(step, {"train_state": target, "metric_sums": acc, "guard": guard})
   ckpts.close()
   state = restored["train_state"]
   eval_fn = jax.jit(functools.partial(step_lib.eval_step, model))

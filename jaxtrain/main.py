@@ -39,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     from jaxtrain import train  # pylint: disable=g-import-not-at-top
     result = train.run(config, workdir, stop_after_steps=options["stop_after_steps"],
                        allow_config_change=options["allow_config_change"])
-  except errors.UserError as e:
+  except errors.JaxtrainError as e:
     print(f"error: {e}", file=sys.stderr)
-    return errors.EXIT_USER_ERROR
+    return e.exit_code
+  if result["status"] == "preempted":
+    print(f"preempted at step {result['step']}: checkpoint saved in {workdir}/checkpoints; "
+          "rerun the same command to resume", file=sys.stderr)
+    return errors.EXIT_PREEMPTED
   final = result["final"]
   print(f"{result['status']} at step {result['step']}: "
         + " ".join(f"{k}={v:.4f}" for k, v in final.items())

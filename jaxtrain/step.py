@@ -42,6 +42,7 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
       "loss": loss,
       "accuracy": accuracy,
       "grad_norm": optax.global_norm(grads),
+      "update_norm": optax.global_norm(updates),
       "learning_rate": jnp.asarray(learning_rate, jnp.float32),
       "count": jnp.ones((), jnp.float32),
   }
@@ -65,3 +66,48 @@ def accumulate_train_step(model, tx, schedule, state, acc, batch):
   """`train_step` whose metrics are folded into the running sums `acc`."""
   state, step_metrics = train_step(model, tx, schedule, state, batch)
   return state, metrics_lib.merge(acc, step_metrics)
+
+
+def guarded_train_step(model, tx, schedule, policy, state, acc, guard, batch):
+  """`accumulate_train_step` with non-finite steps handled by `guard_nonfinite`."""
+  new_state, step_metrics = train_step(model, tx, schedule, state, batch)
+  new_state, step_metrics, guard = guard_nonfinite(policy, state, new_state, step_metrics, guard)
+  return new_state, metrics_lib.merge(acc, step_metrics), guard
+
+
+NAN_POLICIES = ("stop", "skip", "none")
+
+
+def new_guard() -> dict[str, jax.Array]:
+  """Counters of non-finite steps (see `guard_nonfinite`)."""
+  return {"skipped": jnp.zeros((), jnp.int32), "streak": jnp.zeros((), jnp.int32),
+          "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
+
+
+def guard_nonfinite(policy: str, old: TrainState, new: TrainState,
+                    step_metrics: dict[str, jax.Array], guard: dict[str, jax.Array]):
+  """Keeps non-finite updates out of the state; returns (state, metrics, guard).
+
+  A step whose loss, gradient norm or update norm is NaN/Inf is not applied (the state keeps
+  its parameters, optimizer and model state; only `step` advances, so the data
+  order stays that of an uninterrupted run) and its metrics are not counted.
+  With policy "stop", every step after the first non-finite one is skipped too
+  (the loop stops when it sees `first_nonfinite_step`); with "skip", training
+  goes on and `streak` counts consecutive skips. "none" applies every update.
+  """
+  if policy == "none":
+    return new, step_metrics, guard
+  finite = (jnp.isfinite(step_metrics["loss"]) & jnp.isfinite(step_metrics["grad_norm"])
+            & jnp.isfinite(step_metrics["update_norm"]))
+  apply = finite
+  if policy == "stop":
+    apply = finite & (guard["first_nonfinite_step"] < 0)
+  state = jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old).replace(step=new.step)
+  metrics = {k: jnp.where(apply, v, jnp.zeros_like(v)) for k, v in step_metrics.items()}
+  first = guard["first_nonfinite_step"]
+  guard = {
+      "skipped": guard["skipped"] + (~apply).astype(jnp.int32),
+      "streak": jnp.where(finite, 0, guard["streak"] + 1).astype(jnp.int32),
+      "first_nonfinite_step": jnp.where((first < 0) & ~finite, old.step, first).astype(jnp.int32),
+  }
+  return state, metrics, guard

@@ -19,12 +19,17 @@ import ml_collections
 
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
-from jaxtrain import errors, models, optim, provenance, step as step_lib, writers
+from jaxtrain import errors, models, optim, preemption, provenance, step as step_lib, writers
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import state as state_lib
 from jaxtrain.data import catalog, pipeline
 
-TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "learning_rate", "count")
+TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate", "count")
+
+
+class NonFiniteError(errors.JaxtrainError):
+  """train.nan_policy stopped the run at a non-finite loss or gradient."""
+  exit_code = errors.EXIT_NONFINITE
 
 
 def prepare_workdir(workdir: str | Path) -> Path:
@@ -111,27 +116,28 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
                 "stop_best": None, "evals_since_best": 0, "elapsed_sec": 0.0}
   latest = ckpts.latest_step()
   _snapshot_config(c, workdir, latest is not None, allow_config_change)
-  acc = new_acc()
+  acc, guard = new_acc(), step_lib.new_guard()
   if latest is not None:
-    restored, loop_state = ckpts.restore(latest, {"train_state": state, "metric_sums": acc},
-                                         grain_iterator)
-    state, acc = restored["train_state"], restored["metric_sums"]
+    restored, loop_state = ckpts.restore(
+        latest, {"train_state": state, "metric_sums": acc, "guard": guard}, grain_iterator)
+    state, acc, guard = restored["train_state"], restored["metric_sums"], restored["guard"]
   start_step = int(state.step)
   (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
 
   # --- Compiled steps. State and metric sums are donated: updated in place.
   traces = []  # One entry per trace of the train step; more than one = a recompile.
 
-  def train_fn(state, acc, order, data, data_key):
+  def train_fn(state, acc, guard, order, data, data_key):
     traces.append(1)
     if train_data.kind == "device":
       order = pipeline.refresh_order(order, data_key, state.step, train_data.num_examples,
                                      c.data.batch_size)
       data = pipeline.device_batch(data, order, state.step, c.data.batch_size)
-    state, acc = step_lib.accumulate_train_step(model, tx, schedule, state, acc, data)
-    return state, acc, order
+    state, acc, guard = step_lib.guarded_train_step(model, tx, schedule, c.train.nan_policy,
+                                                    state, acc, guard, data)
+    return state, acc, guard, order
 
-  train_fn = jax.jit(train_fn, donate_argnums=(0, 1, 2))
+  train_fn = jax.jit(train_fn, donate_argnums=(0, 1, 2, 3))
   eval_fn = jax.jit(functools.partial(step_lib.eval_step, model))
 
   def evaluate(state) -> dict[str, float]:
@@ -162,83 +168,105 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     progress.update(step, values)
 
   def flush(pending):
-    p_step, p_acc, p_rate, p_eval = pending
+    p_step, p_acc, p_guard, p_rate, p_eval = pending
+    p_guard = jax.device_get(p_guard)
     write_record(p_step, {**metrics_lib.compute(p_acc, prefix="train/"),
+                          "train/skipped_steps": int(p_guard["skipped"]),
                           "steps_per_sec": p_rate, **p_eval})
+    return p_guard
+
+  def nonfinite(guard) -> bool:
+    """Whether train.nan_policy says stop, given the (host) guard counters."""
+    if c.train.nan_policy == "stop":
+      return int(guard["first_nonfinite_step"]) >= 0
+    if c.train.nan_policy == "skip":
+      return int(guard["streak"]) >= c.train.max_consecutive_skips
+    return False
 
   # --- Loop.
   order = None  # Device pipeline: the epoch's permutation, recomputed once per epoch.
   if train_data.kind == "device":
     data_args = (train_data.arrays, train_data.data_key)
     order = pipeline.new_epoch_order(train_data.num_examples)
-  pending = None  # (step, metric sums on device, steps/s, eval values): fetched one step late.
+  pending = None  # (step, sums, guard, steps/s, eval values) on device: fetched one step late.
   last_eval: dict[str, float] = {}
   status = "completed"
   step = start_step
   t_interval, steps_interval, paused_sec = time.perf_counter(), 0, 0.0
   session_start = time.perf_counter()
-  while step < num_steps:
-    if train_data.kind == "grain":
-      data_args = (next(train_data), None)
-    state, acc, order = train_fn(state, acc, order, *data_args)
-    step += 1
-    steps_interval += 1
+  with preemption.PreemptionGuard() as preempt:
+    while step < num_steps:
+      if train_data.kind == "grain":
+        data_args = (next(train_data), None)
+      state, acc, guard, order = train_fn(state, acc, guard, order, *data_args)
+      step += 1
+      steps_interval += 1
 
-    # Metrics of the last log step are pulled to the host only now, after the
-    # next step is queued, so the device never waits for the host.
-    if pending is not None:
-      flush(pending)
-      pending = None
+      # Metrics of the last log step are pulled to the host only now, after the
+      # next step is queued, so the device never waits for the host.
+      if pending is not None:
+        host_guard = flush(pending)
+        pending = None
+        if nonfinite(host_guard):
+          status = "nonfinite"
+          break
 
-    # A requested stop saves a checkpoint but adds no log record or evaluation,
-    # so the resumed run's records are exactly those of an uninterrupted run.
-    is_end = step == num_steps
-    is_last = is_end or step == stop_after_steps
-    is_log = step % c.train.log_every_steps == 0 or is_end
-    is_eval = step % c.train.eval_every_steps == 0 or is_end
-    is_save = step % c.checkpoint.every_steps == 0 or is_last
-    t_pause = time.perf_counter()  # Eval and saves are not counted in steps/s.
-    rate = steps_interval / max(t_pause - t_interval - paused_sec, 1e-9)
+      # A requested stop (stop_after_steps, SIGTERM, SIGINT) saves a checkpoint
+      # but adds no log record or evaluation, so the resumed run's records are
+      # exactly those of an uninterrupted run.
+      is_end = step == num_steps
+      if preempt.requested:
+        status = "preempted"
+      is_last = is_end or step == stop_after_steps or status == "preempted"
+      is_log = step % c.train.log_every_steps == 0 or is_end
+      is_eval = step % c.train.eval_every_steps == 0 or is_end
+      is_save = step % c.checkpoint.every_steps == 0 or is_last
+      if is_save and nonfinite(jax.device_get(guard)):  # Never checkpoint past a bad step.
+        status = "nonfinite"
+        break
+      t_pause = time.perf_counter()  # Eval and saves are not counted in steps/s.
+      rate = steps_interval / max(t_pause - t_interval - paused_sec, 1e-9)
 
-    eval_values: dict[str, float] = {}
-    if is_eval:
-      eval_values = last_eval = evaluate(state)
-      score = score_of(eval_values, best_metric, best_mode)
-      if math.isfinite(score) and (loop_state["best_score"] is None
-                                   or score > loop_state["best_score"]):
-        loop_state.update(best_score=score, best_step=step, best_eval=eval_values)
-        is_save = True  # So the best checkpoint exists on disk.
-      stop_score = score_of(eval_values, stop_metric, stop_mode)
-      previous = loop_state.get("stop_best")
-      if math.isfinite(stop_score) and (
-          previous is None or stop_score > previous + c.early_stopping.min_delta):
-        loop_state.update(stop_best=stop_score, evals_since_best=0)
-      else:
-        loop_state["evals_since_best"] += 1
-      if 0 < c.early_stopping.patience <= loop_state["evals_since_best"]:
-        status, is_last, is_save, is_log = "early_stopped", True, True, True
-    if is_log:
-      pending = (step, acc, rate, eval_values)
-      acc = new_acc()
-      t_interval, steps_interval, paused_sec = t_pause, 0, 0.0
-    elif is_eval:
-      write_record(step, eval_values)
-    if is_save:
-      loop_state["elapsed_sec"] += time.perf_counter() - session_start
-      session_start = time.perf_counter()
-      # The partial metric sums are saved too: the next log record averages
-      # the same steps whether or not the run was interrupted in between.
-      ckpts.save(step, {"train_state": state, "metric_sums": acc}, loop_state, grain_iterator,
-                 score=score_of(eval_values, best_metric, best_mode) if eval_values else None)
-    paused_sec += time.perf_counter() - t_pause
-    if is_last:
-      if status == "completed" and step < num_steps:
-        status = "stopped"
-      break
+      eval_values: dict[str, float] = {}
+      if is_eval:
+        eval_values = last_eval = evaluate(state)
+        score = score_of(eval_values, best_metric, best_mode)
+        if math.isfinite(score) and (loop_state["best_score"] is None
+                                     or score > loop_state["best_score"]):
+          loop_state.update(best_score=score, best_step=step, best_eval=eval_values)
+          is_save = True  # So the best checkpoint exists on disk.
+        stop_score = score_of(eval_values, stop_metric, stop_mode)
+        previous = loop_state.get("stop_best")
+        if math.isfinite(stop_score) and (
+            previous is None or stop_score > previous + c.early_stopping.min_delta):
+          loop_state.update(stop_best=stop_score, evals_since_best=0)
+        else:
+          loop_state["evals_since_best"] += 1
+        if 0 < c.early_stopping.patience <= loop_state["evals_since_best"]:
+          status, is_last, is_save, is_log = "early_stopped", True, True, True
+      if is_log:
+        pending = (step, acc, jax.tree.map(jnp.copy, guard), rate, eval_values)
+        acc = new_acc()
+        t_interval, steps_interval, paused_sec = t_pause, 0, 0.0
+      elif is_eval:
+        write_record(step, eval_values)
+      if is_save:
+        loop_state["elapsed_sec"] += time.perf_counter() - session_start
+        session_start = time.perf_counter()
+        # The partial metric sums are saved too: the next log record averages
+        # the same steps whether or not the run was interrupted in between.
+        ckpts.save(step, {"train_state": state, "metric_sums": acc, "guard": guard}, loop_state,
+                   grain_iterator,
+                   score=score_of(eval_values, best_metric, best_mode) if eval_values else None)
+      paused_sec += time.perf_counter() - t_pause
+      if is_last:
+        if status == "completed" and step < num_steps:
+          status = "stopped"
+        break
 
   if pending is not None:
     flush(pending)
-  if not last_eval:  # Resumed a finished run: report its final evaluation again.
+  if not last_eval:  # Resumed a finished run, or stopped early: evaluate now.
     last_eval = evaluate(state)
   ckpts.close()
   loop_state["elapsed_sec"] += time.perf_counter() - session_start
@@ -258,6 +286,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       "num_params": state_lib.num_params(state.params),
       "train_step_compiles": len(traces),
       "checkpoint_steps": ckpts.all_steps(),
+      "skipped_steps": int(jax.device_get(guard)["skipped"]),
   }
   (workdir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+  if status == "nonfinite":
+    g = jax.device_get(guard)
+    where = (f"at step {int(g['first_nonfinite_step']) + 1}" if c.train.nan_policy == "stop"
+             else f"in {int(g['streak'])} consecutive steps")
+    raise NonFiniteError(
+        f"non-finite loss or gradient {where} (train.nan_policy={c.train.nan_policy}); no "
+        f"bad update was applied or saved; last checkpoint: step {ckpts.latest_step()} in "
+        f"{ckpts.directory}; lower optim.learning_rate or set optim.clip_norm, then rerun in a "
+        "new --workdir")
   return final

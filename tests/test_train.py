@@ -133,3 +133,106 @@ def test_dropout_batchnorm_label_smoothing_train(tmp_path):
 
 GOLDEN_FIRST_LOSS = 1.8803276062011718
 GOLDEN_FINAL_ACCURACY = 0.9472222222222222
+
+
+def _checkpointed_params_finite(workdir):
+  from jaxtrain import evaluate
+  import orbax.checkpoint as ocp
+  for step_dir in (workdir / "checkpoints").iterdir():
+    if not step_dir.name.isdigit():
+      continue
+    tree = ocp.StandardCheckpointer().restore(step_dir / "state")
+    for leaf in __import__("jax").tree.leaves(tree["train_state"]["params"]):
+      assert np.all(np.isfinite(np.asarray(leaf))), step_dir
+
+
+def test_nan_policy_stop_keeps_the_last_good_checkpoint(tmp_path):
+  from jaxtrain.train import NonFiniteError
+  # An infinite learning rate makes the first update infinite.
+  config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": float("inf"),
+                          "train.num_steps": 200, "checkpoint.every_steps": 10})
+  with pytest.raises(NonFiniteError, match=r"non-finite loss or gradient at step \d+"):
+    train.run(config, tmp_path)
+  final = json.loads((tmp_path / "final.json").read_text())
+  assert final["status"] == "nonfinite" and final["step"] < 200
+  _checkpointed_params_finite(tmp_path)
+
+
+def test_nan_policy_skip_stops_after_consecutive_skips(tmp_path):
+  from jaxtrain.train import NonFiniteError
+  config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": float("inf"),
+                          "train.num_steps": 200, "train.nan_policy": "skip",
+                          "train.max_consecutive_skips": 3})
+  with pytest.raises(NonFiniteError, match="consecutive"):
+    train.run(config, tmp_path)
+  final = json.loads((tmp_path / "final.json").read_text())
+  assert final["skipped_steps"] >= 3
+  _checkpointed_params_finite(tmp_path)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_loses_nothing(tmp_path):
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  repo = __import__("pathlib").Path(__file__).resolve().parent.parent
+  args = ["--config=configs/digits_mlp.py", "--config.train.num_steps=4000",
+          "--config.model.hidden_sizes=(32,)", "--config.train.log_every_steps=10",
+          "--config.checkpoint.every_steps=1000", "--config.train.eval_every_steps=1000"]
+  cmd = [sys.executable, "-m", "jaxtrain.main", f"--workdir={tmp_path / 'run'}", *args]
+  proc = subprocess.Popen(cmd, cwd=repo, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  deadline = time.time() + 60
+  while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 75, err
+  assert err.strip().splitlines()[-1].startswith("preempted at step")
+  stopped = int(err.strip().splitlines()[-1].split()[3].rstrip(":"))
+  assert 0 < stopped < 4000
+  resumed = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+  assert resumed.returncode == 0, resumed.stderr
+  full = subprocess.run([sys.executable, "-m", "jaxtrain.main",
+                         f"--workdir={tmp_path / 'full'}", *args],
+                        cwd=repo, capture_output=True, text=True, timeout=120)
+  assert full.returncode == 0, full.stderr
+  a = json.loads((tmp_path / "run" / "final.json").read_text())
+  b = json.loads((tmp_path / "full" / "final.json").read_text())
+  assert a["params_sha256"] == b["params_sha256"]
+  assert _losses(tmp_path / "run") == _losses(tmp_path / "full")
+
+
+def test_retention_holds_across_restarts(tmp_path):
+  config = tiny_config(**{"train.num_steps": 100, "checkpoint.every_steps": 10,
+                          "checkpoint.keep": 2})
+  for stop in (30, 70, None):
+    train.run(config, tmp_path, stop_after_steps=stop)
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  final = json.loads((tmp_path / "final.json").read_text())
+  assert len(steps) <= 3 and 100 in steps and 90 in steps
+  assert final["best"]["step"] in steps
+
+
+def test_checkpoint_of_another_model_lists_every_mismatch(tmp_path):
+  from jaxtrain import errors
+  train.run(tiny_config(), tmp_path, stop_after_steps=20)
+  other = tiny_config(**{"model.hidden_sizes": (48, 16)})
+  with pytest.raises(errors.UserError) as e:
+    train.run(other, tmp_path, allow_config_change=True)
+  message = str(e.value)
+  assert "Dense_0/kernel is float32[64, 64] in the checkpoint, float32[64, 48] here" in message
+  assert "Dense_2/kernel missing from the checkpoint" in message
+  assert "\n" not in message
+
+
+def test_truncated_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  from jaxtrain import errors
+  train.run(tiny_config(), tmp_path, stop_after_steps=20)
+  for f in (tmp_path / "checkpoints" / "20" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 100:
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  with pytest.raises(errors.UserError, match="cannot be read|does not match"):
+    train.run(tiny_config(), tmp_path)

@@ -26,6 +26,7 @@ import numpy as np
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
 from jaxtrain import errors, models, optim, provenance, train, writers
+from jaxtrain import step as step_lib
 from jaxtrain import state as state_lib
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.tune import lineage as lineage_lib
@@ -435,10 +436,11 @@ def export_member(config, member: dict, state, directory: Path, schedule) -> Non
   for old in ckpts.all_steps():  # A better member replaces an earlier export.
     ckpts.manager.delete(old)
   acc = {k: np.zeros((), np.float32) for k in train.TRAIN_METRICS}
+  guard = jax.device_get(step_lib.new_guard())
   step = int(state.step)
   loop_state = {"best_score": None, "best_step": None, "best_eval": {}, "stop_best": None,
                 "evals_since_best": 0, "elapsed_sec": 0.0}
-  ckpts.save(step, {"train_state": state, "metric_sums": acc}, loop_state)
+  ckpts.save(step, {"train_state": state, "metric_sums": acc, "guard": guard}, loop_state)
   ckpts.close()
   final = {"status": "completed", "step": step, "final": member["last_eval"],
            "best": {"metric": config.tune.metric, "step": step, **member["last_eval"]},

@@ -132,7 +132,7 @@ def make_eval_fn(model) -> Callable:
 
 def new_metric_sums(population_size: int) -> dict[str, jax.Array]:
   return {k: jnp.zeros((population_size,), jnp.float32)
-          for k in ("loss", "accuracy", "grad_norm", "learning_rate", "count")}
+          for k in ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate", "count")}
 
 
 def compute_member_metrics(sums: dict[str, Any], prefix: str) -> list[dict[str, float]]:
