@@ -25,9 +25,8 @@ from orbax.checkpoint import checkpoint_managers
 from jaxtrain import errors
 
 
-class CheckpointError(errors.JaxtrainError):
+class CheckpointError(errors.WriteError):
   """A checkpoint could not be written; the last committed one is intact."""
-  exit_code = errors.EXIT_CHECKPOINT_FAILED
 
 
 class Checkpoints:

@@ -15,13 +15,18 @@ from collections.abc import Iterable
 # Exit codes of `python -m jaxtrain.main` (also documented in the README).
 EXIT_USER_ERROR = 2  # Bad config, workdir, dataset or checkpoint: fix the input.
 EXIT_NONFINITE = 3  # train.nan_policy stopped the run at a non-finite loss/gradient.
-EXIT_CHECKPOINT_FAILED = 4  # A checkpoint could not be written (disk full, permissions).
+EXIT_CHECKPOINT_FAILED = 4  # A checkpoint or metrics.jsonl could not be written (disk full).
 EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved; rerun the same command to resume.
 
 
 class JaxtrainError(Exception):
   """An error reported to the user as one line, with its own exit code."""
   exit_code = 1
+
+
+class WriteError(JaxtrainError):
+  """A run's records (metrics, checkpoints) could not be written."""
+  exit_code = EXIT_CHECKPOINT_FAILED
 
 
 class UserError(JaxtrainError):

@@ -44,8 +44,14 @@ class MetricsLog:
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     record = {"step": step, **{k: _json_value(v) for k, v in values.items()}}
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    except OSError as e:
+      from jaxtrain import errors  # pylint: disable=g-import-not-at-top
+      raise errors.WriteError(f"cannot write {self.path} ({e.strerror}); free disk space, "
+                              "then rerun the same command to resume from the last "
+                              "checkpoint") from None
 
   def close(self) -> None:
     self._file.close()
@@ -58,24 +64,70 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
 
 
 class TensorBoard:
-  """Scalars and an hparams entry in WORKDIR, via tensorboardX."""
+  """Scalars and an hparams entry in WORKDIR, via tensorboardX, best effort.
 
-  def __init__(self, workdir: Path, hparams: dict[str, Any], metric_names: list[str]):
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
-    self.writer = SummaryWriter(logdir=str(workdir), flush_secs=10)
-    # Written into this run's own event file so TensorBoard's HParams view
-    # pairs the config with this run's scalars.
-    for summary in hparams_summary(hparams, {m: math.nan for m in metric_names}):
-      self.writer.file_writer.add_summary(summary)
+  TensorBoard output must never stop or hang training: tensorboardX's writer
+  thread can block forever once the disk is full. Records therefore go through
+  a bounded queue to a thread of our own; if writing fails or the queue is
+  full, a one-line warning is printed and TensorBoard output stops (metrics.jsonl
+  and checkpoints are unaffected). `close()` waits at most a few seconds.
+  """
+
+  def __init__(self, workdir: Path, hparams: dict[str, Any], metric_names: list[str],
+               queue_size: int = 10_000):
+    import queue  # pylint: disable=g-import-not-at-top
+    import threading  # pylint: disable=g-import-not-at-top
+    self.workdir = Path(workdir)
+    self.failed = False
+    self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+    self._full = queue.Full
+    self._thread = threading.Thread(target=self._work, args=(hparams, metric_names),
+                                    daemon=True, name="jaxtrain-tensorboard")
+    self._thread.start()
+
+  def _work(self, hparams, metric_names) -> None:
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
+      writer = SummaryWriter(logdir=str(self.workdir), flush_secs=10)
+      # Written into this run's own event file so TensorBoard's HParams view
+      # pairs the config with this run's scalars.
+      for summary in hparams_summary(hparams, {m: math.nan for m in metric_names}):
+        writer.file_writer.add_summary(summary)
+      while True:
+        item = self._queue.get()
+        if item is None:
+          break
+        step, values = item
+        for k, v in values.items():
+          writer.add_scalar(k, v, global_step=step)
+      writer.close()
+    except Exception as e:  # Disk full, permissions: warn once, keep training.
+      self._fail(f"{type(e).__name__}: {e}")
+
+  def _fail(self, why: str) -> None:
+    if not self.failed:
+      self.failed = True
+      print(f"warning: TensorBoard output in {self.workdir} stopped ({why}); training "
+            "continues, metrics.jsonl is still written", file=sys.stderr, flush=True)
 
   def write(self, step: int, values: dict[str, Any]) -> None:
-    for k, v in values.items():
-      if isinstance(v, (int, float)):
-        self.writer.add_scalar(k, v, global_step=step)
+    if self.failed:
+      return
+    scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+    try:
+      self._queue.put_nowait((step, scalars))
+    except self._full:
+      self._fail("the writer fell behind; is the disk full or very slow?")
 
-  def close(self) -> None:
-    self.writer.close()
+  def close(self, timeout: float = 10.0) -> None:
+    try:
+      self._queue.put(None, timeout=timeout)
+    except self._full:
+      self._fail("could not flush before closing")
+    self._thread.join(timeout=timeout)
+    if self._thread.is_alive():
+      self._fail(f"the writer did not finish within {timeout:.0f} s")
 
 
 def hparams_for_tensorboard(flat_config: dict[str, Any]) -> dict[str, Any]:

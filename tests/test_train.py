@@ -236,3 +236,57 @@ def test_truncated_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
       f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
   with pytest.raises(errors.UserError, match="cannot be read|does not match"):
     train.run(tiny_config(), tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1.5 MB tmpfs (root only); skips where mounting is not allowed."""
+  import subprocess
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mount)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here")
+  yield mount
+  subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_disk_stops_the_run_and_keeps_the_last_committed_checkpoint(tmp_path, small_disk):
+  from jaxtrain import checkpoint as checkpoint_lib
+  from jaxtrain import errors
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "checkpoints").symlink_to(small_disk)  # Only checkpoints hit the full disk.
+  # ~0.5 MB per checkpoint (MLP 64-256-10 + Adam): the third one does not fit.
+  config = tiny_config(**{"model.hidden_sizes": (256,), "train.num_steps": 200,
+                          "checkpoint.every_steps": 10, "checkpoint.keep": 5,
+                          "train.eval_every_steps": 1000})
+  with pytest.raises(errors.WriteError, match="checkpoint save near step .* failed") as e:
+    train.run(config, workdir)
+  assert "\n" not in str(e.value)
+  committed = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=5).all_steps()
+  assert committed and max(committed) < 200
+  assert f"step {max(committed)}" in str(e.value)
+  # Free the disk: the rerun resumes from the last committed step and finishes.
+  import shutil
+  for p in small_disk.iterdir():
+    if p.name.isdigit() and int(p.name) != max(committed):
+      shutil.rmtree(p)
+  config.checkpoint.keep = 1
+  final = train.run(config, workdir, allow_config_change=True)
+  assert final["status"] == "completed"
+
+
+def test_tensorboard_failure_warns_and_never_hangs(tmp_path, capsys):
+  import time
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  tb = writers.TensorBoard(blocker / "run", {"a": 1}, ["eval/accuracy"], queue_size=8)
+  t0 = time.time()
+  for step in range(1000):  # Far more than the queue holds: must not block.
+    tb.write(step, {"loss": float(step)})
+  tb.close(timeout=5)
+  assert time.time() - t0 < 6
+  assert tb.failed
+  warning = capsys.readouterr().err.strip().splitlines()
+  assert len(warning) == 1 and warning[0].startswith("warning: TensorBoard output")
