@@ -32,10 +32,38 @@ FILES = {
                      "def get_config():\n  c = base_config()\n  c.train.num_epochs = 3\n"
                      "  return c\n"),
     "a_file": "not a directory\n",
+    "space_typo.py": ("from configs.digits_pbt import get_config as base\n\n\n"
+                      "def get_config():\n  c = base()\n"
+                      "  c.tune.space.optim = dict(learning_rat='loguniform(1e-4, 1e-1)')\n"
+                      "  return c\n"),
+    "space_empty_range.py": ("from configs.digits_pbt import get_config as base\n\n\n"
+                             "def get_config():\n  c = base()\n"
+                             "  c.tune.space.optim = dict(learning_rate='uniform(0.1, 0.01)')\n"
+                             "  return c\n"),
+    "space_log_zero.py": ("from configs.digits_pbt import get_config as base\n\n\n"
+                          "def get_config():\n  c = base()\n"
+                          "  c.tune.space.optim = dict(weight_decay='loguniform(0, 1e-2)')\n"
+                          "  return c\n"),
 }
 
 # (id, command-line args after the program name, substrings of the error line)
 CASES = [
+    # Tuning: search spaces and population.
+    ("space_unknown_key", ["--config={tmp}/space_typo.py", WORKDIR],
+     ["tune.space.optim.learning_rat", "did you mean 'optim.learning_rate'"]),
+    ("space_empty_range", ["--config={tmp}/space_empty_range.py", WORKDIR],
+     ["tune.space.optim.learning_rate", "range is empty"]),
+    ("space_loguniform_zero", ["--config={tmp}/space_log_zero.py", WORKDIR],
+     ["tune.space.optim.weight_decay", "loguniform needs low > 0"]),
+    ("population_size_zero", ["--config=configs/digits_pbt.py", WORKDIR,
+                              "--config.tune.population_size=0"],
+     ["tune.population_size=0 must be > 0"]),
+    ("unknown_exploit", ["--config=configs/digits_pbt.py", WORKDIR,
+                         "--config.tune.pbt.exploit=best"],
+     ["tune.pbt.exploit='best'", "truncation"]),
+    ("space_override_bad_spec", ["--config=configs/digits_pbt.py", WORKDIR,
+                                 "--config.tune.space.optim.learning_rate=lognormal(1,2)"],
+     ["tune.space.optim.learning_rate", "not a search dimension"]),
     # Flags and overrides.
     ("unknown_key", [CONFIG, WORKDIR, "--config.train.num_stepz=5"],
      ["'train.num_stepz'", "did you mean 'train.num_steps'"]),
