@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   # from the TFDS data source. "auto": device when the split is small.
   c.data.pipeline = "auto"
   c.data.device_max_mb = 512
+  # > 0: permute the input features (positions) with this seed, the same way
+  # in every split: destroys spatial order, keeps the information.
+  c.data.permute_features_seed = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"
@@ -50,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.features = (32, 64)  # cnn: channels per conv block
   c.model.kernel_size = 3  # cnn
   c.model.dense_size = 128  # cnn: width of the dense layer before the head
+  c.model.rnn_size = 64  # gru, lstm: hidden state width
+  c.model.rnn_layers = 1  # gru, lstm
   c.model.activation = "relu"
   c.model.batch_norm = False
   c.model.dropout_rate = 0.0  # A hyperparameter (array leaf in the state).

@@ -130,3 +130,13 @@ def test_eval_batches_pad_and_mask():
 
 
 DIGITS_TEST_SHA = "ea1d0dae64d87510"
+
+
+def test_permute_features_is_one_fixed_permutation():
+  x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+  a = pipeline.permute_features(x, 7)
+  assert a.shape == x.shape
+  assert sorted(a[0].ravel().tolist()) == x[0].ravel().tolist()
+  # Same positions moved for every example.
+  np.testing.assert_array_equal(a[1] - a[0], np.full((3, 4), 12.0))
+  np.testing.assert_array_equal(pipeline.permute_features(x, 0), x)

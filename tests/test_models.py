@@ -60,3 +60,19 @@ def test_dropout_rate_is_data_not_a_constant():
   assert len(traces) == 1
   np.testing.assert_allclose(no_drop, eval_out, rtol=1e-6)
   assert not np.allclose(no_drop, some_drop)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_recurrent_classifiers(name):
+  model = _build(name, (40,), rnn_size=8)
+  batch = {"inputs": jnp.ones((3, 40), jnp.float32)}
+  variables = model.init(jax.random.PRNGKey(0), batch)
+  logits, _ = model.apply(variables, batch, jax.random.PRNGKey(1), False,
+                          {"dropout_rate": jnp.float32(0.0)})
+  assert logits.shape == (3, 10)
+
+
+def test_logistic_regression_is_an_mlp_without_hidden_layers():
+  model = _build("mlp", (40,), hidden_sizes=())
+  variables = model.init(jax.random.PRNGKey(0), {"inputs": jnp.ones((2, 40))})
+  assert [x.shape for x in jax.tree.leaves(variables["params"])] == [(10,), (40, 10)]

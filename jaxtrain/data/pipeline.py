@@ -116,13 +116,15 @@ class GrainData:
 
   kind = "grain"
 
-  def __init__(self, source, info: catalog.DatasetInfo, batch_size: int, seed: int):
+  def __init__(self, source, info: catalog.DatasetInfo, batch_size: int, seed: int,
+               permute_seed: int = 0):
     import grain  # pylint: disable=g-import-not-at-top
     self.batch_size = batch_size
     input_key, label_key = info.input_key, info.label_key
 
     def to_batch(examples):
-      return {"inputs": catalog.to_model_inputs(np.asarray(examples[input_key])),
+      inputs = catalog.to_model_inputs(np.asarray(examples[input_key]))
+      return {"inputs": permute_features(inputs, permute_seed),
               "labels": np.asarray(examples[label_key], np.int32)}
 
     # shuffle -> repeat gives every epoch its own permutation of the split.
@@ -147,6 +149,19 @@ class GrainData:
     return batch
 
 
+def permute_features(inputs: np.ndarray, seed: int) -> np.ndarray:
+  """Inputs with their feature positions shuffled by a permutation fixed by `seed`.
+
+  The same permutation for every example and split (seed 0 = unchanged): a
+  model that relies on spatial order loses it, one that does not is unaffected.
+  """
+  if seed <= 0:
+    return inputs
+  flat = inputs.reshape(inputs.shape[0], -1)
+  order = np.random.default_rng(seed).permutation(flat.shape[1])
+  return flat[:, order].reshape(inputs.shape)
+
+
 def choose_pipeline(requested: str, num_examples: int, input_shape, max_mb: int) -> str:
   """'device' or 'grain' for data.pipeline='auto' by the split's size in float32."""
   if requested != "auto":
@@ -169,17 +184,20 @@ def create_train_data(data_config, seed: int):
         "lower data.batch_size")
   if kind == "device":
     inputs, labels = catalog.load_arrays(source, info)
+    inputs = permute_features(inputs, data_config.permute_features_seed)
     arrays = {"inputs": jnp.asarray(inputs), "labels": jnp.asarray(labels)}
     data_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x0DA7A)
     return DeviceData(arrays, data_key, data_config.batch_size), info
-  return GrainData(source, info, data_config.batch_size, seed), info
+  return GrainData(source, info, data_config.batch_size, seed,
+                   data_config.permute_features_seed), info
 
 
 def load_eval_arrays(data_config) -> tuple[np.ndarray, np.ndarray]:
   """The evaluation split as host numpy arrays (inputs, labels)."""
   source, info = catalog.open_split(data_config.name, data_config.eval_split,
                                     data_config.data_dir)
-  return catalog.load_arrays(source, info)
+  inputs, labels = catalog.load_arrays(source, info)
+  return permute_features(inputs, data_config.permute_features_seed), labels
 
 
 def eval_batches(inputs: np.ndarray, labels: np.ndarray, batch_size: int):

@@ -16,9 +16,9 @@ from typing import Any
 import jax
 
 from jaxtrain import errors
-from jaxtrain.models import cnn, layers, mlp
+from jaxtrain.models import cnn, layers, mlp, rnn
 
-NAMES = ("mlp", "cnn")
+NAMES = ("mlp", "cnn", "gru", "lstm")
 MODEL_HPARAMS = ("dropout_rate",)
 
 
@@ -65,7 +65,7 @@ def check_config(model_config) -> None:
     if (key == "features" or sizes) and (not sizes or any(
         not isinstance(s, int) or s <= 0 for s in sizes)):
       raise errors.UserError(f"model.{key}={sizes!r} must be a tuple of positive integers")
-  for key in ("kernel_size", "dense_size"):
+  for key in ("kernel_size", "dense_size", "rnn_size", "rnn_layers"):
     if model_config[key] <= 0:
       raise errors.UserError(f"model.{key}={model_config[key]!r} must be > 0")
 
@@ -84,6 +84,10 @@ def build(model_config, num_classes: int, input_shape: tuple[int, ...],
   if model_config.name == "mlp":
     return from_flax(mlp.MLP(mlp.MLPConfig(
         hidden_sizes=tuple(model_config.hidden_sizes), **common)))
+  if model_config.name in ("gru", "lstm"):
+    return from_flax(rnn.RNNClassifier(rnn.RNNConfig(
+        num_classes=num_classes, cell=model_config.name, size=model_config.rnn_size,
+        num_layers=model_config.rnn_layers, dropout=common["dropout"])))
   spatial_dims = 1 if len(input_shape) == 1 else len(input_shape) - 1
   if spatial_dims not in (1, 2):
     raise errors.UserError(
