@@ -8,7 +8,6 @@ one-line `UserError` instead.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import ml_collections

@@ -136,7 +136,6 @@ GOLDEN_FINAL_ACCURACY = 0.9472222222222222
 
 
 def _checkpointed_params_finite(workdir):
-  from jaxtrain import evaluate
   import orbax.checkpoint as ocp
   for step_dir in (workdir / "checkpoints").iterdir():
     if not step_dir.name.isdigit():

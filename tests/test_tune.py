@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from jaxtrain import errors, models, optim, train, writers
-from jaxtrain.config import base_config
 from jaxtrain.data import pipeline
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import population as pop_lib

@@ -1,0 +1,56 @@
+"""Writing members out: the best member as a single-run workdir, and one
+TensorBoard hparams entry per member."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxtrain import checkpoint as checkpoint_lib
+from jaxtrain import state as state_lib
+from jaxtrain import step as step_lib
+from jaxtrain import train, writers
+from jaxtrain.tune.phase import member_config
+
+
+def write_member_hparams(workdir: Path, members, metric: str) -> None:
+  """One TensorBoard run per member (members/NNNN) with its settings and final
+  metrics, so TensorBoard's HParams view tables and compares the members."""
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  for m in members:
+    writer = SummaryWriter(logdir=str(workdir / "members" / f"{m['id']:04d}"))
+    hparams = writers.hparams_for_tensorboard(m["settings"])
+    final = {k: v for k, v in m["last_eval"].items() if isinstance(v, float)}
+    writer.add_hparams(hparams, final or {metric: float("nan")}, name=".")
+    writer.close()
+
+
+def export_member(config, member: dict, state, directory: Path, schedule) -> None:
+  """Writes one member as a normal single-run workdir (config, checkpoint, final.json)."""
+  single = member_config(config, member["settings"])
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(
+      json.dumps(json.loads(single.to_json()), indent=2, sort_keys=True) + "\n")
+  (directory / "schedule.json").write_text(json.dumps(schedule, indent=2) + "\n")
+  state = jax.device_get(state)
+  ckpts = checkpoint_lib.Checkpoints(directory / "checkpoints", keep=1, async_save=False)
+  for old in ckpts.all_steps():  # A better member replaces an earlier export.
+    ckpts.manager.delete(old)
+  acc = {k: np.zeros((), np.float32) for k in train.TRAIN_METRICS}
+  guard = jax.device_get(step_lib.new_guard())
+  step = int(state.step)
+  loop_state = {"best_score": None, "best_step": None, "best_eval": {}, "stop_best": None,
+                "evals_since_best": 0, "elapsed_sec": 0.0}
+  ckpts.save(step, {"train_state": state, "metric_sums": acc, "guard": guard}, loop_state)
+  ckpts.close()
+  final = {"status": "completed", "step": step, "final": member["last_eval"],
+           "best": {"metric": config.tune.metric, "step": step, **member["last_eval"]},
+           "params_sha256": state_lib.params_sha256(state.params),
+           "num_params": state_lib.num_params(state.params), "member": member["id"],
+           "settings": member["settings"]}
+  (directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+
+

@@ -1,0 +1,176 @@
+"""One population with shared static settings: its model and compiled functions.
+
+A tuning run trains one `Phase` per group of members that share static
+settings (width, depth, batch size...): each phase has one compiled train
+step, eval step, exploit/explore and refill, reused for every event.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxtrain import models, optim
+from jaxtrain.data import pipeline
+from jaxtrain.tune import population as pop_lib
+
+
+def apply_settings(config: ml_collections.ConfigDict, settings: dict[str, Any]) -> None:
+  for key, value in settings.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    default = node[leaf]
+    if isinstance(default, tuple):
+      value = tuple(value)  # Settings that went through JSON come back as lists.
+    elif isinstance(default, float):
+      value = float(value)
+    elif isinstance(default, int) and not isinstance(default, bool):
+      value = int(value)
+    node[leaf] = value
+
+
+def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
+  """The plain single-run config of a member with `settings` (tune.strategy='none')."""
+  out = copy.deepcopy(config)
+  with out.unlocked():
+    apply_settings(out, settings)
+    out.tune.strategy = "none"
+    out.tune.space = ml_collections.ConfigDict()  # A single run searches nothing.
+  return out
+
+
+def execution_for(config, model_name: str) -> str:
+  if config.tune.execution != "auto":
+    return config.tune.execution
+  # vmap turns convolutions into grouped convolutions, which the CPU backend
+  # runs 4-7x slower than members one after another (PERF-NOTES.md).
+  return "map" if model_name == "cnn" and jax.default_backend() == "cpu" else "vmap"
+
+
+class Phase:
+  """One population with shared static settings: its model and compiled functions."""
+
+  def __init__(self, config, settings: dict[str, Any], info, train_data, eval_batches,
+               dynamic_dims, size: int):
+    self.config = member_config(config, settings)
+    c = self.config
+    self.size = size
+    self.seed = config.seed
+    self.dynamic_dims = dynamic_dims
+    self.dynamic_keys = [d.key for d in dynamic_dims]
+    self.data = train_data.arrays
+    self.eval_batches = eval_batches
+    force_dropout = "model.dropout_rate" in self.dynamic_keys
+    self.model = models.build(c.model, info.num_classes, info.input_shape,
+                              force_dropout=force_dropout)
+    self.tx, schedule = optim.build(c.optim, c.train.num_steps)
+    self.base_hparams = {"dropout_rate": c.model.dropout_rate,
+                         "label_smoothing": c.loss.label_smoothing}
+    self.sample_batch = train_data.sample_batch()
+    self.execution = execution_for(config, c.model.name)
+    self.traces = []
+
+    # Members sharded over a 1-D 'pop' mesh of all devices, when the count divides.
+    devices = jax.devices()
+    shard = config.tune.shard_population and len(devices) > 1 and size % len(devices) == 0
+    mesh = jax.sharding.Mesh(np.array(devices), ("pop",))
+    self.member_sharding = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pop"))
+                            if shard else None)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if shard else None
+    pop_train = pop_lib.make_train_fn(
+        self.model, self.tx, schedule, c.data.batch_size, self.execution,
+        config.tune.steps_per_call,
+        unroll=True if c.model.name == "cnn" else 1)  # Rolled conv scans are slow on CPU.
+
+    def train_fn(pop, acc, orders, active, data, data_keys):
+      self.traces.append(1)
+      return pop_train(pop, acc, orders, active, data, data_keys)
+
+    ms = self.member_sharding
+    self._train = jax.jit(
+        train_fn, donate_argnums=(0, 1, 2),
+        in_shardings=(ms, ms, ms, ms, replicated, ms) if shard else None,
+        out_shardings=(ms, ms, ms) if shard else None)
+    self._eval = jax.jit(pop_lib.make_eval_fn(self.model))
+    self._create = jax.jit(lambda rngs: pop_lib.create(
+        self.model, self.tx, self.sample_batch, self.base_hparams, rngs))
+    self._set_dynamic = jax.jit(pop_lib.set_dynamic)
+    self._exploit = jax.jit(
+        lambda pop, scores, rng: pop_lib.exploit_and_explore(
+            pop, scores, rng, dynamic_dims, method=config.tune.pbt.exploit,
+            fraction=config.tune.pbt.fraction,
+            factors=tuple(config.tune.pbt.perturb_factors),
+            resample_probability=config.tune.pbt.resample_probability))
+    self._select = jax.jit(pop_lib.select)
+    self.data_keys = None
+    self.orders = None  # Per-member epoch permutations (a cache; never checkpointed).
+    self.num_examples = train_data.num_examples
+
+  @property
+  def compiles(self) -> int:
+    return len(self.traces)
+
+  def _member_rngs(self, ids: list[int]) -> jax.Array:
+    return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(self.seed), i) for i in ids])
+
+  def _data_keys(self, members) -> jax.Array:
+    base = jax.random.fold_in(jax.random.PRNGKey(self.seed), 0x0DA7A)
+    if not self.config.tune.per_member_data_order:
+      return jnp.stack([base] * len(members))
+    return jnp.stack([jax.random.fold_in(base, m["id"]) for m in members])
+
+  def _put(self, tree):
+    if self.member_sharding is None:
+      return tree
+    return jax.device_put(tree, self.member_sharding)
+
+  def dynamic_values(self, members) -> dict[str, jax.Array]:
+    return {k: jnp.asarray([float(m["settings"][k]) for m in members], jnp.float32)
+            for k in self.dynamic_keys}
+
+  def initial_state(self, members):
+    """A fresh population for `members` (each with its own init RNG and settings)."""
+    pop = self._create(self._member_rngs([m["id"] for m in members]))
+    if self.dynamic_keys:
+      pop = self._set_dynamic(pop, self.dynamic_values(members))
+    self.data_keys = self._put(self._data_keys(members))
+    self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
+    return self._put(pop), self._put(pop_lib.new_metric_sums(len(members)))
+
+  def active(self, members) -> jax.Array:
+    return self._put(jnp.asarray([m["active"] for m in members]))
+
+  def train(self, pop, acc, active):
+    pop, acc, self.orders = self._train(pop, acc, self.orders, active, self.data,
+                                        self.data_keys)
+    return pop, acc
+
+  def evaluate(self, pop) -> list[dict[str, float]]:
+    sums = None
+    for batch in self.eval_batches:
+      batch_sums = self._eval(pop, batch)
+      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    return pop_lib.compute_member_metrics(sums, "eval/")
+
+  def exploit(self, pop, scores: list[float], rng: jax.Array):
+    scores_arr = jnp.asarray([s if s is not None else math.nan for s in scores], jnp.float32)
+    new_pop, parents, exploited = self._exploit(pop, scores_arr, rng)
+    return new_pop, np.asarray(parents), np.asarray(exploited)
+
+  def refill(self, pop, acc, members, mask: list[bool]):
+    """Replaces the masked slots with fresh members (new init, settings, data order)."""
+    fresh = self.initial_state(members)[0]
+    mask_arr = self._put(jnp.asarray(mask))
+    pop = self._select(mask_arr, fresh, pop)
+    acc = self._select(mask_arr, pop_lib.new_metric_sums(len(members)), acc)
+    return self._put(pop), self._put(acc)
+
+

@@ -1,0 +1,173 @@
+"""What each search strategy does at an evaluation, and Optuna's ask/tell.
+
+`act` is called by the tuning loop after every evaluation of a phase:
+per-member early stopping for all strategies, exploit/explore for `pbt`,
+rung culls for `halving`, and refills of stopped or culled slots for the
+strategies that sample (`random`, `halving`). Bayesian search asks Optuna for a
+round of settings (`ask_round`) and tells it the scores when the round ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtrain.tune import population as pop_lib
+from jaxtrain.tune import space as space_lib
+from jaxtrain.tune.phase import Phase
+
+
+def rng_for(seed: int, *counters: int) -> np.random.Generator:
+  """A host RNG derived from (seed, counters): no RNG state to checkpoint."""
+  return np.random.default_rng([seed, *counters])
+
+
+def signed_score(value: float, mode: str) -> float:
+  """Higher is better; NaN stays NaN (never best)."""
+  return value if mode == "max" else -value
+
+
+def new_member(loop: dict, settings: dict[str, Any], step: int, trial: int | None = None) -> dict:
+  member = {"id": loop["next_member_id"], "settings": dict(settings), "active": True,
+            "score": None, "best_score": None, "evals_since_best": 0, "history": [],
+            "last_eval": {}, "created_step": step, "trial": trial}
+  loop["next_member_id"] += 1
+  return member
+
+
+def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
+  """What the strategy does at an evaluation; returns the (new) population."""
+  members, step = loop["members"], loop["step"]
+  strategy = c.tune.strategy
+  loop["event"] += 1
+
+  # Per-member early stopping (all strategies): stopped members freeze, or are
+  # refilled with a new sample by strategies that sample (random, halving).
+  if c.tune.early_stopping.patience > 0:
+    for m in members:
+      if not m["active"]:
+        continue
+      s = m["score"]
+      if s is not None and not math.isnan(s) and (
+          m["best_score"] is None or s > m["best_score"] + c.tune.early_stopping.min_delta):
+        m["best_score"], m["evals_since_best"] = s, 0
+      else:
+        m["evals_since_best"] += 1
+      if m["evals_since_best"] >= c.tune.early_stopping.patience:
+        m["active"] = False
+        lineage.write(event="stop", member=m["id"], parent=None, step=step,
+                      phase=loop["phase"], before=m["settings"], after=None, score=m["score"])
+
+  if strategy == "pbt":
+    rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), loop["event"])
+    before = [dict(m["settings"]) for m in members]
+    pop, parents, exploited = phase.exploit(pop, [m["score"] for m in members], rng)
+    new_values = jax.device_get(pop_lib.get_dynamic(pop, phase.dynamic_keys))
+    old_members = copy.deepcopy(members)
+    for i, m in enumerate(members):
+      if not exploited[i]:
+        continue
+      parent = old_members[parents[i]]
+      after = {**parent["settings"], **{k: float(new_values[k][i]) for k in phase.dynamic_keys}}
+      lineage.write(event="exploit", member=m["id"], parent=parent["id"], step=step,
+                    phase=loop["phase"], before=before[i], after=after,
+                    score=m["score"], parent_score=parent["score"])
+      m["settings"] = after
+      m["active"] = parent["active"]
+      m["history"].append([step, "exploit", parent["id"]])
+    return pop, acc
+
+  refill = [False] * len(members)
+  if strategy == "halving":
+    eta, rung_steps = c.tune.halving.eta, c.tune.halving.min_steps
+    for i, m in enumerate(members):
+      age = step - m["created_step"]
+      rung = rung_index(age, rung_steps, eta)
+      if rung is None or not m["active"]:
+        continue
+      recorded = loop["rungs"].setdefault(str(rung), [])
+      recorded.append(m["score"] if m["score"] is not None and not math.isnan(m["score"])
+                      else -math.inf)
+      keep = max(1, len(recorded) // eta)
+      if m["score"] is None or math.isnan(m["score"]) or m["score"] < sorted(recorded)[-keep]:
+        m["active"] = False
+        lineage.write(event="cull", member=m["id"], parent=None, step=step, phase=loop["phase"],
+                      before=m["settings"], after=None, score=m["score"], rung=rung)
+  if strategy in ("halving", "random"):
+    rng = rng_for(c.seed, 1, loop["event"])
+    static = {k: v for k, v in members[0]["settings"].items() if k not in space_lib.DYNAMIC_KEYS}
+    for i, m in enumerate(members):
+      if m["active"]:
+        continue
+      loop["done"].append(summary(m, loop["phase"], status="culled" if strategy == "halving"
+                                   else "stopped"))
+      settings = {**static, **{d.key: d.sample(rng) for d in dynamic_dims}}
+      members[i] = new_member(loop, settings, step)
+      lineage.write(event="refill", member=members[i]["id"], parent=None, step=step,
+                    phase=loop["phase"], before=m["settings"], after=settings, score=None,
+                    replaces=m["id"])
+      refill[i] = True
+    if any(refill):
+      pop, acc = phase.refill(pop, acc, members, refill)
+  return pop, acc
+
+
+def rung_index(age: int, min_steps: int, eta: int) -> int | None:
+  """k if `age` is exactly the k-th rung (min_steps * eta^k), else None."""
+  k, rung = 0, min_steps
+  while rung < age:
+    k, rung = k + 1, rung * eta
+  return k if rung == age else None
+
+
+def summary(m: dict, phase: int, status: str) -> dict[str, Any]:
+  return {"id": m["id"], "phase": phase, "status": status, "settings": m["settings"],
+          "score": m["score"], "eval": m["last_eval"], "trial": m["trial"],
+          "steps": (m["history"][-1][0] - m["created_step"]) if m["history"] else 0}
+
+
+def open_study(c, tune_dir: Path):
+  import optuna  # pylint: disable=g-import-not-at-top
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  return optuna.create_study(
+      study_name="jaxtrain", storage=f"sqlite:///{tune_dir / 'optuna.db'}",
+      direction="maximize", load_if_exists=True)
+
+
+def _distribution(dim: space_lib.Dimension):
+  import optuna  # pylint: disable=g-import-not-at-top
+  if dim.kind == "uniform":
+    return optuna.distributions.FloatDistribution(dim.low, dim.high)
+  if dim.kind == "loguniform":
+    return optuna.distributions.FloatDistribution(dim.low, dim.high, log=True)
+  if dim.kind == "int":
+    return optuna.distributions.IntDistribution(int(dim.low), int(dim.high))
+  # Optuna's categorical values must be scalars: tuples travel as their index.
+  return optuna.distributions.CategoricalDistribution(list(range(len(dim.choices))))
+
+
+def ask_round(study, dims, c, loop) -> list[dict[str, Any]]:
+  """Asks Optuna for one round of settings (TPE, seeded by the round: restartable)."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  # Trials asked by a run that died before its first checkpoint of the round.
+  for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+  study.sampler = optuna.samplers.TPESampler(seed=c.seed + loop["phase"],
+                                             n_startup_trials=c.tune.population_size)
+  settings = []
+  for _ in range(c.tune.population_size):
+    trial = study.ask({d.key: _distribution(d) for d in dims})
+    s = {}
+    for d in dims:
+      value = trial.params[d.key]
+      s[d.key] = d.choices[value] if d.kind == "choice" else value
+    s["__trial__"] = trial.number
+    settings.append(s)
+  return settings
+
+
