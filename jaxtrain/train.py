@@ -121,6 +121,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     restored, loop_state = ckpts.restore(
         latest, {"train_state": state, "metric_sums": acc, "guard": guard}, grain_iterator)
     state, acc, guard = restored["train_state"], restored["metric_sums"], restored["guard"]
+    if allow_config_change:
+      # Hyperparameters are state leaves: without this the resumed run would keep the
+      # checkpoint's values and silently ignore the new config's (e.g. a lower learning rate).
+      state = state.replace(
+          opt_state=optim.set_hparams(state.opt_state, optim.hparams_of(c.optim)),
+          hparams={k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()})
   start_step = int(state.step)
   (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
 

@@ -289,3 +289,14 @@ def test_tensorboard_failure_warns_and_never_hangs(tmp_path, capsys):
   assert tb.failed
   warning = capsys.readouterr().err.strip().splitlines()
   assert len(warning) == 1 and warning[0].startswith("warning: TensorBoard output")
+
+
+def test_resume_with_allow_config_change_uses_the_new_hyperparameters(tmp_path):
+  # Fine-tuning a finished run at a lower learning rate: the resumed steps must
+  # use the new config's value, not the one stored in the optimizer state.
+  train.run(tiny_config(), tmp_path)
+  longer = tiny_config(**{"train.num_steps": 80, "optim.learning_rate": 1e-3})
+  train.run(longer, tmp_path, allow_config_change=True)
+  rates = {r["step"]: r["train/learning_rate"] for r in writers.read_metrics(tmp_path)
+           if "train/learning_rate" in r}
+  assert rates[60] == pytest.approx(1e-2) and rates[80] == pytest.approx(1e-3)

@@ -1,4 +1,4 @@
-"""Figures of a tuning run (matplotlib, Agg backend: no display needed).
+"""Figures of a tuning run (matplotlib Figure objects: no display or backend needed).
 
 - WORKDIR/tune/population.png: every member's metric over time, with exploit
   (PBT), cull and refill events marked where they happened.
@@ -20,9 +20,9 @@ _LOG_SCALE = ("learning_rate", "weight_decay", "eps")
 def write(workdir: Path, loop: dict[str, Any], events: list[dict[str, Any]],
           metric: str) -> list[Path]:
   """Writes the figures; returns their paths."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # Figure objects, not pyplot: no backend is chosen or switched, so a notebook's
+  # inline figures keep working after tune.run.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   out_dir = Path(workdir) / "tune"
   # Per member: [(population step, metric value)], from metrics.jsonl.
@@ -37,7 +37,8 @@ def write(workdir: Path, loop: dict[str, Any], events: list[dict[str, Any]],
       value_at[(r["phase"], r["phase_step"], member)] = value
 
   paths = []
-  fig, ax = plt.subplots(figsize=(8, 4.5))
+  fig = Figure(figsize=(8, 4.5))
+  ax = fig.subplots()
   for points in curves.values():
     ax.plot(*zip(*points), lw=1, alpha=0.7)
   marks = {"exploit": ("^", "tab:red"), "cull": ("x", "black"), "refill": ("o", "tab:green")}
@@ -56,7 +57,6 @@ def write(workdir: Path, loop: dict[str, Any], events: list[dict[str, Any]],
   fig.tight_layout()
   paths.append(out_dir / "population.png")
   fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
 
   best = (loop.get("best") or {}).get("id")
   schedule = lineage_lib.schedule_of(events, best) if best is not None else []
@@ -65,7 +65,8 @@ def write(workdir: Path, loop: dict[str, Any], events: list[dict[str, Any]],
   if keys:
     end = max(s for s, _ in curves.get(best, [(0, 0.0)])) - offsets.get(
         (loop.get("best") or {}).get("phase", 0), 0)
-    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.2 * len(keys)), squeeze=False)
+    fig = Figure(figsize=(8, 2.2 * len(keys)))
+    axes = fig.subplots(len(keys), 1, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
       xs = [s["step"] for s in schedule] + [max(end, schedule[-1]["step"])]
       ys = [s["settings"][key] for s in schedule] + [schedule[-1]["settings"][key]]
@@ -78,5 +79,4 @@ def write(workdir: Path, loop: dict[str, Any], events: list[dict[str, Any]],
     fig.tight_layout()
     paths.append(out_dir / "best_schedule.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
   return paths
