@@ -275,7 +275,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   if not last_eval:  # Resumed a finished run, or stopped early: evaluate now.
     last_eval = evaluate(state)
   ckpts.close()
-  loop_state["elapsed_sec"] += time.perf_counter() - session_start
+  if step > start_step:  # A rerun of a finished run adds no training time.
+    loop_state["elapsed_sec"] += time.perf_counter() - session_start
   metrics_log.close()
   tensorboard.close()
   progress.close()

@@ -203,6 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   compiles: dict[int, int] = {}
   status = "completed"
   session_start = time.perf_counter()
+  trained_here = False
 
   # --- Phases: each is one population trained from step 0 to train.num_steps.
   while True:
@@ -235,6 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       active = phase.active(members)
       for _ in range(c.train.eval_every_steps // c.tune.steps_per_call):
         pop, acc = phase.train(pop, acc, active)
+      trained_here = True
       loop["step"] += c.train.eval_every_steps
       loop["global_step"] += c.train.eval_every_steps
       train_metrics = pop_lib.compute_member_metrics(acc, "train/")
@@ -275,7 +277,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   lineage.close()
   metrics_log.close()
   tensorboard.close()
-  loop["elapsed_sec"] += time.perf_counter() - session_start
+  if trained_here:  # A rerun of a finished search adds no training time.
+    loop["elapsed_sec"] += time.perf_counter() - session_start
   result = {"status": status, **_result(c, loop, compiles, time.perf_counter() - wall_start)}
   if status == "completed" and c.data.test_split and loop.get("best"):
     # Members were compared on data.eval_split; the winner alone meets the test split.
