@@ -57,6 +57,9 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
   ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep)
   steps = ckpts.all_steps()
   if not steps:
+    if (workdir / "best" / "checkpoints").is_dir():
+      raise errors.UserError(f"{workdir} is a tuning workdir; evaluate its best member with "
+                             f"--workdir={workdir / 'best'}")
     raise errors.UserError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
   if step is None:
     step = ckpts.best_step() if which == "best" else ckpts.latest_step()

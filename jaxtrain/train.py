@@ -66,7 +66,8 @@ def _snapshot_config(config: ml_collections.ConfigDict, workdir: Path, resuming:
     if diff and not allow_config_change:
       raise errors.UserError(
           f"{workdir} holds a run with a different config (keys: {', '.join(diff)}); "
-          "use a new --workdir, or pass --allow_config_change to resume with the new values")
+          "use a new --workdir (or, for a single run, pass --allow_config_change to resume "
+          "with the new values)")
   path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
 
 
@@ -302,7 +303,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
              else f"in {int(g['streak'])} consecutive steps")
     raise NonFiniteError(
         f"non-finite loss or gradient {where} (train.nan_policy={c.train.nan_policy}); no "
-        f"bad update was applied or saved; last checkpoint: step {ckpts.latest_step()} in "
-        f"{ckpts.directory}; lower optim.learning_rate or set optim.clip_norm, then rerun in a "
-        "new --workdir")
+        f"bad update was applied or saved; "
+        + (f"last checkpoint: step {ckpts.latest_step()} in {ckpts.directory}; "
+           if ckpts.latest_step() is not None else "no checkpoint was written; ")
+        + "lower optim.learning_rate or set optim.clip_norm, then rerun in a new --workdir")
   return final

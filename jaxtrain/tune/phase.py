@@ -163,7 +163,8 @@ class Phase:
   def exploit(self, pop, scores: list[float], rng: jax.Array):
     scores_arr = jnp.asarray([s if s is not None else math.nan for s in scores], jnp.float32)
     new_pop, parents, exploited = self._exploit(pop, scores_arr, rng)
-    return new_pop, np.asarray(parents), np.asarray(exploited)
+    # The gathers of exploit return unsharded arrays: put members back on their devices.
+    return self._put(new_pop), np.asarray(parents), np.asarray(exploited)
 
   def refill(self, pop, acc, members, mask: list[bool]):
     """Replaces the masked slots with fresh members (new init, settings, data order)."""

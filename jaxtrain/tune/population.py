@@ -195,6 +195,9 @@ def explore(values: dict[str, jax.Array], exploited_P: jax.Array, rng: jax.Array
       new = jnp.clip(new, dim.low, dim.high)
       if dim.kind == "int":
         new = jnp.round(new)
+    else:  # A perturbed choice moves to the nearest allowed value.
+      choices = jnp.asarray(dim.choices, jnp.float32)
+      new = choices[jnp.argmin(jnp.abs(new[:, None] - choices[None, :]), axis=1)]
     out[dim.key] = jnp.where(exploited_P, new, value).astype(value.dtype)
   return out
 

@@ -44,9 +44,10 @@ DYNAMIC_KEYS = {
 }
 
 KINDS = ("uniform", "loguniform", "int", "choice")
-# Keys a search may vary: the model, optimizer, loss, batch size and seed.
-# (Step counts, checkpointing and data names are the experiment, not a setting.)
-SEARCHABLE_PREFIXES = ("model.", "optim.", "loss.", "data.batch_size", "seed")
+# Keys a search may vary: the model, optimizer, loss and batch size. (Step
+# counts, checkpointing, data names and the seed are the experiment, not a
+# setting: members already get their own seeds.)
+SEARCHABLE_PREFIXES = ("model.", "optim.", "loss.", "data.batch_size")
 
 
 @dataclasses.dataclass(frozen=True)
