@@ -231,12 +231,18 @@ def bench_engine(args, peak_gflops: float) -> list[dict]:
       seq = Sequential(single, size, make_carry)
       seq_steps = max(single_spc, (single_calls * single_spc // size) // single_spc * single_spc)
       seq.time_steps(single_spc)  # Warm every model's buffers.
-    single_t, pop_t, seq_t = [], [], []
+    loop = None  # With scan: also the plain Python step loop, as train.run does it.
+    if single_spc > 1:
+      loop, _ = single_runner(t)
+      loop_calls = loop.calibrate(target)
+    single_t, pop_t, seq_t, loop_t = [], [], [], []
     for _ in range(rounds):
       single_t.append(single.time_calls(single_calls) / single_spc)
       pop_t.append(pop.time_calls(pop_calls) / steps_per_call)
       if seq is not None:
         seq_t.append(seq.time_steps(seq_steps) / seq_steps / size)
+      if loop is not None:
+        loop_t.append(loop.time_calls(loop_calls))
     s, p = median(single_t), median(pop_t)
     flops = 6 * t["num_params"] * t["batch_size"]
     row = {
@@ -251,6 +257,7 @@ def bench_engine(args, peak_gflops: float) -> list[dict]:
         "population_gflops": size * flops / p / 1e9,
         "fraction_of_peak": size * flops / p / 1e9 / peak_gflops,
         "single_fraction_of_peak": flops / s / 1e9 / peak_gflops,
+        "peak_at_measure": peak_gflops,
         "population_steps_timed": pop_calls * steps_per_call * rounds,
         "single_steps_timed": single_calls * single_spc * rounds,
         "compile_sec": pop.compile_sec,
@@ -259,14 +266,19 @@ def bench_engine(args, peak_gflops: float) -> list[dict]:
     if seq_t:
       row["sequential_per_member_step_ms"] = median(seq_t) * 1e3
       row["speedup_vs_sequential_measured"] = median(seq_t) / p * size
+    if loop_t:
+      row["single_python_loop_step_ms"] = median(loop_t) * 1e3
+      row["speedup_vs_sequential_python_loop"] = size * median(loop_t) / p
     log(f"  {label:>18} N={size:<4} {execution:4} spc={steps_per_call:<3} "
         f"pop {p*1e3:8.3f} ms/step  per-member {p/size*1e3:7.3f} ms  single {s*1e3:6.3f} ms  "
         f"x{row['speedup_vs_sequential']:.2f} vs N x single  "
         f"{row['fraction_of_peak']:.0%} of peak"
         + (f"  (measured sequential x{row['speedup_vs_sequential_measured']:.2f})"
-           if seq_t else ""))
+           if seq_t else "")
+        + (f"  (x{row['speedup_vs_sequential_python_loop']:.2f} vs N x single Python loop)"
+           if loop_t else ""))
     rows.append(row)
-    del single, pop, seq
+    del single, pop, seq, loop
 
   digits = task("digits", hidden=(256, 256))
   sizes = args.sizes
@@ -321,33 +333,72 @@ def bench_permutation(args) -> list[dict]:
 # --- Part 2: conv population, vmap vs map. ---
 
 
+def host_loop_runner(t, size: int) -> Runner:
+  """What-if (not in jaxtrain): members one after another from a host loop.
+
+  One compiled single-member step takes member `i` out of the stacked population
+  (`dynamic_index_in_dim`), steps it and writes it back in place (donated), so it
+  compiles once whatever the population size, and its convolutions are top-level
+  ops, not the body of a `lax.map`/`lax.cond`.
+  """
+  model, tx, schedule, bs = t["model"], t["tx"], t["schedule"], t["batch_size"]
+  num_examples = int(t["data"].arrays["labels"].shape[0])
+  base = population_runner(t, size, "vmap")  # Its state and arguments, not its step.
+
+  def member_at(pop, acc, orders, i, active, data, data_keys):
+    take = lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
+    state, member_acc = take_tree = jax.tree.map(take, (pop, acc))
+    if EPOCH_ORDER:
+      batch = pipeline.device_batch(data, jax.tree.map(take, orders), state.step, bs)
+    else:
+      batch = pipeline.device_batch(data, take(data_keys), state.step, bs)
+    new = step_lib.accumulate_train_step(model, tx, schedule, state, member_acc, batch)
+    new = jax.tree.map(lambda n, o: jnp.where(active[i], n, o), new, take_tree)
+    put = lambda x, m: jax.lax.dynamic_update_index_in_dim(x, m, i, 0)
+    return jax.tree.map(put, (pop, acc), new)
+
+  member_at = jax.jit(member_at, donate_argnums=(0, 1))
+  refresh = jax.jit(lambda orders, data_keys, steps: pipeline.refresh_orders(
+      orders, data_keys, steps, num_examples, bs), donate_argnums=(0,))
+
+  def step(pop, acc, *rest):
+    orders, (active, data, data_keys) = (rest[0], rest[1:]) if EPOCH_ORDER else (None, rest)
+    if EPOCH_ORDER:
+      orders = refresh(orders, data_keys, pop.step)
+    for i in range(size):
+      pop, acc = member_at(pop, acc, orders, jnp.int32(i), active, data, data_keys)
+    return (pop, acc, orders) if EPOCH_ORDER else (pop, acc)
+
+  return Runner(step, base.carry, base.args, 1, size)
+
+
 def bench_conv(args) -> list[dict]:
+  """CNN population: vmap (grouped convolutions) vs map vs a host loop vs N singles."""
   t = task("digits", model_name="cnn")
   c = t["config"]
   size = args.conv_members
-  rows = []
-  flops_note = None
   single, _ = single_runner(t)
-  runners = {}
-  for execution in ("vmap", "map"):
-    runners[execution] = population_runner(t, size, execution)
-  calls = {e: max(2, r.calibrate(args.target_sec, min_calls=2)) for e, r in runners.items()}
+  runners = {e: population_runner(t, size, e) for e in ("vmap", "map")}
+  runners["host loop (what-if)"] = host_loop_runner(t, size)
+  calls = {e: r.calibrate(args.target_sec, min_calls=2) for e, r in runners.items()}
   single_calls = single.calibrate(args.target_sec)
-  times = {"vmap": [], "map": [], "single": []}
+  times = {e: [] for e in runners}
+  single_t = []
   for _ in range(args.rounds):
-    times["single"].append(single.time_calls(single_calls))
+    single_t.append(single.time_calls(single_calls))
     for e, r in runners.items():
       times[e].append(r.time_calls(calls[e]))
-  s = median(times["single"])
+  s = median(single_t)
+  rows = []
   for e, r in runners.items():
     p = median(times[e])
     rows.append({"model": f"digits cnn {tuple(c.model.features)}", "members": size,
-                 "execution": e, "population_step_ms": p * 1e3, "per_member_step_ms": p / size * 1e3,
-                 "single_step_ms": s * 1e3, "speedup_vs_sequential": size * s / p,
-                 "compile_sec": r.compile_sec, "steps_timed": calls[e] * args.rounds})
-    log(f"  cnn N={size} {e:4}: {p*1e3:8.2f} ms/step, per member {p/size*1e3:.3f} ms, "
+                 "execution": e, "population_step_ms": p * 1e3,
+                 "per_member_step_ms": p / size * 1e3, "single_step_ms": s * 1e3,
+                 "speedup_vs_sequential": size * s / p, "compile_sec": r.compile_sec,
+                 "steps_timed": calls[e] * args.rounds})
+    log(f"  cnn N={size} {e:>19}: {p*1e3:8.2f} ms/step, per member {p/size*1e3:.3f} ms, "
         f"single {s*1e3:.3f} ms, x{size*s/p:.2f} vs N x single, compile {r.compile_sec:.1f} s")
-  del flops_note
   return rows
 
 
@@ -362,7 +413,10 @@ def load_config(name: str):
 
 
 class EvalClock:
-  """Records (seconds since start, step, values) for every metrics.jsonl record.
+  """Records (wall s, CPU s since start, step, values) for every metrics.jsonl record.
+
+  CPU seconds (this process, all threads) are reported next to wall seconds:
+  on a shared machine they are much less sensitive to other people's jobs.
 
   Wraps `writers.MetricsLog.write` in this process only (observes, changes nothing),
   so wall-clock-to-accuracy can be read for single runs and for the tuner alike.
@@ -371,11 +425,13 @@ class EvalClock:
   def __init__(self):
     self.records = []
     self.start = time.perf_counter()
+    self.cpu_start = time.process_time()
     self._orig = writers.MetricsLog.write
     clock = self
 
     def write(log_self, step, values):
-      clock.records.append((time.perf_counter() - clock.start, step, dict(values)))
+      clock.records.append((time.perf_counter() - clock.start,
+                            time.process_time() - clock.cpu_start, step, dict(values)))
       return clock._orig(log_self, step, values)
 
     writers.MetricsLog.write = write
@@ -383,10 +439,14 @@ class EvalClock:
   def close(self):
     writers.MetricsLog.write = self._orig
 
-  def accuracy_curve(self) -> list[tuple[float, float]]:
+  def elapsed(self) -> tuple[float, float]:
+    return time.perf_counter() - self.start, time.process_time() - self.cpu_start
+
+  def accuracy_curve(self, cpu: bool = False) -> list[tuple[float, float]]:
     """(seconds, best eval accuracy in this record) for records with evaluations."""
     out = []
-    for sec, _, values in self.records:
+    for wall, cpu_sec, _, values in self.records:
+      sec = cpu_sec if cpu else wall
       acc = values.get("eval/accuracy")
       if acc is None:
         continue
@@ -397,36 +457,43 @@ class EvalClock:
     return out
 
 
-def curve_summary(curve, targets, budget_sec) -> dict:
-  first = {}
-  for target in targets:
-    hit = [sec for sec, acc in curve if acc >= target]
-    first[f"{target:.2f}"] = min(hit) if hit else None
-  within = [acc for sec, acc in curve if sec <= budget_sec]
-  return {"seconds_to_target": first,
-          "best_within_budget": max(within) if within else None,
-          "best_overall": max(acc for _, acc in curve) if curve else None}
+def curve_summary(clock: EvalClock, targets, budget_sec) -> dict:
+  out = {}
+  for kind in ("wall", "cpu"):
+    curve = clock.accuracy_curve(cpu=kind == "cpu")
+    first = {}
+    for target in targets:
+      hit = [sec for sec, acc in curve if acc >= target]
+      first[f"{target:.2f}"] = min(hit) if hit else None
+    within = [acc for sec, acc in curve if sec <= budget_sec]
+    prefix = "" if kind == "wall" else "cpu_"
+    out[f"{prefix}seconds_to_target"] = first
+    out[f"{prefix}best_within_budget"] = max(within) if within else None
+  curve = clock.accuracy_curve()
+  out["best_overall"] = max(acc for _, acc in curve) if curve else None
+  return out
 
 
 def tune_once(config, workdir: Path) -> dict:
   from jaxtrain import tune  # pylint: disable=g-import-not-at-top
-  t0 = time.perf_counter()
+  t0, cpu0 = time.perf_counter(), time.process_time()
   result = tune.run(config, workdir)
-  wall = time.perf_counter() - t0
+  wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
   return {"strategy": config.tune.strategy, "members": result["num_members"],
           "member_steps": result["member_steps"], "best_eval": result["best_score"],
           "best_test": (result.get("best_test") or {}).get("eval/accuracy"),
           "best_settings": result["best_settings"], "train_time_sec": result["train_time_sec"],
-          "wall_time_sec": wall, "train_step_compiles": result["train_step_compiles"]}
+          "wall_time_sec": wall, "cpu_sec": cpu,
+          "train_step_compiles": result["train_step_compiles"]}
 
 
 def bench_search(args, root: Path) -> list[dict]:
   rows = []
-  for name in ("digits_pbt", "mnist1d_pbt"):
+  for name in ("digits_pbt",) if args.quick else ("digits_pbt", "mnist1d_pbt"):
     base = load_config(name)
     if args.quick:
-      base.train.num_steps = base.train.eval_every_steps * 4
-      base.checkpoint.every_steps = base.train.eval_every_steps * 2
+      base.tune.population_size = 4
+      base.train.eval_every_steps, base.train.num_steps, base.checkpoint.every_steps = 50, 100, 100
     grid = copy.deepcopy(base)
     grid.tune.strategy = "grid"
     grid.tune.grid_points = args.grid_points
@@ -491,10 +558,11 @@ def bench_peers(args, root: Path) -> dict:
   finally:
     clock.close()
   seconds = [t["seconds"] for t in trials]
-  out["optuna"] = {"trials": len(trials), "total_sec": trials[-1]["end_sec"],
+  total_wall, total_cpu = clock.elapsed()
+  out["optuna"] = {"trials": len(trials), "total_sec": total_wall, "total_cpu_sec": total_cpu,
                    "median_trial_sec": median(seconds),
                    "median_trial_train_sec": median([t["train_time_sec"] for t in trials]),
-                   **curve_summary(clock.accuracy_curve(), args.targets, args.budget_sec),
+                   **curve_summary(clock, args.targets, args.budget_sec),
                    "trial_log": trials}
   log(f"  optuna: {len(trials)} trials in {out['optuna']['total_sec']:.1f} s "
       f"(median {median(seconds):.2f} s/trial), best {out['optuna']['best_overall']:.4f}, "
@@ -507,7 +575,7 @@ def bench_peers(args, root: Path) -> dict:
     c.tune.population_size = args.peer_members
     if args.quick:
       c.train.eval_every_steps = steps // 4
-      c.checkpoint.every_steps = steps
+    c.checkpoint.every_steps = steps
     clock = EvalClock()
     try:
       result = tune_once(c, root / f"peer_{strategy}")
@@ -515,8 +583,8 @@ def bench_peers(args, root: Path) -> dict:
       clock.close()
     out[f"jaxtrain_{strategy}"] = {
         **{k: result[k] for k in ("members", "member_steps", "best_eval", "best_settings",
-                                  "wall_time_sec", "train_time_sec")},
-        **curve_summary(clock.accuracy_curve(), args.targets, args.budget_sec)}
+                                  "wall_time_sec", "cpu_sec", "train_time_sec")},
+        **curve_summary(clock, args.targets, args.budget_sec)}
     log(f"  jaxtrain {strategy}: {result['members']} members in {result['wall_time_sec']:.1f} s,"
         f" best {result['best_eval']:.4f}, "
         f"to target {out[f'jaxtrain_{strategy}']['seconds_to_target']}")
@@ -530,20 +598,24 @@ def markdown(results: dict) -> str:
   lines = []
   peak = results.get("peak")
   if peak:
-    lines.append(f"Peak f32 matmul (2048x2048 jnp.dot): {peak['gflops_best']:.0f} GFLOP/s best, "
-                 f"{peak['gflops_median']:.0f} median (start); end of run: "
-                 f"{results.get('peak_end', {}).get('gflops_best', float('nan')):.0f} best")
+    end = results.get("peak_end", {})
+    lines.append(f"Peak f32 matmul (2048x2048 jnp.dot), GFLOP/s: start {peak['gflops_best']:.0f} best / "
+                 f"{peak['gflops_median']:.0f} median; end {end.get('gflops_best', math.nan):.0f} best / "
+                 f"{end.get('gflops_median', math.nan):.0f} median; "
+                 f"% of peak below uses {results.get('peak_used_gflops', peak['gflops_best']):.0f}")
   if results.get("engine"):
     lines += ["", "| model | N | execution | steps/call | population step ms | per-member ms | "
-              "member-examples/s | vs N x single | vs N sequential (measured) | % of peak |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "single ms | member-examples/s | vs N x single | vs N sequential (measured) | "
+              "% of peak |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["engine"]:
       seq = r.get("speedup_vs_sequential_measured")
+      loop = r.get("speedup_vs_sequential_python_loop")
       lines.append(
           f"| {r['model']} | {r['members']} | {r['execution']} | {r['steps_per_call']} | "
           f"{r['population_step_ms']:.3f} | {r['per_member_step_ms']:.3f} | "
-          f"{r['member_examples_per_sec']:,.0f} | {r['speedup_vs_sequential']:.2f}x | "
-          f"{f'{seq:.2f}x' if seq else '-'} | {r['fraction_of_peak']:.0%} |")
+          f"{r['single_step_ms']:.3f} | {r['member_examples_per_sec']:,.0f} | {r['speedup_vs_sequential']:.2f}x | "
+          f"{f'{seq:.2f}x' if seq else '-'}"
+          f"{f' ({loop:.2f}x vs unscanned singles)' if loop else ''} | {r['fraction_of_peak']:.0%} |")
   if results.get("permutation"):
     lines += ["", "| dataset | train examples | steps/epoch | one permutation ms | "
               "single step ms | pipeline |", "|---|---|---|---|---|---|"]
@@ -559,29 +631,35 @@ def markdown(results: dict) -> str:
                    f"{r['single_step_ms']:.3f} | {r['speedup_vs_sequential']:.2f}x | "
                    f"{r['compile_sec']:.1f} |")
   if results.get("search"):
-    lines += ["", "| config | search | members | member-steps | best eval | best test | wall s |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| config | search | members | member-steps | best eval | best test | "
+              "wall s | CPU s |", "|---|---|---|---|---|---|---|---|"]
     for r in results["search"]:
       lines.append(f"| {r['config']} | {r['search']} | {r['members']} | {r['member_steps']:,} | "
-                   f"{r['best_eval']:.4f} | {r['best_test']:.4f} | {r['wall_time_sec']:.1f} |")
+                   f"{r['best_eval']:.4f} | {r['best_test']:.4f} | {r['wall_time_sec']:.1f} | "
+                   f"{r['cpu_sec']:.1f} |")
   peers = results.get("peers")
   if peers:
     targets = [f"{t:.2f}" for t in peers["targets"]]
-    lines += ["", "| searcher | trials/members | total s | best acc | best within "
-              f"{peers['budget_sec']:.0f} s | " + " | ".join(f"s to {t}" for t in targets) + " |",
-              "|---|---|---|---|---|" + "---|" * len(targets)]
-    for name, key, count in (("Optuna TPE (train.run per trial)", "optuna", "trials"),
-                             ("jaxtrain PBT", "jaxtrain_pbt", "members"),
-                             ("jaxtrain random", "jaxtrain_random", "members")):
-      r = peers.get(key)
-      if not r:
-        continue
-      total = r.get("total_sec", r.get("wall_time_sec"))
-      cells = [f"{r['seconds_to_target'][t]:.1f}" if r["seconds_to_target"][t] is not None
-               else "not reached" for t in targets]
-      lines.append(f"| {name} | {r[count]} | {total:.1f} | {r['best_overall']:.4f} | "
-                   f"{r['best_within_budget'] if r['best_within_budget'] is None else round(r['best_within_budget'], 4)} | "
-                   + " | ".join(cells) + " |")
+    budget = f"{peers['budget_sec']:.0f} s"
+
+    def cell(value, digits=1):
+      return "not reached" if value is None else f"{value:.{digits}f}"
+
+    for kind, prefix in (("wall", ""), ("CPU", "cpu_")):
+      lines += ["", f"| searcher ({kind} seconds) | trials/members | total s | best acc | "
+                f"best within {budget} | " + " | ".join(f"s to {t}" for t in targets) + " |",
+                "|---|---|---|---|---|" + "---|" * len(targets)]
+      for name, key, count in (("Optuna TPE (train.run per trial)", "optuna", "trials"),
+                               ("jaxtrain PBT", "jaxtrain_pbt", "members"),
+                               ("jaxtrain random", "jaxtrain_random", "members")):
+        r = peers.get(key)
+        if not r:
+          continue
+        total = (r.get("total_cpu_sec", r.get("cpu_sec")) if prefix
+                 else r.get("total_sec", r.get("wall_time_sec")))
+        cells = [cell(r[f"{prefix}seconds_to_target"][t]) for t in targets]
+        lines.append(f"| {name} | {r[count]} | {total:.1f} | {r['best_overall']:.4f} | "
+                     f"{cell(r[f'{prefix}best_within_budget'], 4)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -601,8 +679,8 @@ def parse_args(argv=None):
   p.add_argument("--seq_max", type=int, default=16,
                  help="also run N single models one after another for N up to this")
   p.add_argument("--conv_members", type=int, default=8)
-  p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
-  p.add_argument("--target_sec", type=float, default=0.4,
+  p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median)")
+  p.add_argument("--target_sec", type=float, default=0.25,
                  help="seconds of warm work per timed measurement")
   p.add_argument("--grid_points", type=int, default=8, help="grid points per dimension")
   p.add_argument("--optuna_trials", type=int, default=48)
@@ -624,7 +702,7 @@ def parse_args(argv=None):
   if args.quick:
     args.sizes, args.mnist1d_sizes, args.seq_max = [1, 4], [1, 4], 4
     args.conv_members, args.rounds, args.target_sec = 2, 1, 0.05
-    args.grid_points, args.optuna_trials, args.peer_steps = 2, 3, 200
+    args.grid_points, args.optuna_trials, args.peer_steps = 2, 2, 200
     args.peer_members, args.budget_sec = 4, 10.0
   return args
 
@@ -638,28 +716,41 @@ def main(argv=None):
       "command": " ".join([Path(sys.executable).name] + sys.argv),
       "jax": jax.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
-      "platform": platform.platform(), "args": vars(args)}}
+      "platform": platform.platform(), "load_average_start": os.getloadavg(),
+      "args": vars(args)}}
   root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_pop_"))
   log(f"workdir for tuning runs: {root}")
   if "engine" in args.parts or "conv" in args.parts:
     results["peak"] = peak_matmul(reps=3 if args.quick else 10)
     log(f"peak matmul: {results['peak']['gflops_best']:.0f} GFLOP/s")
+  loads = results["meta"]["load_average_by_part"] = {}
   if "engine" in args.parts:
     log("engine:")
     results["engine"] = bench_engine(args, results["peak"]["gflops_best"])
     results["permutation"] = bench_permutation(args)
+    loads["engine"] = os.getloadavg()
   if "conv" in args.parts:
     log("conv:")
     results["conv"] = bench_conv(args)
+    loads["conv"] = os.getloadavg()
   if "peak" in results:
     results["peak_end"] = peak_matmul(reps=3 if args.quick else 10)
+    # The machine is shared: the fraction of peak uses the best of both measurements.
+    peak = max(results["peak"]["gflops_best"], results["peak_end"]["gflops_best"])
+    results["peak_used_gflops"] = peak
+    for row in results.get("engine", []):
+      row["fraction_of_peak"] = row["population_gflops"] / peak
+      row["single_fraction_of_peak"] = row["single_fraction_of_peak"] * row["peak_at_measure"] / peak
   if "search" in args.parts:
     log("search:")
     results["search"] = bench_search(args, root)
+    loads["search"] = os.getloadavg()
   if "peers" in args.parts:
     log("peers:")
     results["peers"] = bench_peers(args, root)
+    loads["peers"] = os.getloadavg()
   results["meta"]["total_sec"] = time.perf_counter() - started
+  results["meta"]["load_average_end"] = os.getloadavg()
   text = markdown(results)
   print(text)
   if args.out:
