@@ -40,8 +40,12 @@ class Checkpoints:
         checkpoint_managers.BestN(get_metric_fn=lambda m: m["score"], reverse=False, n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
+    # best_fn makes Orbax write each save's metrics into its step directory
+    # (the preservation policy alone keeps them only in memory), so the best
+    # step is still known, and kept, after a restart.
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
+        preservation_policy=policy, best_fn=lambda m: m["score"], best_mode="max",
+        enable_async_checkpointing=async_save, create=True)
     # Handlers are named so that metadata (shapes, dtypes) can be read before
     # a restore, to compare against what this run expects.
     handlers = {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler(),

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if config.tune.strategy != "none":
       from jaxtrain import tune  # pylint: disable=g-import-not-at-top
       result = tune.run(config, workdir, stop_after_steps=options["stop_after_steps"])
+      if result["best_score"] is None:  # Stopped (--stop_after_steps) before any phase ended.
+        print(f"{result['status']}; rerun the same command to resume", file=sys.stderr)
+        return 0
       print(f"best {result['metric']}={result['best_score']:.4f} (member "
             f"{result['best_member']}: {result['best_settings']}); {result['num_members']} "
             f"members, {result['member_steps']} member-steps; best member exported to "

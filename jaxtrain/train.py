@@ -68,7 +68,8 @@ def _snapshot_config(config: ml_collections.ConfigDict, workdir: Path, resuming:
           f"{workdir} holds a run with a different config (keys: {', '.join(diff)}); "
           "use a new --workdir (or, for a single run, pass --allow_config_change to resume "
           "with the new values)")
-  path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+  # Rewritten on every (re)start: a crash mid-write must not leave it empty.
+  writers.write_text_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -258,6 +259,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       elif is_eval:
         write_record(step, eval_values)
       if is_save:
+        # This step's log record goes to disk before its checkpoint can commit:
+        # a crash in between would resume after the record and never write it.
+        if pending is not None:
+          flush(pending)
+          pending = None
         loop_state["elapsed_sec"] += time.perf_counter() - session_start
         session_start = time.perf_counter()
         # The partial metric sums are saved too: the next log record averages

@@ -12,6 +12,14 @@ from typing import Any
 METRICS_FILE = "metrics.jsonl"
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+  """Writes `text` to `path` so that a crash leaves the old file or the new one,
+  never a truncated one (write a sibling, then rename it over `path`)."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text, encoding="utf-8")
+  tmp.replace(path)
+
+
 def _json_value(v: Any) -> Any:
   if isinstance(v, float) and not math.isfinite(v):
     return str(v)  # JSON has no NaN/Inf; keep them visible as strings.
@@ -38,9 +46,7 @@ class MetricsLog:
           kept.append(line)
       except (ValueError, KeyError):
         continue  # A line cut short by a crash.
-    tmp = self.path.with_suffix(".tmp")
-    tmp.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
-    tmp.replace(self.path)
+    write_text_atomic(self.path, "".join(l + "\n" for l in kept))
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     record = {"step": step, **{k: _json_value(v) for k, v in values.items()}}

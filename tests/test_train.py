@@ -205,14 +205,19 @@ def test_sigterm_saves_a_checkpoint_and_resume_loses_nothing(tmp_path):
 
 
 def test_retention_holds_across_restarts(tmp_path):
+  """Restarts keep the same checkpoints as an uninterrupted run, the best one included."""
   config = tiny_config(**{"train.num_steps": 100, "checkpoint.every_steps": 10,
-                          "checkpoint.keep": 2})
+                          "checkpoint.keep": 2, "train.eval_every_steps": 10,
+                          "optim.learning_rate": 3e-2})
+  def kept(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  full = train.run(config, tmp_path / "full")
   for stop in (30, 70, None):
-    train.run(config, tmp_path, stop_after_steps=stop)
-  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-  final = json.loads((tmp_path / "final.json").read_text())
-  assert len(steps) <= 3 and 100 in steps and 90 in steps
-  assert final["best"]["step"] in steps
+    resumed = train.run(config, tmp_path / "resumed", stop_after_steps=stop)
+  assert kept(tmp_path / "resumed") == kept(tmp_path / "full")
+  assert len(kept(tmp_path / "full")) <= 3 and 100 in kept(tmp_path / "full")
+  assert resumed["best"]["step"] == full["best"]["step"]
+  assert full["best"]["step"] in kept(tmp_path / "resumed")
 
 
 def test_checkpoint_of_another_model_lists_every_mismatch(tmp_path):

@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from jaxtrain import writers
+
 
 def _clean(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
@@ -35,7 +37,7 @@ class Lineage:
     if self.path.exists():
       lines = [l for l in self.path.read_text(encoding="utf-8").splitlines() if l.strip()]
     lines = lines[:keep]
-    self.path.write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+    writers.write_text_atomic(self.path, "".join(l + "\n" for l in lines))
     self.count = len(lines)
     self._file = open(self.path, "a", encoding="utf-8")
 
