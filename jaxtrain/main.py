@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     if config.tune.strategy != "none":
       from jaxtrain import tune  # pylint: disable=g-import-not-at-top
       result = tune.run(config, workdir, stop_after_steps=options["stop_after_steps"])
+      if result["status"] == "preempted":
+        print(f"preempted: checkpoint saved in {workdir}/tune/checkpoints; rerun the same "
+              "command to resume", file=sys.stderr)
+        return errors.EXIT_PREEMPTED
       if result["best_score"] is None:  # Stopped (--stop_after_steps) before any phase ended.
         print(f"{result['status']}; rerun the same command to resume", file=sys.stderr)
         return 0

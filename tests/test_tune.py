@@ -312,3 +312,34 @@ def test_explore_keeps_choice_dimensions_on_their_choices():
   allowed = np.asarray([0.5, 0.9, 0.99], np.float32)
   for v in np.asarray(out["optim.momentum"]):
     assert np.any(v == allowed), v
+
+
+def test_sigterm_stops_a_tuning_run_with_a_checkpoint(tmp_path):
+  """SIGTERM at the first evaluation: exit 75, then the rerun finishes bitwise equal."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  repo = __import__("pathlib").Path(__file__).resolve().parent.parent
+  args = ["--config=configs/digits_pbt.py", "--config.tune.population_size=4",
+          "--config.train.num_steps=1200", "--config.checkpoint.every_steps=600",
+          "--config.model.hidden_sizes=(32,)"]
+  cmd = [sys.executable, "-m", "jaxtrain.main", f"--workdir={tmp_path / 'run'}", *args]
+  proc = subprocess.Popen(cmd, cwd=repo, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  deadline = time.time() + 120
+  while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 75, err
+  assert err.strip().splitlines()[-1].startswith("preempted: checkpoint saved")
+  assert subprocess.run(cmd, cwd=repo, capture_output=True, timeout=300).returncode == 0
+  full = subprocess.run([sys.executable, "-m", "jaxtrain.main",
+                         f"--workdir={tmp_path / 'full'}", *args],
+                        cwd=repo, capture_output=True, timeout=300)
+  assert full.returncode == 0
+  a = json.loads((tmp_path / "run" / "best" / "final.json").read_text())
+  b = json.loads((tmp_path / "full" / "best" / "final.json").read_text())
+  assert a["params_sha256"] == b["params_sha256"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
-from jaxtrain import errors, provenance, train, writers
+from jaxtrain import errors, preemption, provenance, train, writers
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import population as pop_lib
@@ -206,72 +206,73 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   trained_here = False
 
   # --- Phases: each is one population trained from step 0 to train.num_steps.
-  while True:
-    if loop["phase"] == len(loop["phases"]):
-      if study is None or loop["rounds"] >= c.tune.bayes.rounds:
-        break
-      loop["phases"].extend(_group(strategies.ask_round(study, dims, c, loop)))
-      loop["rounds"] += 1
-    resuming = latest is not None and bool(loop["members"])
-    if not resuming:
-      loop["members"], loop["step"] = [], 0
-      for s in loop["phases"][loop["phase"]]:
-        trial = s.get("__trial__")
-        s = {k: v for k, v in s.items() if k != "__trial__"}
-        loop["members"].append(strategies.new_member(loop, s, step=0, trial=trial))
-        lineage.write(event="init", member=loop["members"][-1]["id"], parent=None, step=0,
-                      phase=loop["phase"], before=None, after=s, score=None, trial=trial)
-    members = loop["members"]
-    phase = Phase(c, members[0]["settings"], info, train_data, eval_batches, dynamic_dims,
-                   len(members))
-    pop, acc = phase.initial_state(members)
-    if resuming:
-      restored = ckpts.restore(latest, {"population": pop, "metric_sums": acc})[0]
-      pop, acc = phase._put(restored["population"]), phase._put(restored["metric_sums"])  # pylint: disable=protected-access
-    latest = None
-
-    while loop["step"] < c.train.num_steps:
+  with preemption.PreemptionGuard() as preempt:
+    while True:
+      if loop["phase"] == len(loop["phases"]):
+        if study is None or loop["rounds"] >= c.tune.bayes.rounds:
+          break
+        loop["phases"].extend(_group(strategies.ask_round(study, dims, c, loop)))
+        loop["rounds"] += 1
+      resuming = latest is not None and bool(loop["members"])
+      if not resuming:
+        loop["members"], loop["step"] = [], 0
+        for s in loop["phases"][loop["phase"]]:
+          trial = s.get("__trial__")
+          s = {k: v for k, v in s.items() if k != "__trial__"}
+          loop["members"].append(strategies.new_member(loop, s, step=0, trial=trial))
+          lineage.write(event="init", member=loop["members"][-1]["id"], parent=None, step=0,
+                        phase=loop["phase"], before=None, after=s, score=None, trial=trial)
       members = loop["members"]
-      t0 = time.perf_counter()
-      active = phase.active(members)
-      for _ in range(c.train.eval_every_steps // c.tune.steps_per_call):
-        pop, acc = phase.train(pop, acc, active)
-      trained_here = True
-      loop["step"] += c.train.eval_every_steps
-      loop["global_step"] += c.train.eval_every_steps
-      train_metrics = pop_lib.compute_member_metrics(acc, "train/")
-      seconds = time.perf_counter() - t0
-      acc = phase._put(pop_lib.new_metric_sums(len(members)))  # pylint: disable=protected-access
-      eval_metrics = phase.evaluate(pop)
-      for m, e in zip(members, eval_metrics):
-        if m["active"]:
-          m["last_eval"], m["score"] = e, strategies.signed_score(e[c.tune.metric], score_mode)
-          m["history"].append([loop["step"], m["score"]])
-      _log_evaluation(c, loop, members, train_metrics, eval_metrics, seconds, metrics_log,
-                      tensorboard)
-      if loop["step"] < c.train.num_steps:
-        pop, acc = strategies.act(c, phase, pop, acc, loop, [m["score"] for m in members], lineage, dims,
-                        dynamic_dims)
-      finishing = loop["step"] >= c.train.num_steps
-      if finishing:
-        _finish_phase(c, phase, pop, loop, lineage, study, tune_dir)
-      stopping = stop_after_steps is not None and loop["global_step"] >= stop_after_steps
-      if loop["step"] % c.checkpoint.every_steps == 0 or finishing or stopping:
-        loop["elapsed_sec"] += time.perf_counter() - session_start
-        session_start = time.perf_counter()
-        loop["lineage_count"] = lineage.count
-        ckpts.save(loop["global_step"], {"population": pop, "metric_sums": acc}, loop)
-      if stopping and not finishing:
-        break
-    compiles[loop["phase"]] = phase.compiles
-    if loop["step"] < c.train.num_steps:  # Stopped inside this phase.
-      status = "stopped"
-      break
-    if stop_after_steps is not None and loop["global_step"] >= stop_after_steps:
-      status = "stopped"  # At a phase boundary: its final checkpoint is the resume point.
-      break
-    loop["phase"] += 1
-    loop["members"] = []
+      phase = Phase(c, members[0]["settings"], info, train_data, eval_batches, dynamic_dims,
+                     len(members))
+      pop, acc = phase.initial_state(members)
+      if resuming:
+        restored = ckpts.restore(latest, {"population": pop, "metric_sums": acc})[0]
+        pop, acc = phase._put(restored["population"]), phase._put(restored["metric_sums"])  # pylint: disable=protected-access
+      latest = None
+
+      stopping = False
+      while loop["step"] < c.train.num_steps:
+        members = loop["members"]
+        t0 = time.perf_counter()
+        active = phase.active(members)
+        for _ in range(c.train.eval_every_steps // c.tune.steps_per_call):
+          pop, acc = phase.train(pop, acc, active)
+        trained_here = True
+        loop["step"] += c.train.eval_every_steps
+        loop["global_step"] += c.train.eval_every_steps
+        train_metrics = pop_lib.compute_member_metrics(acc, "train/")
+        seconds = time.perf_counter() - t0
+        acc = phase._put(pop_lib.new_metric_sums(len(members)))  # pylint: disable=protected-access
+        eval_metrics = phase.evaluate(pop)
+        for m, e in zip(members, eval_metrics):
+          if m["active"]:
+            m["last_eval"], m["score"] = e, strategies.signed_score(e[c.tune.metric], score_mode)
+            m["history"].append([loop["step"], m["score"]])
+        _log_evaluation(c, loop, members, train_metrics, eval_metrics, seconds, metrics_log,
+                        tensorboard)
+        if loop["step"] < c.train.num_steps:
+          pop, acc = strategies.act(c, phase, pop, acc, loop, [m["score"] for m in members], lineage, dims,
+                          dynamic_dims)
+        finishing = loop["step"] >= c.train.num_steps
+        if finishing:
+          _finish_phase(c, phase, pop, loop, lineage, study, tune_dir)
+        # SIGTERM/SIGINT take effect at the end of the current evaluation interval.
+        stopping = bool(preempt.requested) or (
+            stop_after_steps is not None and loop["global_step"] >= stop_after_steps)
+        if loop["step"] % c.checkpoint.every_steps == 0 or finishing or stopping:
+          loop["elapsed_sec"] += time.perf_counter() - session_start
+          session_start = time.perf_counter()
+          loop["lineage_count"] = lineage.count
+          ckpts.save(loop["global_step"], {"population": pop, "metric_sums": acc}, loop)
+        if stopping and not finishing:
+          break
+      compiles[loop["phase"]] = phase.compiles
+      if loop["step"] < c.train.num_steps or stopping:  # Stopped inside or at the end of
+        status = "preempted" if preempt.requested else "stopped"  # a phase (its checkpoint
+        break  # is the resume point).
+      loop["phase"] += 1
+      loop["members"] = []
 
   ckpts.close()
   lineage.close()
