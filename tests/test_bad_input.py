@@ -121,7 +121,7 @@ CASES = [
      ["optim.schedule.boundaries", "optim.schedule.scales", "same length"]),
     # Names.
     ("unknown_model", [CONFIG, WORKDIR, "--config.model.name=mlpp"],
-     ["model.name='mlpp'", "did you mean 'mlp'", "cnn, mlp"]),
+     ["model.name='mlpp'", "did you mean 'mlp'", "cnn, gru, lstm, mlp"]),
     ("unknown_activation", [CONFIG, WORKDIR, "--config.model.activation=relux"],
      ["model.activation='relux'", "did you mean 'relu'"]),
     ("unknown_optimizer", [CONFIG, WORKDIR, "--config.optim.name=adamm"],
