@@ -61,7 +61,7 @@ def test_keeps_latest_and_best_checkpoints(uninterrupted):
   assert len(steps) <= 2 + 1
 
 
-@pytest.mark.parametrize("pipeline", ["device", "grain"])
+@pytest.mark.parametrize("pipeline", ["device", pytest.param("grain", marks=pytest.mark.slow)])
 def test_resume_is_bitwise_identical(tmp_path, pipeline):
   config = tiny_config(**{"data.pipeline": pipeline})
   full = train.run(config, tmp_path / "full")

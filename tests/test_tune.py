@@ -282,6 +282,7 @@ def test_schedule_follows_the_ancestry():
   ]
 
 
+@pytest.mark.slow
 def test_bayes_resume_mid_round_is_bitwise_identical(tmp_path):
   full = tune_run.run(tune_config("bayes"), tmp_path / "full")
   stopped = tune_run.run(tune_config("bayes"), tmp_path / "resumed", stop_after_steps=60)
@@ -314,6 +315,7 @@ def test_explore_keeps_choice_dimensions_on_their_choices():
     assert np.any(v == allowed), v
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_tuning_run_with_a_checkpoint(tmp_path):
   """SIGTERM at the first evaluation: exit 75, then the rerun finishes bitwise equal."""
   import os
