@@ -110,7 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune.metric = "eval/accuracy"  # Evaluated every train.eval_every_steps.
   c.tune.space = ml_collections.ConfigDict()  # e.g. space.optim.learning_rate = "loguniform(1e-4, 1e-1)"
   c.tune.grid_points = 3  # grid: values per continuous dimension.
-  c.tune.execution = "auto"  # vmap | map | auto (map for conv models on CPU).
+  c.tune.execution = "auto"  # vmap | map | auto (currently vmap: see tune/phase.py).
   c.tune.steps_per_call = 1  # Steps per dispatch (lax.scan); must divide eval_every_steps.
   c.tune.per_member_data_order = True
   c.tune.shard_population = True  # Shard the member axis over all devices when it divides.

@@ -1,7 +1,7 @@
 """Benchmarks of the population engine and tuner against single runs and peers.
 
   JAXTRAIN_DATA_DIR=/tmp/tfdsdata python scripts/bench_population.py --out=bench_population.json
-  python scripts/bench_population.py --quick          # smoke run, about a minute
+  python scripts/bench_population.py --quick          # smoke run of every part, 2-3 minutes
 
 Parts (all on by default; `--parts engine,conv` picks some; `--no-peers` skips
 the slow peer part):
@@ -39,7 +39,6 @@ sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from jaxtrain import models, optim, writers  # noqa: E402
 from jaxtrain import step as step_lib  # noqa: E402
@@ -347,13 +346,14 @@ def host_loop_runner(t, size: int) -> Runner:
 
   def member_at(pop, acc, orders, i, active, data, data_keys):
     take = lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
-    state, member_acc = take_tree = jax.tree.map(take, (pop, acc))
+    old = jax.tree.map(take, (pop, acc))
+    state, member_acc = old
     if EPOCH_ORDER:
       batch = pipeline.device_batch(data, jax.tree.map(take, orders), state.step, bs)
     else:
       batch = pipeline.device_batch(data, take(data_keys), state.step, bs)
     new = step_lib.accumulate_train_step(model, tx, schedule, state, member_acc, batch)
-    new = jax.tree.map(lambda n, o: jnp.where(active[i], n, o), new, take_tree)
+    new = jax.tree.map(lambda n, o: jnp.where(active[i], n, o), new, old)
     put = lambda x, m: jax.lax.dynamic_update_index_in_dim(x, m, i, 0)
     return jax.tree.map(put, (pop, acc), new)
 
@@ -599,8 +599,9 @@ def markdown(results: dict) -> str:
   peak = results.get("peak")
   if peak:
     end = results.get("peak_end", {})
-    lines.append(f"Peak f32 matmul (2048x2048 jnp.dot), GFLOP/s: start {peak['gflops_best']:.0f} best / "
-                 f"{peak['gflops_median']:.0f} median; end {end.get('gflops_best', math.nan):.0f} best / "
+    lines.append(f"Peak f32 matmul (2048x2048 jnp.dot), GFLOP/s: start "
+                 f"{peak['gflops_best']:.0f} best / {peak['gflops_median']:.0f} median; end "
+                 f"{end.get('gflops_best', math.nan):.0f} best / "
                  f"{end.get('gflops_median', math.nan):.0f} median; "
                  f"% of peak below uses {results.get('peak_used_gflops', peak['gflops_best']):.0f}")
   if results.get("engine"):
@@ -613,9 +614,11 @@ def markdown(results: dict) -> str:
       lines.append(
           f"| {r['model']} | {r['members']} | {r['execution']} | {r['steps_per_call']} | "
           f"{r['population_step_ms']:.3f} | {r['per_member_step_ms']:.3f} | "
-          f"{r['single_step_ms']:.3f} | {r['member_examples_per_sec']:,.0f} | {r['speedup_vs_sequential']:.2f}x | "
+          f"{r['single_step_ms']:.3f} | {r['member_examples_per_sec']:,.0f} | "
+          f"{r['speedup_vs_sequential']:.2f}x | "
           f"{f'{seq:.2f}x' if seq else '-'}"
-          f"{f' ({loop:.2f}x vs unscanned singles)' if loop else ''} | {r['fraction_of_peak']:.0%} |")
+          f"{f' ({loop:.2f}x vs unscanned singles)' if loop else ''} | "
+          f"{r['fraction_of_peak']:.0%} |")
   if results.get("permutation"):
     lines += ["", "| dataset | train examples | steps/epoch | one permutation ms | "
               "single step ms | pipeline |", "|---|---|---|---|---|---|"]
@@ -668,7 +671,7 @@ def parse_args(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n\n", 1)[1])
   p.add_argument("--quick", action="store_true",
-                 help="smoke run: few members, few steps, short timings (about a minute)")
+                 help="smoke run: few members, few steps, short timings (2-3 minutes)")
   p.add_argument("--out", default=None, help="write all results as JSON to this path")
   p.add_argument("--parts", default=",".join(PARTS),
                  help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
@@ -700,7 +703,7 @@ def parse_args(argv=None):
   args.mnist1d_sizes = [int(x) for x in args.mnist1d_sizes.split(",")]
   args.targets = [float(x) for x in args.targets.split(",")]
   if args.quick:
-    args.sizes, args.mnist1d_sizes, args.seq_max = [1, 4], [1, 4], 4
+    args.sizes, args.mnist1d_sizes, args.seq_max = [1, 4], [4], 4
     args.conv_members, args.rounds, args.target_sec = 2, 1, 0.05
     args.grid_points, args.optuna_trials, args.peer_steps = 2, 2, 200
     args.peer_members, args.budget_sec = 4, 10.0
@@ -740,7 +743,7 @@ def main(argv=None):
     results["peak_used_gflops"] = peak
     for row in results.get("engine", []):
       row["fraction_of_peak"] = row["population_gflops"] / peak
-      row["single_fraction_of_peak"] = row["single_fraction_of_peak"] * row["peak_at_measure"] / peak
+      row["single_fraction_of_peak"] *= row["peak_at_measure"] / peak
   if "search" in args.parts:
     log("search:")
     results["search"] = bench_search(args, root)

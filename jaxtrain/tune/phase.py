@@ -50,9 +50,12 @@ def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
 def execution_for(config, model_name: str) -> str:
   if config.tune.execution != "auto":
     return config.tune.execution
-  # vmap turns convolutions into grouped convolutions, which the CPU backend
-  # runs 4-7x slower than members one after another (PERF-NOTES.md).
-  return "map" if model_name == "cnn" and jax.default_backend() == "cpu" else "vmap"
+  # vmap turns convolutions into grouped convolutions, which the CPU backend runs
+  # 3-5x slower than members one after another; but the engine's `map` (a
+  # lax.map with a per-member cond) measured 2x slower still for CNNs
+  # (docs/BENCHMARKS.md), so auto picks vmap until a host-loop map lands.
+  del model_name
+  return "vmap"
 
 
 class Phase:
