@@ -2,8 +2,18 @@
 
 `jaxtrain.tune.run(config, workdir)` runs the search that `config.tune`
 describes; see `loop.py` for the loop and `population.py` for the engine.
+The loop (files, checkpoints, Optuna) is imported only when called, so the
+pure engine (`jaxtrain.tune.population`) stays free of I/O imports.
 """
 
-from jaxtrain.tune.loop import run, validate
 
-__all__ = ["run", "validate"]
+def run(config, workdir, **kwargs):
+  """See `jaxtrain.tune.loop.run`."""
+  from jaxtrain.tune import loop  # pylint: disable=g-import-not-at-top
+  return loop.run(config, workdir, **kwargs)
+
+
+def validate(config):
+  """See `jaxtrain.tune.loop.validate`."""
+  from jaxtrain.tune import loop  # pylint: disable=g-import-not-at-top
+  return loop.validate(config)
