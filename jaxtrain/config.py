@@ -127,6 +127,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune.early_stopping = ml_collections.ConfigDict()
   c.tune.early_stopping.patience = 0  # Evaluations without improvement per member; 0 = off.
   c.tune.early_stopping.min_delta = 0.0
+
+  # Sections filled by their own modules (keys are added next to their owners' code):
+  # device mesh and partitioning (jaxtrain/sharding.py),
+  c.mesh = ml_collections.ConfigDict()
+  # transfer learning from another run's checkpoint (jaxtrain/transfer.py),
+  c.init_from = ml_collections.ConfigDict()
+  # evaluation reports, slices, robustness, attributions (jaxtrain/analysis/),
+  c.eval = ml_collections.ConfigDict()
+  # and k-fold cross-validation trained as one population (jaxtrain/tune/).
+  c.eval.cross_validation = ml_collections.ConfigDict()
   return c
 
 
