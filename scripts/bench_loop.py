@@ -132,8 +132,10 @@ class CompileTimes:
       name = fun_name.removeprefix("jit(").removesuffix(")")
       self.seconds[name] = self.seconds.get(name, 0.0) + duration
 
-  def pop(self, name: str) -> float:
-    total = self.seconds.get(name, 0.0)
+  def pop(self, *names: str) -> float:
+    """Seconds for functions named `names` (or `name_xK`, K-step scans); clears the table."""
+    total = sum(s for n, s in self.seconds.items()
+                if n in names or any(n.startswith(name + "_x") for name in names))
     self.seconds.clear()
     return total
 
@@ -158,7 +160,7 @@ def jaxtrain_run(config, steps: int, log_every: int, compiles: CompileTimes) -> 
       record_times.append((step, time.perf_counter(), time.process_time()))
       super().write(step, values)
 
-  compiles.pop("train_fn")
+  compiles.pop()
   writers.MetricsLog = TimedMetricsLog
   try:
     with tempfile.TemporaryDirectory(prefix="bench_loop_") as workdir:
@@ -168,10 +170,11 @@ def jaxtrain_run(config, steps: int, log_every: int, compiles: CompileTimes) -> 
       records = writers.read_metrics(workdir)
   finally:
     writers.MetricsLog = original
-  compile_s = compiles.pop("train_fn")
+  # train_one (and train_one_xK with train.steps_per_call = K); train_fn in older versions.
+  compile_s = compiles.pop("train_one", "train_fn")
   if not compile_s:
-    log("warning: no compile events for a function named train_fn; jaxtrain's compile time "
-        "is reported as 0")
+    log("warning: no compile events for a function named train_one or train_fn; jaxtrain's "
+        "compile time is reported as 0")
 
   rates = [r["steps_per_sec"] for r in records if "steps_per_sec" in r]
   logged = statistics.median(rates[1:])  # The first interval includes compilation.
