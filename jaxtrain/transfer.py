@@ -1,0 +1,304 @@
+"""Transfer learning: start a run from another run's checkpoint (`config.init_from`),
+and export a LoRA run with its adapters merged into the base weights.
+
+`init_state` copies the parameters and model state (batch statistics) of
+another run into a freshly initialized state; the optimizer state, step and
+RNG stay fresh. Paths are '/'-joined with the collection first:
+'params/Conv_0/kernel', 'batch_stats/BatchNorm_0/mean'. Each checkpoint path is
+renamed by `init_from.rename` ('old_regex=new', `re.sub`, in order), then kept
+if it matches an `include` regex (all when empty) and no `exclude` regex. A
+kept path must exist in this model with the same shape and dtype, and every
+path of this model that the filters keep must come from the checkpoint; all
+violations are reported together in one `UserError` before anything is
+compiled. Nothing is re-initialized or cast silently.
+
+Only the params and model-state parts of the source checkpoint are read
+(Orbax partial restore, as host numpy arrays). A source or target that uses
+LoRA is seen in its base form: the source's adapters are merged first, and
+the target's `lora_base` collection receives the 'params/...' paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtrain import errors, lora
+from jaxtrain.param_groups import path_str
+
+_STEP_WORDS = ("latest", "best")
+
+
+# --- Config checks (no files are read beyond existence checks).
+
+def _regexes(key: str, patterns) -> list[re.Pattern]:
+  out = []
+  for p in patterns:
+    try:
+      out.append(re.compile(str(p)))
+    except re.error as e:
+      raise errors.UserError(f"{key} regex {p!r} does not compile ({e}); "
+                             "fix the regular expression") from None
+  return out
+
+
+def parse_rename(specs) -> list[tuple[re.Pattern, str]]:
+  """('old_regex=new', ...) -> [(compiled, replacement)]; raises `UserError`."""
+  out = []
+  for spec in specs:
+    old, sep, new = str(spec).rpartition("=")
+    if not sep or not old:
+      raise errors.UserError(
+          f"init_from.rename entry {spec!r} must be 'old_regex=new', "
+          "e.g. 'params/Dense_0/=params/hidden/'")
+    out.extend((r, new) for r in _regexes("init_from.rename", [old]))
+  return out
+
+
+def check_config(config) -> None:
+  """Raises `UserError` for a bad `init_from` section, or transfer features a
+  tuning run does not support yet. Checks that the source workdir exists."""
+  ic = config.init_from
+  _regexes("init_from.include", ic.include)
+  _regexes("init_from.exclude", ic.exclude)
+  parse_rename(ic.rename)
+  step = str(ic.step)
+  if step not in _STEP_WORDS and not (step.isdigit()):
+    raise errors.UserError(f"init_from.step={ic.step!r} must be 'latest' (or 0), 'best' or "
+                           "a step number")
+  if config.train.ema_decay < 0 or not config.train.ema_decay < 1:
+    raise errors.UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1) "
+                           "(0 = off; e.g. 0.99)")
+  tuning = config.tune.strategy != "none"
+  for key, used in (("init_from.workdir", bool(ic.workdir)),
+                    ("train.ema_decay", config.train.ema_decay > 0),
+                    ("model.lora_rank", config.model.lora_rank > 0)):
+    if tuning and used:
+      raise errors.UserError(
+          f"{key} is not supported with tune.strategy={config.tune.strategy!r} yet; "
+          f"set tune.strategy='none' or leave {key} at its default")
+  if not ic.workdir:
+    if ic.include or ic.exclude or ic.rename:
+      raise errors.UserError("init_from.include/exclude/rename are set but "
+                             "init_from.workdir is empty; set the run to start from")
+    return
+  source = Path(ic.workdir).expanduser()
+  ckpt_dir = source / "checkpoints"
+  if not (source / "config.json").is_file() or not ckpt_dir.is_dir() or not any(
+      p.name.isdigit() for p in ckpt_dir.iterdir()):
+    raise errors.UserError(
+        f"init_from.workdir={ic.workdir!r} holds no jaxtrain run with a checkpoint (it needs "
+        "config.json and checkpoints/<step>); train that run first or fix the path")
+
+
+# --- Restoring another run's parameters.
+
+def _flat(tree, describe) -> dict[str, Any]:
+  return {path_str(k): describe(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _base_view(params, model_state) -> dict:
+  """{'params': base params, **other collections}; LoRA's base weights count as params."""
+  model_state = dict(model_state)
+  if lora.BASE in model_state:
+    return {"params": model_state.pop(lora.BASE), **model_state}
+  return {"params": params, **model_state}
+
+
+def _resolve_step(ckpt_dir: Path, wanted: str) -> int:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with errors.absl_warnings_muted():  # Orbax notes that read_only implies no saves.
+    options = ocp.CheckpointManagerOptions(read_only=True, best_fn=lambda m: m["score"],
+                                           best_mode="max")
+    manager = ocp.CheckpointManager(ckpt_dir, options=options)
+    steps = sorted(manager.all_steps())
+    best = manager.best_step()
+    manager.close()
+  if not steps:
+    raise errors.UserError(f"init_from.workdir: no checkpoint in {ckpt_dir}; train that run first")
+  if wanted in ("latest", "0"):
+    return steps[-1]
+  if wanted == "best":
+    return best if best is not None else steps[-1]
+  if int(wanted) not in steps:
+    raise errors.UserError(f"init_from.step={wanted} is not a checkpoint of {ckpt_dir.parent}; "
+                           f"available: {', '.join(map(str, steps))}")
+  return int(wanted)
+
+
+def _unreadable(item: Path, e: Exception) -> errors.UserError:
+  text = " ".join(str(e).split())[:300]
+  return errors.UserError(f"init_from checkpoint {item.parent} cannot be read "
+                          f"({type(e).__name__}: {text}); choose another init_from.step")
+
+
+def plan(source: dict[str, tuple], target: dict[str, tuple], init_config) -> dict[str, str]:
+  """{target path: source path} to copy; raises one `UserError` listing every problem.
+
+  `source` and `target` map paths to (shape, dtype name).
+  """
+  include = _regexes("init_from.include", init_config.include)
+  exclude = _regexes("init_from.exclude", init_config.exclude)
+  rename = parse_rename(init_config.rename)
+
+  def wanted(path):
+    return ((not include or any(r.search(path) for r in include))
+            and not any(r.search(path) for r in exclude))
+
+  copies, problems = {}, []
+  for src in sorted(source):
+    dst = src
+    for pattern, new in rename:
+      dst = pattern.sub(new, dst)
+    if not wanted(dst):
+      continue
+    named = dst if dst == src else f"{dst} (renamed from {src})"
+    if dst not in target:
+      problems.append(f"{named} is in the checkpoint but not in this model")
+    elif dst in copies:
+      problems.append(f"{named} is also the target of {copies[dst]}")
+    elif source[src] != target[dst]:
+      (s_shape, s_dtype), (t_shape, t_dtype) = source[src], target[dst]
+      what = "shape" if s_shape != t_shape else "dtype"
+      problems.append(f"{named} {what} differs: {s_dtype}{list(s_shape)} in the checkpoint, "
+                      f"{t_dtype}{list(t_shape)} here")
+      copies[dst] = src
+    else:
+      copies[dst] = src
+  problems += [f"{dst} is in this model but not in the checkpoint"
+               for dst in sorted(target) if wanted(dst) and dst not in copies]
+  if problems:
+    raise errors.UserError(
+        f"init_from {init_config.workdir} does not fit this model ({len(problems)} problems: "
+        f"{'; '.join(problems)}); leave paths that are new on purpose (e.g. a new head) to "
+        "init_from.exclude, map moved ones with init_from.rename, or restrict "
+        "init_from.include")
+  if not copies:
+    raise errors.UserError(f"init_from.include/exclude select no array of {init_config.workdir}; "
+                           "loosen the regexes")
+  return copies
+
+
+def init_state(init_config, state, workdir: Path | None = None):
+  """`state` with params and model state copied from `init_config.workdir`.
+
+  Writes WORKDIR/init_from.json (source, step, which paths were copied and
+  which kept their fresh initialization) when `workdir` is given.
+
+  Raises:
+    UserError: the checkpoint does not fit (every problem listed), or cannot be read.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
+  source_dir = Path(init_config.workdir).expanduser().absolute()  # Orbax wants absolute paths.
+  source_config = evaluate.load_config(source_dir)
+  step = _resolve_step(source_dir / "checkpoints", str(init_config.step))
+  item = source_dir / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.PyTreeCheckpointer()
+  try:
+    with errors.absl_warnings_muted():
+      meta = checkpointer.metadata(item).item_metadata["train_state"]
+  except Exception as e:  # Orbax raises several types for unreadable files.
+    raise _unreadable(item, e) from None
+  meta = {"params": meta["params"], "model_state": meta["model_state"]}
+  describe = lambda m: (tuple(m.shape), np.dtype(m.dtype).name)
+  source_scale = (lora.scale_of(source_config.model)
+                  if source_config.model.lora_rank > 0 else None)
+  if source_scale is not None:  # Merged, the base kernels keep their shapes.
+    source_view = _flat(_base_view({}, meta["model_state"]), describe)
+  else:
+    source_view = _flat(_base_view(meta["params"], meta["model_state"]), describe)
+  target = _base_view(state.params, state.model_state)
+  copies = plan(source_view, _flat(target, lambda x: (tuple(x.shape), np.dtype(x.dtype).name)),
+                init_config)
+
+  # Only params and model state are read (partial restore), as host arrays.
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta)
+  try:
+    with errors.absl_warnings_muted():
+      restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+          item={"train_state": abstract},
+          restore_args={"train_state": restore_args}, partial_restore=True))["train_state"]
+  except Exception as e:
+    raise _unreadable(item, e) from None
+  if source_scale is not None:
+    params, model_state = lora.merge(restored["params"], restored["model_state"], source_scale)
+    arrays = _flat(_base_view(params, model_state), np.asarray)
+  else:
+    arrays = _flat(_base_view(restored["params"], restored["model_state"]), np.asarray)
+
+  def pick(key_path, fresh):
+    src = copies.get(path_str(key_path))
+    return fresh if src is None else jnp.asarray(arrays[src])
+
+  new = jax.tree_util.tree_map_with_path(pick, target)
+  params = state.params
+  model_state = {k: v for k, v in new.items() if k != "params"}
+  if lora.BASE in state.model_state:
+    model_state[lora.BASE] = new["params"]
+  else:
+    params = new["params"]
+  state = state.replace(params=params, model_state=model_state)
+  if state.ema_params is not None:  # The average starts from the loaded parameters.
+    state = state.replace(ema_params=jax.tree.map(jnp.copy, params))  # Own buffers: donated.
+  if workdir is not None:
+    record = {"workdir": str(source_dir.absolute()), "step": step,
+              "copied": {dst: src for dst, src in sorted(copies.items())},
+              "fresh": sorted(p for p in _flat(target, lambda x: 0) if p not in copies)}
+    (Path(workdir) / "init_from.json").write_text(json.dumps(record, indent=2) + "\n")
+  return state
+
+
+# --- LoRA export.
+
+def export_merged(config, state, directory: Path, final: dict) -> Path:
+  """Writes a LoRA run with adapters merged as a normal single-run workdir.
+
+  The exported config has `model.lora_rank = 0` (and no freezing, EMA or
+  init_from), so `--mode=eval --workdir=DIR` and `init_from.workdir=DIR` treat
+  it like any run. The optimizer state is fresh.
+  """
+  from jaxtrain import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from jaxtrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxtrain import optim, step as step_lib, train  # pylint: disable=g-import-not-at-top
+  from jaxtrain import state as state_lib  # pylint: disable=g-import-not-at-top
+  base = copy.deepcopy(config)
+  defaults = config_lib.base_config()
+  with base.unlocked():
+    base.model.lora_rank = 0
+    base.optim.freeze, base.optim.lr_multipliers = (), ()
+    base.train.ema_decay = 0.0
+    base.init_from = defaults.init_from
+  params, model_state = lora.merge(state.params, state.model_state, lora.scale_of(config.model))
+  tx, _ = optim.build(base.optim, base.train.num_steps)
+  merged = state_lib.TrainState(
+      step=state.step, params=params, model_state=model_state, opt_state=tx.init(params),
+      hparams={k: v for k, v in state.hparams.items() if k != "ema_decay"}, rng=state.rng)
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(
+      json.dumps(json.loads(base.to_json()), indent=2, sort_keys=True) + "\n")
+  merged = jax.device_get(merged)
+  ckpts = checkpoint_lib.Checkpoints(directory / "checkpoints", keep=1, async_save=False)
+  for old in ckpts.all_steps():  # A rerun replaces an earlier export.
+    ckpts.manager.delete(old)
+  acc = {k: np.zeros((), np.float32) for k in train.TRAIN_METRICS}
+  loop_state = {"best_score": None, "best_step": None, "best_eval": {}, "stop_best": None,
+                "evals_since_best": 0, "elapsed_sec": 0.0}
+  ckpts.save(int(merged.step), {"train_state": merged, "metric_sums": acc,
+                                "guard": jax.device_get(step_lib.new_guard())}, loop_state)
+  ckpts.close()
+  record = {"status": final.get("status"), "step": int(merged.step),
+            "merged_from": str(directory.parent.absolute()), "lora_final": final.get("final"),
+            "params_sha256": state_lib.params_sha256(merged.params),
+            "num_params": state_lib.num_params(merged.params)}
+  (directory / "final.json").write_text(json.dumps(record, indent=2) + "\n")
+  return directory

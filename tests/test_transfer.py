@@ -1,0 +1,361 @@
+"""Transfer learning: init_from, frozen leaves and per-group learning rates, EMA, LoRA,
+class filtering / few-shot subsets (jaxtrain/transfer.py, param_groups.py, ema.py,
+lora.py, data/subset.py)."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import tiny_config
+from jaxtrain import ema, errors, evaluate, lora, models, optim, param_groups, train, transfer
+from jaxtrain import state as state_lib
+from jaxtrain import step as step_lib
+from jaxtrain.data import pipeline, subset
+
+
+def _tiny_cnn(**overrides):
+  return tiny_config(**{"model.name": "cnn", "model.features": (4, 8), "model.dense_size": 16,
+                        "model.batch_norm": True, "train.num_steps": 20,
+                        "train.eval_every_steps": 20, "checkpoint.every_steps": 20,
+                        **overrides})
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, data_dir):
+  """A tiny CNN with batch norm, trained 20 steps: the run others start from."""
+  del data_dir
+  workdir = tmp_path_factory.mktemp("source")
+  train.run(_tiny_cnn(), workdir)
+  return workdir
+
+
+def _checkpoint_arrays(workdir, step=20):
+  item = workdir / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(item).item_metadata
+  tree = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+      item=meta, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                           meta)))["train_state"]
+  return {k: np.asarray(v) for k, v in
+          transfer._flat({"params": tree["params"], **tree["model_state"]}, np.asarray).items()}
+
+
+# --- init_from.
+
+def test_plan_lists_every_problem_in_one_line():
+  f32 = lambda *s: (s, "float32")
+  source = {"params/conv/kernel": f32(3, 3, 1, 4), "params/dense/kernel": f32(4, 10),
+            "params/head/kernel": f32(8, 10), "params/old_name/bias": f32(4),
+            "params/gone/bias": f32(2), "batch_stats/bn/mean": ((4,), "bfloat16")}
+  target = {"params/conv/kernel": f32(3, 3, 1, 8), "params/dense/kernel": f32(4, 10),
+            "params/head/kernel": f32(8, 5), "params/new_name/bias": f32(4),
+            "params/extra/bias": f32(3), "batch_stats/bn/mean": f32(4)}
+  cfg = tiny_config().init_from
+  cfg.workdir = "SRC"
+  cfg.exclude = ("params/head/",)
+  cfg.rename = ("old_name=new_name",)
+  with pytest.raises(errors.UserError) as e:
+    transfer.plan(source, target, cfg)
+  message = str(e.value)
+  assert "\n" not in message and "(4 problems:" in message, message
+  for text in ("params/conv/kernel shape differs: float32[3, 3, 1, 4] in the checkpoint, "
+               "float32[3, 3, 1, 8] here",
+               "batch_stats/bn/mean dtype differs: bfloat16[4] in the checkpoint, float32[4]",
+               "params/gone/bias is in the checkpoint but not in this model",
+               "params/extra/bias is in this model but not in the checkpoint"):
+    assert text in message, message
+  assert "head" not in message.split("problems:")[1].split(");")[0]  # Excluded on purpose.
+  # Fixing those: the renamed path is copied, the excluded head is not.
+  cfg.exclude = ("params/head/", "conv", "gone", "extra", "batch_stats")
+  assert transfer.plan(source, target, cfg) == {
+      "params/dense/kernel": "params/dense/kernel",
+      "params/new_name/bias": "params/old_name/bias"}
+
+
+def _fresh_cnn_state(config):
+  model = models.build(config.model, 10, (8, 8, 1))
+  tx, _ = optim.build(config.optim, 1)
+  batch = {"inputs": np.zeros((2, 8, 8, 1), np.float32), "labels": np.zeros(2, np.int32)}
+  hparams = {"dropout_rate": 0.0, "label_smoothing": 0.0}
+  return jax.jit(lambda: state_lib.create(model, tx, batch, hparams,
+                                          jax.random.PRNGKey(config.seed + 1)))()
+
+
+def test_init_from_copies_params_and_batch_stats_but_not_the_excluded_head(
+    source_run, tmp_path, monkeypatch):
+  config = _tiny_cnn()
+  monkeypatch.chdir(source_run.parent)
+  config.init_from.workdir = source_run.name  # Relative paths work too.
+  config.init_from.exclude = ("params/Dense_1/",)
+  fresh = _fresh_cnn_state(config)
+  state = transfer.init_state(config.init_from, fresh, tmp_path)
+  record = json.loads((tmp_path / "init_from.json").read_text())
+  assert record["step"] == 20
+  assert record["fresh"] == ["params/Dense_1/bias", "params/Dense_1/kernel"]
+  assert "batch_stats/BatchNorm_0/mean" in record["copied"]
+  got = transfer._flat({"params": state.params, **state.model_state}, np.asarray)
+  want = _checkpoint_arrays(source_run)
+  for path in record["copied"]:
+    np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+  np.testing.assert_array_equal(got["params/Dense_1/kernel"],
+                                np.asarray(fresh.params["Dense_1"]["kernel"]))
+  assert not np.array_equal(got["params/Dense_1/kernel"], want["params/Dense_1/kernel"])
+  assert int(state.step) == 0 and jax.tree.all(jax.tree.map(  # The optimizer starts fresh.
+      lambda a, b: np.array_equal(a, b), state.opt_state, fresh.opt_state))
+
+
+def test_init_from_shape_mismatch_is_one_error(source_run):
+  config = _tiny_cnn(**{"model.features": (4, 6)})
+  config.init_from.workdir = str(source_run)
+  with pytest.raises(errors.UserError) as e:
+    transfer.init_state(config.init_from, _fresh_cnn_state(config))
+  message = str(e.value)
+  assert "\n" not in message
+  for text in ("params/Conv_1/kernel shape differs: float32[3, 3, 4, 8] in the checkpoint, "
+               "float32[3, 3, 4, 6] here", "params/Conv_1/bias", "params/Dense_0/kernel",
+               "batch_stats/BatchNorm_1/mean", "init_from.exclude"):
+    assert text in message, message
+
+
+# --- Frozen leaves and learning-rate multipliers.
+
+def _mlp_setup(**optim_overrides):
+  config = tiny_config(**{f"optim.{k}": v for k, v in optim_overrides.items()})
+  model = models.build(config.model, 10, (64,))
+  tx, schedule = optim.build(config.optim, 100)
+  rng = np.random.default_rng(0)
+  batch = {"inputs": rng.normal(size=(16, 64)).astype(np.float32),
+           "labels": rng.integers(0, 10, 16).astype(np.int32)}
+  hparams = {"dropout_rate": 0.0, "label_smoothing": 0.0}
+  create = jax.jit(lambda: state_lib.create(model, tx, batch, hparams, jax.random.PRNGKey(0)))
+  return model, tx, schedule, batch, create
+
+
+def test_frozen_leaves_are_bitwise_unchanged_and_have_no_optimizer_state():
+  model, tx, schedule, batch, create = _mlp_setup(
+      freeze=("Dense_0/",), lr_multipliers=("Dense_1/bias=3.0",), clip_norm=0.5,
+      weight_decay=1e-3)
+  state = create()
+  before = jax.device_get(state.params)
+  step = jax.jit(lambda s: step_lib.train_step(model, tx, schedule, s, batch)[0])
+  for _ in range(6):
+    state = step(state)
+  after = jax.device_get(state.params)
+  for name in ("kernel", "bias"):
+    np.testing.assert_array_equal(after["Dense_0"][name], before["Dense_0"][name])
+  assert not np.array_equal(after["Dense_1"]["kernel"], before["Dense_1"]["kernel"])
+  paths = [param_groups.path_str(k) for k, _ in
+           jax.tree_util.tree_flatten_with_path(state.opt_state)[0]]
+  assert not [p for p in paths if "Dense_0" in p], paths
+  assert [p for p in paths if "Dense_1/kernel" in p]  # Adam moments of the trained leaves.
+  # The tuner's view of the hyperparameters still works with groups.
+  assert float(optim.get_hparams(state.opt_state)["learning_rate"]) == pytest.approx(1e-2)
+  opt_state = optim.set_hparams(state.opt_state, {"learning_rate": 0.5})
+  assert float(optim.get_hparams(opt_state)["learning_rate"]) == 0.5
+
+
+def test_lr_multiplier_scales_the_update_of_its_group_only():
+  _, plain_tx, _, batch, create_plain = _mlp_setup(name="sgd")
+  _, tx, _, _, create = _mlp_setup(name="sgd", lr_multipliers=("Dense_1/=0.5", "kernel=4.0"))
+  state = create_plain()
+  grads = jax.tree.map(lambda p: np.full(p.shape, 0.1, np.float32), state.params)
+  plain, _ = jax.jit(plain_tx.update)(grads, state.opt_state, state.params)
+  scaled, _ = jax.jit(tx.update)(grads, create().opt_state, state.params)
+  np.testing.assert_array_equal(scaled["Dense_1"]["kernel"], 0.5 * plain["Dense_1"]["kernel"])
+  np.testing.assert_array_equal(scaled["Dense_1"]["bias"], 0.5 * plain["Dense_1"]["bias"])
+  np.testing.assert_array_equal(scaled["Dense_0"]["kernel"], 4.0 * plain["Dense_0"]["kernel"])
+  np.testing.assert_array_equal(scaled["Dense_0"]["bias"], plain["Dense_0"]["bias"])
+
+
+def test_param_groups_in_a_vmapped_population():
+  model, tx, _, batch, _ = _mlp_setup(freeze=("Dense_0/",))
+  hparams = {"dropout_rate": 0.0, "label_smoothing": 0.0}
+  pop = jax.vmap(lambda r: state_lib.create(model, tx, batch, hparams, r))(
+      jax.random.split(jax.random.PRNGKey(0), 3))
+  opt_state = optim.set_hparams(pop.opt_state, {"learning_rate": jnp.array([0.1, 0.2, 0.3])})
+  np.testing.assert_allclose(optim.get_hparams(opt_state)["learning_rate"], [0.1, 0.2, 0.3])
+
+
+# --- EMA.
+
+def test_ema_update_math():
+  out = ema.update({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 4.0])}, jnp.float32(0.75))
+  np.testing.assert_allclose(out["w"], [1.5, 2.5])
+
+
+def test_ema_is_evaluated_checkpointed_and_resumes_bitwise(tmp_path):
+  # With parameter groups too: their optimizer state (masked trees) checkpoints and resumes.
+  config = tiny_config(**{"train.ema_decay": 0.9, "train.num_steps": 40,
+                          "optim.freeze": ("Dense_0/bias",),
+                          "optim.lr_multipliers": ("Dense_1/=2.0",)})
+  whole = train.run(config, tmp_path / "whole")
+  train.run(config, tmp_path / "split", stop_after_steps=20)
+  split = train.run(config, tmp_path / "split")
+  assert whole["params_sha256"] == split["params_sha256"]
+  assert whole["final"] == split["final"]  # eval/ema_* included: the average resumed exactly.
+  assert set(whole["final"]) >= {"eval/ema_accuracy", "eval/ema_loss"}
+  assert whole["final"]["eval/ema_loss"] != whole["final"]["eval/loss"]
+  records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
+  assert [r["step"] for r in records if "eval/ema_accuracy" in r] == [20, 40]
+
+
+# --- LoRA.
+
+class _Attention(nn.Module):
+  @nn.compact
+  def __call__(self, x, *, train: bool, dropout_rate=0.0):
+    del train, dropout_rate
+    x = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)(x)
+    return nn.Dense(3)(x.mean(axis=1))
+
+
+def _logits(model, variables, batch):
+  return jax.jit(lambda v: model.apply(v, batch, jax.random.PRNGKey(0), False, {})[0])(
+      variables)
+
+
+@pytest.mark.parametrize("name", ["mlp", "attention", "vit"])
+def test_lora_starts_at_the_base_model_and_merges_to_the_same_logits(name):
+  if name == "mlp":
+    base = models.build(tiny_config().model, 10, (64,))
+    batch = {"inputs": np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)}
+  elif name == "vit":  # A zoo model (tests/test_zoo.py's tiny variant).
+    overrides = {"model.name": "vit", "model.width": 16, "model.depth": 1,
+                 "model.num_heads": 2, "model.mlp_ratio": 2.0, "model.patch_size": 4}
+    base = models.build(tiny_config(**overrides).model, 10, (8, 8, 1))
+    batch = {"inputs": np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)}
+  else:
+    base = models.from_flax(_Attention())
+    batch = {"inputs": np.random.default_rng(0).normal(size=(4, 5, 6)).astype(np.float32)}
+  targets = tiny_config().model.lora_targets  # The default.
+  model = lora.wrap(base, rank=2, scale=0.5, targets=targets)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), batch)
+  base_variables = jax.eval_shape(base.init, jax.random.PRNGKey(1), batch)
+  adapted = sorted({param_groups.path_str(k).rsplit("/", 1)[0] for k, _ in
+                    jax.tree_util.tree_flatten_with_path(variables["params"])[0]})
+  if name == "vit":
+    assert adapted == ["block1/attention/key/kernel", "block1/attention/out/kernel",
+                       "block1/attention/query/kernel", "block1/attention/value/kernel",
+                       "block1/mlp_in/kernel", "block1/mlp_out/kernel", "head/kernel"]
+  if name == "attention":
+    assert adapted == ["Dense_0/kernel"] + [
+        f"MultiHeadDotProductAttention_0/{p}/kernel" for p in ("key", "out", "query", "value")]
+    q = variables["params"]["MultiHeadDotProductAttention_0"]["query"]["kernel"]
+    assert q["lora_a"].shape == (6, 2) and q["lora_b"].shape == (2, 8)  # [6, 2 heads, 4].
+  # B = 0: the wrapped model computes what its base model computes.
+  np.testing.assert_array_equal(
+      _logits(model, variables, batch),
+      _logits(base, {"params": variables[lora.BASE]}, batch))
+  # Trained (here: random) adapters merged into plain kernels give the same logits.
+  variables["params"] = jax.tree.map(lambda x: np.random.default_rng(len(x.shape)).normal(
+      size=x.shape).astype(np.float32), variables["params"])
+  merged, rest = jax.jit(lambda p, b: lora.merge(p, {lora.BASE: b}, 0.5))(
+      variables["params"], variables[lora.BASE])
+  assert rest == {}
+  assert jax.tree.structure(merged) == jax.tree.structure(base_variables["params"])
+  np.testing.assert_allclose(_logits(base, {"params": merged}, batch),
+                             _logits(model, variables, batch), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_targets_matching_no_kernel_is_a_user_error():
+  base = models.build(tiny_config().model, 10, (64,))
+  model = lora.wrap(base, rank=2, scale=1.0, targets="Conv")
+  batch = {"inputs": np.zeros((2, 64), np.float32)}
+  with pytest.raises(errors.UserError, match=r"'Conv' matches no kernel .*Dense_0/kernel"):
+    jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
+
+
+def test_lora_run_trains_only_adapters_and_exports_a_merged_run(tmp_path):
+  config = tiny_config(**{"model.lora_rank": 2, "model.lora_alpha": 4.0,
+                          "train.num_steps": 20, "optim.learning_rate": 3e-2})
+  result = train.run(config, tmp_path / "lora")
+  # Adapters only: (64x2 + 2x64) + (64x2 + 2x10) parameters for 64-64-10.
+  assert result["num_params"] == 64 * 2 + 2 * 64 + 64 * 2 + 2 * 10
+  merged = evaluate.run(tmp_path / "lora" / "merged")
+  assert merged["eval/accuracy"] == result["final"]["eval/accuracy"]
+  assert merged["eval/loss"] == pytest.approx(result["final"]["eval/loss"], rel=1e-5)
+  exported = json.loads((tmp_path / "lora" / "merged" / "config.json").read_text())
+  assert exported["model"]["lora_rank"] == 0
+  # A run can start from the merged export like from any run.
+  ft = tiny_config(**{"train.num_steps": 1, "checkpoint.every_steps": 1})
+  ft.init_from.workdir = str(tmp_path / "lora" / "merged")
+  train.run(ft, tmp_path / "ft")
+  # A new LoRA run starting from the LoRA run itself: adapters merged when read, the
+  # result loaded into the frozen base weights (lora_base), the new adapters fresh.
+  model = lora.maybe_wrap(models.build(config.model, 10, (64,)), config.model)
+  tx, _ = optim.build(config.optim, 1)
+  batch = {"inputs": np.zeros((2, 64), np.float32), "labels": np.zeros(2, np.int32)}
+  fresh = jax.jit(lambda: state_lib.create(model, tx, batch, {"dropout_rate": 0.0,
+                                                               "label_smoothing": 0.0},
+                                           jax.random.PRNGKey(5)))()
+  config.init_from.workdir = str(tmp_path / "lora")
+  state = transfer.init_state(config.init_from, fresh)
+  want = _checkpoint_arrays(tmp_path / "lora" / "merged")
+  got = transfer._flat({"params": state.model_state[lora.BASE]}, np.asarray)
+  assert sorted(got) == sorted(k for k in want if k.startswith("params/"))
+  for path, value in got.items():  # Merged on other devices: last-bit differences.
+    np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
+  assert jax.tree.all(jax.tree.map(np.array_equal, state.params, fresh.params))
+
+
+# --- Class filtering and few-shot subsets.
+
+def test_subset_selection_is_deterministic_and_per_class():
+  labels = np.repeat(np.arange(10), 30)
+  a = subset.select(labels, (5, 6, 7, 8, 9), 20, seed=3)
+  assert len(a) == 100 and np.array_equal(a, subset.select(labels, (5, 6, 7, 8, 9), 20, 3))
+  assert np.array_equal(np.bincount(labels[a], minlength=10), [0] * 5 + [20] * 5)
+  assert not np.array_equal(a, subset.select(labels, (5, 6, 7, 8, 9), 20, seed=4))
+  assert np.array_equal(subset.select(labels, (1,), 0, 0), np.arange(30, 60))
+
+
+def test_data_classes_and_examples_per_class_reach_both_pipelines():
+  config = tiny_config(**{"data.classes": (5, 6, 7, 8, 9), "data.examples_per_class": 20,
+                          "data.batch_size": 10})
+  device, _ = pipeline.create_train_data(config.data, 0)
+  labels = np.asarray(device.arrays["labels"])
+  assert np.array_equal(np.bincount(labels, minlength=10), [0] * 5 + [20] * 5)
+  config.data.pipeline = "grain"
+  grain_data, _ = pipeline.create_train_data(config.data, 0)
+  grain_labels = np.concatenate([next(grain_data)["labels"] for _ in range(10)])
+  assert sorted(grain_labels) == sorted(labels)  # One epoch: the same 100 examples.
+  _, eval_labels = pipeline.load_eval_arrays(config.data)
+  assert set(eval_labels) == {5, 6, 7, 8, 9} and len(eval_labels) > 150
+
+
+# --- The demo (docs/guide/finetune.md): digits 0-4 -> 5-9 from 20 examples per class.
+
+@pytest.mark.slow
+def test_finetune_demo_configs(tmp_path, monkeypatch):
+  """Runs the three demo configs (seed 0) and checks the numbers in finetune.md.
+
+  Not asserted: that fine-tuning beats scratch. It does not on this task (scratch
+  wins on 4 of 5 seeds, see finetune.md); seed 0 happens to favour fine-tuning by
+  one test example, and a test built on that would be a cherry-pick.
+  """
+  from pathlib import Path
+  from jaxtrain import main
+  repo = Path(__file__).resolve().parents[1]
+  monkeypatch.chdir(repo)
+  monkeypatch.syspath_prepend(str(repo))  # The configs import configs.digits_cnn.
+
+  def run(name, *flags):
+    workdir = tmp_path / name
+    assert main.main(["jaxtrain.main", f"--config=configs/digits_cnn_{name}.py",
+                      f"--workdir={workdir}", "--config.mesh.num_devices=1", *flags]) == 0
+    return json.loads((workdir / "final.json").read_text())["final"]["eval/accuracy"]
+
+  assert run("pretrain_0to4") >= 0.98
+  finetuned = run("finetune_5to9", f"--config.init_from.workdir={tmp_path / 'pretrain_0to4'}")
+  scratch = run("scratch_5to9")
+  record = json.loads((tmp_path / "finetune_5to9" / "init_from.json").read_text())
+  assert record["fresh"] == ["params/Dense_1/bias", "params/Dense_1/kernel"]
+  # Golden values of the table in docs/guide/finetune.md (seed 0); a deliberate change
+  # to the configs or the models should update the table and these numbers together.
+  assert finetuned == pytest.approx(0.976, abs=0.02)
+  assert scratch == pytest.approx(0.970, abs=0.02)
