@@ -17,9 +17,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxtrain import checkpoint as checkpoint_lib
+from jaxtrain import compile as compile_lib
 from jaxtrain import config as config_lib
-from jaxtrain import errors, models, optim, step as step_lib
+from jaxtrain import ema as ema_lib, errors, lora, models, optim, step as step_lib
 from jaxtrain import metrics as metrics_lib
+from jaxtrain import sharding
 from jaxtrain import state as state_lib
 from jaxtrain.data import pipeline
 
@@ -45,15 +47,20 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
 
 
 def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
-        step: int | None = None, which: str = "latest") -> dict[str, Any]:
+        step: int | str | None = None, which: str = "latest",
+        report: bool = False) -> dict[str, Any]:
   """Evaluates checkpoint `step` (or the latest/best) of `workdir` on data.eval_split.
 
+  `step` is a step number, "latest" or "best" (the best checkpoint by
+  checkpoint.best_metric); None means `which`. With `report` (and
+  eval.report), also writes WORKDIR/report/ (see jaxtrain/analysis/report.py).
   Writes WORKDIR/eval.json and returns {"step": s, "eval/accuracy": ..., ...}.
   """
   workdir = Path(workdir)
   config = config if config is not None else load_config(workdir)
   config_lib.validate(config)
   c = config
+  compile_lib.enable_cache(c.compile.cache_dir)  # Before the first compile.
   ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep)
   steps = ckpts.all_steps()
   if not steps:
@@ -61,24 +68,37 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
       raise errors.UserError(f"{workdir} is a tuning workdir; evaluate its best member with "
                              f"--workdir={workdir / 'best'}")
     raise errors.UserError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+  if isinstance(step, str):
+    step, which = None, step
   if step is None:
     step = ckpts.best_step() if which == "best" else ckpts.latest_step()
     step = step if step is not None else ckpts.latest_step()
+  else:
+    which = "--step"
   if step not in steps:
     raise errors.UserError(f"--step={step} is not a checkpoint of {workdir}; "
                            f"available: {', '.join(map(str, sorted(steps)))}")
   eval_inputs, eval_labels = pipeline.load_eval_arrays(c.data)
   _, info = pipeline.catalog.open_split(c.data.name, c.data.eval_split, c.data.data_dir)
-  model = models.build(c.model, info.num_classes, info.input_shape)
+  report = report and c.eval.report
+  if report:  # Slices and example indices are checked before anything compiles.
+    # pylint: disable-next=g-import-not-at-top
+    from jaxtrain.analysis import report as report_lib, slices as slices_lib
+    slices = slices_lib.resolve(c.eval.slice_key, c.data, eval_inputs, eval_labels)
+    report_lib.check_examples(c.eval, len(eval_labels))
+  model = lora.maybe_wrap(models.build(c.model, info.num_classes, info.input_shape,
+                                       precision=c.precision), c.model)
   tx, _ = optim.build(c.optim, c.train.num_steps)
-  hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
+  hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing,
+             **ema_lib.hparams(c.train)}
   sample = {"inputs": eval_inputs[:1], "labels": eval_labels[:1]}
   target = jax.eval_shape(lambda: state_lib.create(model, tx, sample, hparams,
                                                    jax.random.PRNGKey(0)))
   acc = {k: jax.ShapeDtypeStruct((), jnp.float32)
          for k in ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate", "count")}
   guard = jax.eval_shape(step_lib.new_guard)
-  restored, _ = ckpts.restore(step, {"train_state": target, "metric_sums": acc, "guard": guard})
+  restored, _ = ckpts.restore(step, sharding.on_one_device(  # Saved on any mesh.
+      {"train_state": target, "metric_sums": acc, "guard": guard}))
   ckpts.close()
   state = restored["train_state"]
   eval_fn = jax.jit(functools.partial(step_lib.eval_step, model))
@@ -90,4 +110,8 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
             **metrics_lib.compute(sums, prefix="eval/"),
             "params_sha256": state_lib.params_sha256(state.params)}
   (workdir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+  if report:
+    header = {"workdir": str(workdir), "step": int(step), "checkpoint": which,
+              "split": c.data.eval_split}
+    report_lib.write(workdir, c, model, state, eval_inputs, eval_labels, info, slices, header)
   return result

@@ -7,6 +7,8 @@ into an on-device accumulator and pulls it to the host only when it logs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,3 +48,177 @@ def classification_sums(logits_BxC: jax.Array, labels_B: jax.Array, loss_B: jax.
   return {"loss": jnp.sum(loss_B * mask_B),
           "accuracy": jnp.sum(correct_B * mask_B),
           "count": jnp.sum(mask_B)}
+
+
+# --- Evaluation metrics: mergeable sums (add two batches' dicts with `merge`).
+#
+# Each `*_sums` function is pure and jittable and returns a flat dict of float32
+# arrays (scalars, per-class vectors, a confusion matrix) whose every entry is a
+# sum over examples, so batches combine by addition. The matching `compute_*`
+# function turns the merged sums into numbers on the host. sklearn computes the
+# same quantities but only on the host from all predictions at once; these stay
+# inside jit and never hold more than one batch of outputs.
+
+
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def _flatten_examples(logits, labels, mask):
+  """Folds extra leading axes (e.g. tokens of a sequence) into the example axis."""
+  if mask is None:
+    mask = jnp.ones(labels.shape, jnp.float32)
+  mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (labels.ndim - mask.ndim)),
+                          labels.shape).astype(jnp.float32)
+  if logits is not None:
+    logits = logits.reshape(-1, logits.shape[-1])
+  return logits, labels.reshape(-1), mask.reshape(-1)
+
+
+def classification_report_sums(logits_BxC: jax.Array, labels_B: jax.Array,
+                               mask_B: jax.Array | None = None, *, top_k: int = 5,
+                               num_bins: int = 15) -> dict[str, jax.Array]:
+  """Sums for accuracy, top-k, NLL, the confusion matrix and calibration.
+
+  Args:
+    logits_BxC: unnormalized class scores (extra leading axes are flattened).
+    labels_B: int class ids with the leading shape of the logits.
+    mask_B: 1 for real examples, 0 for padding (default: all real).
+    top_k: k of the top-k accuracy (capped at the number of classes).
+    num_bins: equal-width confidence bins on [0, 1] for calibration.
+
+  Returns:
+    {"count", "correct", "top_k_correct", "nll": scalars;
+     "confusion": [C, C] (row = true class, column = predicted);
+     "bin_count", "bin_confidence", "bin_correct": [num_bins]}.
+  """
+  logits_BxC, labels_B, mask_B = _flatten_examples(logits_BxC, labels_B, mask_B)
+  num_classes = logits_BxC.shape[-1]
+  logp_BxC = jax.nn.log_softmax(logits_BxC.astype(jnp.float32))
+  pred_B = jnp.argmax(logp_BxC, -1)
+  correct_B = (pred_B == labels_B).astype(jnp.float32)
+  k = min(top_k, num_classes)
+  _, top_BxK = jax.lax.top_k(logp_BxC, k)
+  top_correct_B = jnp.any(top_BxK == labels_B[:, None], -1).astype(jnp.float32)
+  nll_B = -jnp.take_along_axis(logp_BxC, labels_B[:, None], -1)[:, 0]
+  true_BxC = jax.nn.one_hot(labels_B, num_classes) * mask_B[:, None]
+  # Sums as dots at full precision: accelerators may run f32 matmuls in TF32.
+  confusion_CxC = _dot(true_BxC.T, jax.nn.one_hot(pred_B, num_classes))
+  confidence_B = jnp.exp(jnp.max(logp_BxC, -1))
+  # Bin i holds confidences in (i/n, (i+1)/n]; a confidence of exactly 0 goes to bin 0.
+  bin_B = jnp.clip(jnp.ceil(confidence_B * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+  in_bin_BxN = jax.nn.one_hot(bin_B, num_bins) * mask_B[:, None]
+  return {
+      "count": jnp.sum(mask_B),
+      "correct": jnp.sum(correct_B * mask_B),
+      "top_k_correct": jnp.sum(top_correct_B * mask_B),
+      "nll": jnp.sum(nll_B * mask_B),
+      "confusion": confusion_CxC,
+      "bin_count": jnp.sum(in_bin_BxN, 0),
+      "bin_confidence": _dot(confidence_B, in_bin_BxN),
+      "bin_correct": _dot(correct_B, in_bin_BxN),
+  }
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+  """num / den with 0 where den is 0 (sklearn's zero_division=0)."""
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def per_class_scores(confusion_CxC) -> dict[str, Any]:
+  """Precision, recall, F1 and support per class, macro and support-weighted means."""
+  confusion = np.asarray(confusion_CxC, np.float64)
+  true_positive = np.diag(confusion)
+  support = confusion.sum(1)
+  precision = _ratio(true_positive, confusion.sum(0))
+  recall = _ratio(true_positive, support)
+  f1 = _ratio(2 * precision * recall, precision + recall)
+  weights = support / max(support.sum(), 1.0)
+  out: dict[str, Any] = {"per_class": {"precision": precision.tolist(),
+                                       "recall": recall.tolist(), "f1": f1.tolist(),
+                                       "support": support.astype(int).tolist()}}
+  for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+    out[f"macro_{name}"] = float(values.mean())
+    out[f"weighted_{name}"] = float((values * weights).sum())
+  return out
+
+
+def compute_classification_report(sums: dict, top_k: int = 5) -> dict[str, Any]:
+  """Host-side numbers from merged `classification_report_sums`.
+
+  Returns accuracy, top_{k}_accuracy, nll (mean negative log-likelihood), ece
+  (expected calibration error: bin-weighted mean |accuracy - confidence|),
+  macro/weighted precision, recall and F1, the confusion matrix, per-class
+  scores and the reliability-diagram data (per-bin count, accuracy, confidence).
+  """
+  sums = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
+  count = max(float(sums["count"]), 1.0)
+  k = min(top_k, sums["confusion"].shape[0])
+  bin_count = sums["bin_count"]
+  bin_accuracy = _ratio(sums["bin_correct"], bin_count)
+  bin_confidence = _ratio(sums["bin_confidence"], bin_count)
+  num_bins = len(bin_count)
+  out: dict[str, Any] = {
+      "count": int(round(float(sums["count"]))),
+      "accuracy": float(sums["correct"]) / count,
+      f"top_{k}_accuracy": float(sums["top_k_correct"]) / count,
+      "nll": float(sums["nll"]) / count,
+      "ece": float(np.sum(bin_count * np.abs(bin_accuracy - bin_confidence))) / count,
+  }
+  scores = per_class_scores(sums["confusion"])
+  per_class = scores.pop("per_class")
+  out.update(scores)
+  out["confusion_matrix"] = sums["confusion"].astype(int).tolist()
+  out["per_class"] = per_class
+  out["reliability"] = {
+      "bin_edges": np.linspace(0.0, 1.0, num_bins + 1).tolist(),
+      "count": bin_count.astype(int).tolist(),
+      "accuracy": bin_accuracy.tolist(),
+      "confidence": bin_confidence.tolist(),
+  }
+  return out
+
+
+def slice_sums(logits_BxC: jax.Array, labels_B: jax.Array, slice_ids_B: jax.Array,
+               num_slices: int, mask_B: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Per-slice sums of examples, correct predictions and NLL ([num_slices] each)."""
+  logits_BxC, labels_B, mask_B = _flatten_examples(logits_BxC, labels_B, mask_B)
+  slice_ids_B = jnp.broadcast_to(
+      slice_ids_B.reshape(slice_ids_B.shape + (1,) * (mask_B.ndim - 1)), mask_B.shape)
+  logp_BxC = jax.nn.log_softmax(logits_BxC.astype(jnp.float32))
+  correct_B = (jnp.argmax(logp_BxC, -1) == labels_B).astype(jnp.float32)
+  nll_B = -jnp.take_along_axis(logp_BxC, labels_B[:, None], -1)[:, 0]
+  member_BxS = jax.nn.one_hot(slice_ids_B.reshape(-1), num_slices) * mask_B[:, None]
+  return {"slice_count": jnp.sum(member_BxS, 0), "slice_correct": _dot(correct_B, member_BxS),
+          "slice_nll": _dot(nll_B, member_BxS)}
+
+
+def regression_sums(predictions_B: jax.Array, targets_B: jax.Array,
+                    mask_B: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Sums for MSE, MAE and R^2: count, sum of errors^2 and |errors|, of y and y^2.
+
+  R^2 needs the target variance, which is sum(y^2) - sum(y)^2 / n: mergeable,
+  unlike the two-pass formula sklearn uses (fine in float32 for targets whose
+  mean is not huge against their spread).
+  """
+  predictions_B = predictions_B.astype(jnp.float32)
+  targets_B = targets_B.astype(jnp.float32)
+  if mask_B is None:
+    mask_B = jnp.ones(targets_B.shape, jnp.float32)
+  mask_B = jnp.broadcast_to(mask_B.reshape(mask_B.shape + (1,) * (targets_B.ndim - mask_B.ndim)),
+                            targets_B.shape).astype(jnp.float32)
+  error_B = predictions_B - targets_B
+  return {"count": jnp.sum(mask_B), "squared_error": jnp.sum(error_B**2 * mask_B),
+          "absolute_error": jnp.sum(jnp.abs(error_B) * mask_B),
+          "target_sum": jnp.sum(targets_B * mask_B),
+          "target_squared_sum": jnp.sum(targets_B**2 * mask_B)}
+
+
+def compute_regression(sums: dict) -> dict[str, float]:
+  """mse, mae and r2 (1 - SSE / total sum of squares) from merged `regression_sums`."""
+  s = {k: float(np.asarray(v, np.float64)) for k, v in jax.device_get(sums).items()}
+  count = max(s["count"], 1.0)
+  total = s["target_squared_sum"] - s["target_sum"] ** 2 / count
+  return {"mse": s["squared_error"] / count, "mae": s["absolute_error"] / count,
+          "r2": 1.0 - s["squared_error"] / total if total > 0 else float("nan")}

@@ -1,0 +1,153 @@
+"""Figures of an evaluation report and of a run comparison.
+
+Built on `matplotlib.figure.Figure` (saved through the Agg renderer): no
+display, and no pyplot backend is chosen or switched, so a notebook's inline
+figures keep working. Each function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure(width: float, height: float):
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig, path: Path) -> Path:
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def confusion_matrix(confusion: Sequence[Sequence[int]], path: Path) -> Path:
+  """Counts per (true, predicted) class; rows normalized for the colours."""
+  counts = np.asarray(confusion)
+  num_classes = counts.shape[0]
+  rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+  size = min(3 + 0.45 * num_classes, 14)
+  fig = _figure(size, size * 0.85)
+  ax = fig.add_subplot()
+  image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+  fig.colorbar(image, ax=ax, label="fraction of the true class")
+  if num_classes <= 20:
+    for i in range(num_classes):
+      for j in range(num_classes):
+        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                color="white" if rates[i, j] > 0.5 else "black")
+  ax.set_xlabel("predicted class")
+  ax.set_ylabel("true class")
+  ax.set_title("Confusion matrix")
+  return _save(fig, path)
+
+
+def reliability_diagram(reliability: dict, ece: float, path: Path) -> Path:
+  """Accuracy against confidence per bin, and how many examples each bin holds."""
+  edges = np.asarray(reliability["bin_edges"])
+  counts = np.asarray(reliability["count"])
+  accuracy = np.asarray(reliability["accuracy"])
+  width = np.diff(edges)
+  fig = _figure(5.5, 6)
+  ax, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  filled = counts > 0
+  ax.bar(edges[:-1][filled], accuracy[filled], width=width[filled], align="edge",
+         edgecolor="black", label="accuracy")
+  ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+  ax.set_ylabel("accuracy")
+  ax.set_ylim(0, 1)
+  ax.set_title(f"Reliability diagram (ECE = {ece:.4f})")
+  ax.legend(loc="upper left")
+  ax_count.bar(edges[:-1], counts, width=width, align="edge", edgecolor="black")
+  ax_count.set_xlabel("confidence (top-1 probability)")
+  ax_count.set_ylabel("examples")
+  ax_count.set_xlim(0, 1)
+  return _save(fig, path)
+
+
+def robustness_curves(robustness: dict, path: Path) -> Path:
+  """Accuracy against noise std (left) and against adversarial eps (right)."""
+  fig = _figure(10, 4)
+  ax_noise, ax_adv = fig.subplots(1, 2)
+  noise = robustness["noise"]
+  ax_noise.plot(noise["levels"], noise["accuracy"], "o-")
+  ax_noise.set_xlabel("Gaussian noise std")
+  ax_noise.set_title("Input noise")
+  for name in ("fgsm", "pgd"):
+    curve = robustness[name]
+    ax_adv.plot(curve["epsilons"], curve["accuracy"], "o-", label=name.upper())
+  ax_adv.set_xlabel("L-inf epsilon")
+  ax_adv.set_title("Adversarial perturbations")
+  ax_adv.legend()
+  for ax in (ax_noise, ax_adv):
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def slice_accuracy(table: list[dict], key: str, path: Path) -> Path:
+  """One bar per slice: accuracy, with the overall accuracy as a line."""
+  names = [str(r["slice"]) for r in table]
+  fig = _figure(max(4, 0.4 * len(names) + 2), 3.5)
+  ax = fig.add_subplot()
+  ax.bar(range(len(names)), [r["accuracy"] for r in table], edgecolor="black")
+  ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 12 else 0)
+  ax.set_xlabel(key)
+  ax.set_ylabel("accuracy")
+  ax.set_ylim(0, 1.02)
+  ax.set_title(f"Accuracy per slice of {key}")
+  return _save(fig, path)
+
+
+def attributions(inputs: np.ndarray, maps: dict[str, np.ndarray], titles: list[str],
+                 path: Path) -> Path:
+  """One row per example: the input and each attribution map.
+
+  Images (H, W, C) are drawn as heatmaps (channels summed); 1-D inputs (L,) or
+  (L, C) as line plots (channels summed).
+  """
+  image = inputs.ndim == 4
+  rows, cols = len(inputs), 1 + len(maps)
+  fig = _figure(2.6 * cols if image else 4 * cols, 2.4 * rows)
+  axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+  for i in range(rows):
+    panels = [("input", inputs[i])] + [(name, values[i]) for name, values in maps.items()]
+    for j, (name, values) in enumerate(panels):
+      ax = axes[i, j]
+      values = np.asarray(values, np.float64)
+      if image:
+        values = values.sum(-1)
+        if name == "input":
+          ax.imshow(values, cmap="gray")
+        else:
+          bound = max(np.abs(values).max(), 1e-12)
+          ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        ax.set_xticks([])
+        ax.set_yticks([])
+      else:
+        values = values.reshape(values.shape[0], -1).sum(-1)
+        ax.plot(values)
+        ax.axhline(0, color="gray", lw=0.5)
+      ax.set_title(f"{titles[i]}: {name}" if j == 0 else name, fontsize=9)
+  return _save(fig, path)
+
+
+def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metric: str,
+                    path: Path) -> Path:
+  """`curves[run][metric]` = [(step, value)], one line per run."""
+  fig = _figure(7, 4.2)
+  ax = fig.add_subplot()
+  for run, by_metric in curves.items():
+    points = by_metric.get(metric)
+    if points:
+      steps, values = zip(*points)
+      ax.plot(steps, values, marker="." if len(points) < 30 else None, label=run)
+  ax.set_xlabel("step")
+  ax.set_ylabel(metric)
+  ax.set_title(metric)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)

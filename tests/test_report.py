@@ -1,0 +1,225 @@
+"""--mode=eval's report (jaxtrain.analysis), the runs CLI, and TensorBoard hparams.
+
+Two tiny digits runs, trained once per module, differ only in the learning rate.
+"""
+
+import json
+import struct
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxtrain import errors, evaluate, runs, train
+
+RATES = (1e-2, 3e-3)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, data_dir):
+  del data_dir
+  root = tmp_path_factory.mktemp("runs")
+  for lr in RATES:
+    train.run(tiny_config(**{"optim.learning_rate": lr}), root / f"lr_{lr}")
+  return root
+
+
+def _report_config(workdir, **overrides):
+  config = evaluate.load_config(workdir)
+  small = {"eval.slice_key": "label", "eval.robustness_examples": 0, "eval.pgd_steps": 5,
+           "eval.noise_levels": (0.0, 0.3), "eval.adversarial_epsilons": (0.0, 0.05, 0.2),
+           "eval.attribution_examples": (0, 5), "eval.ig_steps": 128, **overrides}
+  for key, value in small.items():
+    section, leaf = key.split(".")
+    config[section][leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def report(two_runs):
+  workdir = two_runs / f"lr_{RATES[0]}"
+  result = evaluate.run(workdir, _report_config(workdir), step="best", report=True)
+  return workdir, result, json.loads((workdir / "report" / "metrics.json").read_text())
+
+
+def test_report_files_and_numbers_agree_with_eval(report):
+  workdir, result, metrics = report
+  out = workdir / "report"
+  figures = ("confusion_matrix.png", "reliability.png", "slices.png", "robustness.png",
+             "attributions.png")
+  for name in figures + ("metrics.json", "report.md"):
+    assert (out / name).stat().st_size > 1000 or name.endswith(".json"), name
+  text = (out / "report.md").read_text()
+  for name in figures:
+    assert f"({name})" in text, f"{name} not listed in report.md"
+  final = json.loads((workdir / "final.json").read_text())
+  assert metrics["step"] == result["step"] == final["best"]["step"]
+  assert metrics["checkpoint"] == "best"
+  cls = metrics["classification"]
+  # The report's jitted metrics agree with the loop's eval step on the same checkpoint.
+  assert cls["accuracy"] == pytest.approx(result["eval/accuracy"], abs=1e-6)
+  assert cls["nll"] == pytest.approx(result["eval/loss"], rel=1e-4)
+  assert cls["count"] == 360 and np.sum(cls["confusion_matrix"]) == 360
+  assert 0.8 < cls["accuracy"] <= cls["top_5_accuracy"] <= 1.0
+  assert 0 <= cls["ece"] < 0.2 and sum(cls["reliability"]["count"]) == 360
+  # Slicing by label: a slice's accuracy is its class's recall.
+  table = metrics["slices"]["table"]
+  assert [r["slice"] for r in table] == [str(i) for i in range(10)]
+  np.testing.assert_allclose([r["accuracy"] for r in table], cls["per_class"]["recall"],
+                             atol=1e-6)
+  worst = min(table, key=lambda r: r["accuracy"])
+  assert metrics["slices"]["worst_slice"] == worst["slice"]
+  assert f"**Worst slice:** `{worst['slice']}`" in text and "Largest gap" in text
+
+
+def test_robustness_at_zero_is_clean_accuracy_and_attacks_hurt(report):
+  _, result, metrics = report
+  rob = metrics["robustness"]
+  assert rob["examples"] == 360  # eval.robustness_examples=0: the whole split.
+  zero_noise = rob["noise"]["accuracy"][0]
+  assert zero_noise == pytest.approx(result["eval/accuracy"], abs=1e-9)
+  fgsm, pgd = rob["fgsm"]["accuracy"], rob["pgd"]["accuracy"]
+  assert fgsm[0] == pgd[0] == zero_noise  # eps = 0 and std = 0 leave the inputs unchanged.
+  assert fgsm[0] > fgsm[1] > fgsm[2] and pgd[0] > pgd[1] > pgd[2]
+  assert pgd[2] <= fgsm[2] + 0.02  # Iterated attack at least about as strong.
+  assert pgd[2] < zero_noise - 0.2
+
+
+def test_integrated_gradients_are_complete(report):
+  _, _, metrics = report
+  a = metrics["attributions"]
+  assert a["examples"] == [0, 5] and len(a["predicted"]) == 2
+  gap = np.asarray(a["logit_gap"])
+  np.testing.assert_allclose(a["ig_sum"], gap, atol=2e-3 * np.abs(gap).max())
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"eval.slice_key": "colour"}, ["eval.slice_key='colour'", "features: image, label"]),
+    ({"eval.slice_key": "no_such_module:fn"}, ["cannot import 'no_such_module'"]),
+    ({"eval.slice_key": "numpy:add"},  # Broadcasts (inputs, labels): wrong shape.
+     ["'numpy:add' gave slice ids of shape (360, 8, 8, 360)", "shape (360,)"]),
+    ({"eval.attribution_examples": (0, 360)}, ["index 360", "360 examples"]),
+])
+def test_bad_eval_keys_are_one_line_errors(two_runs, overrides, expected):
+  workdir = two_runs / f"lr_{RATES[1]}"
+  compiles = []
+
+  def listener(event, duration_secs, **kwargs):
+    del duration_secs, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    with pytest.raises(errors.UserError) as e:
+      evaluate.run(workdir, _report_config(workdir, **overrides), report=True)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  for text in expected:
+    assert text in str(e.value)
+  assert "\n" not in str(e.value) and not compiles, "not one line, or after a compile"
+  assert not (workdir / "report").exists()
+
+
+def test_runs_list_shows_every_run_and_the_difference(two_runs, capsys):
+  assert runs.main(["list", str(two_runs)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  header = [c.strip() for c in lines[0].strip("|").split("|")]
+  assert header[-1] == "optim.learning_rate" and "final eval/accuracy" in header
+  rows = [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
+  assert [r[0] for r in rows] == [f"lr_{lr}" for lr in sorted(RATES)]
+  for row in rows:
+    final = json.loads((two_runs / row[0] / "final.json").read_text())
+    assert row[2] == "completed" and row[3] == "60"
+    assert float(row[header.index("final eval/accuracy")]) == pytest.approx(
+        final["final"]["eval/accuracy"], abs=1e-4)
+    assert float(row[-1]) == float(row[0].removeprefix("lr_"))
+
+
+def test_runs_compare_writes_curves(two_runs, tmp_path, capsys):
+  paths = [str(two_runs / f"lr_{lr}") for lr in RATES]
+  assert runs.main(["compare", *paths, f"--out={tmp_path}"]) == 0
+  out = capsys.readouterr().out
+  assert "| optim.learning_rate | 0.01 | 0.003 |" in out
+  for name in ("train_loss.png", "eval_accuracy.png"):
+    assert (tmp_path / name).stat().st_size > 1000
+  assert "![eval_accuracy](eval_accuracy.png)" in (tmp_path / "compare.md").read_text()
+  assert runs.main(["compare", str(two_runs)]) == 2  # The root is not a run.
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "is not a jaxtrain run directory" in err
+
+
+def _events(path):
+  """Event protos of a TensorBoard event file (TFRecord framing, CRCs not checked)."""
+  from tensorboardX.proto import event_pb2
+  data = path.read_bytes()
+  i = 0
+  while i < len(data):
+    (length,) = struct.unpack("<Q", data[i:i + 8])
+    yield event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+    i += 12 + length + 4
+
+
+def test_tensorboard_hparams_entry_lets_the_hparams_view_compare_runs(two_runs):
+  from tensorboardX.proto import plugin_hparams_pb2
+  for lr in RATES:
+    (path,) = (two_runs / f"lr_{lr}").glob("events.out.tfevents.*")
+    starts, experiments, scalars = [], 0, set()
+    for event in _events(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == "hparams":
+          data = plugin_hparams_pb2.HParamsPluginData.FromString(
+              value.metadata.plugin_data.content)
+          starts += [data.session_start_info] if data.HasField("session_start_info") else []
+          experiments += data.HasField("experiment")
+        elif value.HasField("simple_value"):
+          scalars.add(value.tag)
+    # One session start with every config key; no per-run experiment entry (TensorBoard
+    # would take the first run's for the whole logdir); the metrics are scalars.
+    assert len(starts) == 1 and experiments == 0
+    assert starts[0].hparams["optim.learning_rate"].number_value == pytest.approx(lr)
+    assert starts[0].hparams["model.name"].string_value == "mlp"
+    assert {"eval/accuracy", "eval/loss", "train/loss"} <= scalars
+
+
+def test_runs_reads_tuning_workdirs_and_incomplete_runs(tmp_path):
+  """Hand-written workdirs in the layout train.run and tune.run write."""
+  tuned, crashed = tmp_path / "tuned", tmp_path / "crashed"
+  for path, config in ((tuned, {"tune": {"strategy": "pbt"}}),
+                       (crashed, {"tune": {"strategy": "none"}})):
+    (path / "tune" if path == tuned else path).mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+  (tuned / "best").mkdir()
+  (tuned / "best" / "config.json").write_text("{}")  # Not listed: inside a run.
+  (tuned / "tune" / "result.json").write_text(json.dumps(
+      {"status": "completed", "metric": "eval/accuracy", "best_score": 0.95, "best_member": 1,
+       "wall_time_sec": 12.5}))
+  (tuned / "best" / "final.json").write_text(json.dumps({"final": {"eval/accuracy": 0.95}}))
+  (tuned / "metrics.jsonl").write_text("".join(json.dumps(
+      {"step": s, "member_ids": [0, 1], "eval/accuracy": [0.5, a]}) + "\n"
+      for s, a in ((10, 0.8), (20, 0.95))))
+  (crashed / "metrics.jsonl").write_text(
+      '{"step": 10, "eval/accuracy": 0.7}\n{"step": 20, "eval/accuracy": 0.6}\n{"step": 3')
+  assert runs.find_runs(tmp_path) == [crashed, tuned]
+  t, c = runs.summarize(tuned), runs.summarize(crashed)
+  assert (t["kind"], t["status"], t["best"], t["final"], t["steps"]) == (
+      "tune", "completed", 0.95, 0.95, 20)
+  assert runs.curves(tuned, t)["eval/accuracy"] == [(10, 0.8), (20, 0.95)]  # Best member.
+  assert (c["status"], c["steps"], c["final"], c["best"], c["best_step"]) == (
+      "incomplete", 20, 0.6, 0.7, 10)
+  assert runs.differing_keys([t, c]) == ["tune.strategy"]
+
+
+def test_slicing_by_a_dataset_feature_reads_the_eval_split(two_runs):
+  from jaxtrain.analysis import slices
+  from jaxtrain.data import pipeline
+  config = evaluate.load_config(two_runs / f"lr_{RATES[0]}")
+  inputs, labels = pipeline.load_eval_arrays(config.data)
+  # "label" is also a feature of digits: read from the TFDS source, it must
+  # give the same slices as the labels the pipeline loads.
+  by_feature = slices._from_feature("label", config.data)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(by_feature, labels)
+  resolved = slices.resolve("label", config.data, inputs, labels)
+  assert resolved.names == tuple(str(i) for i in range(10))
+  np.testing.assert_array_equal(resolved.ids, labels)
