@@ -9,10 +9,14 @@ the slow peer part):
   engine  population step time for N members (vmap, jitted, donated, warm) vs a
           single-model step loop and N sequential runs; steps_per_call=10 scan;
           fraction of the measured f32 matmul peak.
-  conv    a CNN population, execution 'vmap' vs 'map' at N=8.
+  select  the vmapped step with the member-wise `where(active)` select always on (as
+          before) vs only when some member is inactive (now), digits MLP N=16, 64.
+  conv    a CNN population, execution 'vmap' vs 'map' (host loop) at N=8.
   search  PBT with 16 members vs the best point of a 64-point grid (digits, MNIST-1D).
-  peers   Optuna TPE over `jaxtrain.train.run` single runs vs jaxtrain PBT/random on
-          MNIST-1D: wall-clock to a target test accuracy, best accuracy within a budget.
+  peers   Optuna TPE over `jaxtrain.train.run` single runs, Ray Tune
+          PopulationBasedTraining (reuse_actors=True; `pip install 'ray[tune]'`, or
+          the `bench` extra) and jaxtrain PBT/random on MNIST-1D, in one run:
+          wall-clock to a target test accuracy, best accuracy within a budget.
 
 Timings on a shared CPU are noisy: every comparison is measured side by side in
 this process, in interleaved rounds, and reported as the median of the rounds.
@@ -45,9 +49,10 @@ from jaxtrain import step as step_lib  # noqa: E402
 from jaxtrain import state as state_lib  # noqa: E402
 from jaxtrain.config import base_config  # noqa: E402
 from jaxtrain.data import pipeline  # noqa: E402
+from jaxtrain.tune import execution as execution_lib  # noqa: E402
 from jaxtrain.tune import population as pop_lib  # noqa: E402
 
-PARTS = ("engine", "conv", "search", "peers")
+PARTS = ("engine", "select", "conv", "search", "peers")
 # The device pipeline caches each epoch's permutation (newer jaxtrain) instead of
 # sorting the whole split every step (older jaxtrain); the script runs on both.
 EPOCH_ORDER = hasattr(pipeline, "refresh_order")
@@ -187,22 +192,51 @@ def single_runner(t, steps_per_call: int = 1, unroll=1, seed: int = 0) -> tuple[
 
 
 def population_runner(t, size: int, execution: str = "vmap", steps_per_call: int = 1,
-                      unroll=1) -> Runner:
-  """The engine as the tuner uses it: make_train_fn, jitted, state and sums donated."""
-  fn = pop_lib.make_train_fn(t["model"], t["tx"], t["schedule"], t["batch_size"], execution,
-                             steps_per_call, unroll=unroll)
+                      unroll=1, active="all") -> Runner:
+  """The engine as the tuner uses it, state and sums donated: `make_train_fn` jitted
+  (vmap), or the host loop over one jitted member step (map)."""
+  if execution == "map":
+    fn = execution_lib.HostLoop(t["model"], t["tx"], t["schedule"], t["batch_size"],
+                                steps_per_call, unroll=unroll).train
+  elif execution == "vmap (select always)":
+    fn = always_select_train_fn(t["model"], t["tx"], t["schedule"], t["batch_size"])
+  else:
+    fn = pop_lib.make_train_fn(t["model"], t["tx"], t["schedule"], t["batch_size"], execution,
+                               steps_per_call, unroll=unroll)
   rngs = jnp.stack([jax.random.PRNGKey(i) for i in range(size)])
   pop = jax.jit(lambda r: pop_lib.create(t["model"], t["tx"], t["sample"], t["hparams"], r))(rngs)
   lrs = jnp.geomspace(3e-4, 3e-3, size).astype(jnp.float32)
   pop = jax.jit(pop_lib.set_dynamic)(pop, {"optim.learning_rate": lrs})
   data_keys = jnp.stack([jax.random.fold_in(t["data"].data_key, i) for i in range(size)])
-  active = jnp.ones((size,), bool)
+  # As the tuner passes it: None when every member is active (no member-wise select).
+  active = {"all": None, "array": jnp.ones((size,), bool),
+            "first inactive": jnp.arange(size) != 0}[active]
+  if execution == "vmap (select always)" and active is None:
+    active = jnp.ones((size,), bool)
   carry = (pop, pop_lib.new_metric_sums(size))
   if EPOCH_ORDER:
     num_examples = int(t["data"].arrays["labels"].shape[0])
     carry += (pipeline.new_epoch_order(num_examples, (size,)),)
-  jitted = jax.jit(fn, donate_argnums=tuple(range(len(carry))))
+  jitted = fn if execution == "map" else jax.jit(fn, donate_argnums=tuple(range(len(carry))))
   return Runner(jitted, carry, (active, t["data"].arrays, data_keys), steps_per_call, size)
+
+
+def always_select_train_fn(model, tx, schedule, batch_size):
+  """The vmapped step as it was before: `where(active, new, old)` inside the member vmap,
+  paid on every step even when every member is active (for the `select` part)."""
+  def member_step(state, acc, order, active, data):
+    batch = pipeline.device_batch(data, order, state.step, batch_size)
+    new = step_lib.accumulate_train_step(model, tx, schedule, state, acc, batch)
+    return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, (state, acc))
+
+  def pop_step(states, accs, orders, active, data, data_keys):
+    num_examples = data["labels"].shape[0]
+    orders = pipeline.refresh_orders(orders, data_keys, states.step, num_examples, batch_size)
+    states, accs = jax.vmap(member_step, in_axes=(0, 0, 0, 0, None))(
+        states, accs, orders, active, data)
+    return states, accs, orders
+
+  return pop_step
 
 
 def median(xs):
@@ -329,57 +363,44 @@ def bench_permutation(args) -> list[dict]:
   return rows
 
 
+# --- Part 1b: the member-wise select of the vmapped step. ---
+
+
+def bench_select(args) -> list[dict]:
+  """vmap step with `where(active)` always (before) vs only when a member is inactive (now)."""
+  t = task("digits", hidden=(256, 256))
+  rows = []
+  for size in args.select_sizes:
+    runners = {"select always (before)": population_runner(t, size, "vmap (select always)"),
+               "select skipped, all active (now)": population_runner(t, size, "vmap"),
+               "select, one member inactive (now)": population_runner(
+                   t, size, "vmap", active="first inactive")}
+    calls = {k: r.calibrate(args.target_sec) for k, r in runners.items()}
+    times = {k: [] for k in runners}
+    for _ in range(args.rounds):
+      for k, r in runners.items():
+        times[k].append(r.time_calls(calls[k]))
+    before = median(times["select always (before)"])
+    for k in runners:
+      ms = median(times[k]) * 1e3
+      rows.append({"model": "digits 64-256-256-10", "members": size, "variant": k,
+                   "population_step_ms": ms, "vs_before": before * 1e3 / ms,
+                   "rounds_ms": [x * 1e3 for x in times[k]]})
+      log(f"  select N={size:<4} {k:>34}: {ms:8.3f} ms/step  x{before * 1e3 / ms:.3f} vs before")
+  return rows
+
+
 # --- Part 2: conv population, vmap vs map. ---
 
 
-def host_loop_runner(t, size: int) -> Runner:
-  """What-if (not in jaxtrain): members one after another from a host loop.
-
-  One compiled single-member step takes member `i` out of the stacked population
-  (`dynamic_index_in_dim`), steps it and writes it back in place (donated), so it
-  compiles once whatever the population size, and its convolutions are top-level
-  ops, not the body of a `lax.map`/`lax.cond`.
-  """
-  model, tx, schedule, bs = t["model"], t["tx"], t["schedule"], t["batch_size"]
-  num_examples = int(t["data"].arrays["labels"].shape[0])
-  base = population_runner(t, size, "vmap")  # Its state and arguments, not its step.
-
-  def member_at(pop, acc, orders, i, active, data, data_keys):
-    take = lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False)
-    old = jax.tree.map(take, (pop, acc))
-    state, member_acc = old
-    if EPOCH_ORDER:
-      batch = pipeline.device_batch(data, jax.tree.map(take, orders), state.step, bs)
-    else:
-      batch = pipeline.device_batch(data, take(data_keys), state.step, bs)
-    new = step_lib.accumulate_train_step(model, tx, schedule, state, member_acc, batch)
-    new = jax.tree.map(lambda n, o: jnp.where(active[i], n, o), new, old)
-    put = lambda x, m: jax.lax.dynamic_update_index_in_dim(x, m, i, 0)
-    return jax.tree.map(put, (pop, acc), new)
-
-  member_at = jax.jit(member_at, donate_argnums=(0, 1))
-  refresh = jax.jit(lambda orders, data_keys, steps: pipeline.refresh_orders(
-      orders, data_keys, steps, num_examples, bs), donate_argnums=(0,))
-
-  def step(pop, acc, *rest):
-    orders, (active, data, data_keys) = (rest[0], rest[1:]) if EPOCH_ORDER else (None, rest)
-    if EPOCH_ORDER:
-      orders = refresh(orders, data_keys, pop.step)
-    for i in range(size):
-      pop, acc = member_at(pop, acc, orders, jnp.int32(i), active, data, data_keys)
-    return (pop, acc, orders) if EPOCH_ORDER else (pop, acc)
-
-  return Runner(step, base.carry, base.args, 1, size)
-
-
 def bench_conv(args) -> list[dict]:
-  """CNN population: vmap (grouped convolutions) vs map vs a host loop vs N singles."""
+  """CNN population: vmap (grouped convolutions) vs map (host loop) vs N singles."""
   t = task("digits", model_name="cnn")
   c = t["config"]
   size = args.conv_members
   single, _ = single_runner(t)
+  auto = execution_lib.choose("auto", "cnn")
   runners = {e: population_runner(t, size, e) for e in ("vmap", "map")}
-  runners["host loop (what-if)"] = host_loop_runner(t, size)
   calls = {e: r.calibrate(args.target_sec, min_calls=2) for e, r in runners.items()}
   single_calls = single.calibrate(args.target_sec)
   times = {e: [] for e in runners}
@@ -393,7 +414,7 @@ def bench_conv(args) -> list[dict]:
   for e, r in runners.items():
     p = median(times[e])
     rows.append({"model": f"digits cnn {tuple(c.model.features)}", "members": size,
-                 "execution": e, "population_step_ms": p * 1e3,
+                 "execution": e, "auto_picks": e == auto, "population_step_ms": p * 1e3,
                  "per_member_step_ms": p / size * 1e3, "single_step_ms": s * 1e3,
                  "speedup_vs_sequential": size * s / p, "compile_sec": r.compile_sec,
                  "steps_timed": calls[e] * args.rounds})
@@ -521,6 +542,138 @@ def peer_config(num_steps: int):
   return c
 
 
+def ray_pbt(args, root: Path, steps: int, interval: int) -> dict:
+  """Ray Tune PopulationBasedTraining over the same MNIST-1D MLP, data and budget.
+
+  Each trial is a Ray actor (a process) with a lean jaxtrain single-model loop:
+  the step `train.run` compiles (device data, donated state), `interval` steps
+  per Ray iteration, then test accuracy. Hyperparameters are array leaves of
+  the state, so `reset_config` (reuse_actors=True) and exploits (restore the
+  donor's checkpoint, then apply the new values) never recompile. PBT settings
+  match jaxtrain's: truncation at 25%, perturbation factors 0.8/1.25,
+  resampling with probability 0.25, every `interval` steps. One CPU per trial
+  (2 trials at a time on 2 cores). Wall seconds only: CPU time is spread over
+  Ray's processes.
+  """
+  import ray  # pylint: disable=g-import-not-at-top
+  from ray import tune as ray_tune  # pylint: disable=g-import-not-at-top
+  from ray.tune.schedulers import PopulationBasedTraining  # pylint: disable=g-import-not-at-top
+
+  config_dir = root / "ray_member_config"
+  config_dir.mkdir(parents=True, exist_ok=True)
+  (config_dir / "config.json").write_text(peer_config(steps).to_json())
+  config_dir = str(config_dir)
+
+  class JaxtrainMember(ray_tune.Trainable):
+    """One PBT trial: a jaxtrain MNIST-1D MLP trained `interval` steps per iteration."""
+
+    def setup(self, config):
+      import zlib  # pylint: disable=g-import-not-at-top
+      import jax as jx  # pylint: disable=g-import-not-at-top
+      import jax.numpy as jnpx  # pylint: disable=g-import-not-at-top
+      from jaxtrain import evaluate as ev, models as mdl, optim as opt  # pylint: disable=g-import-not-at-top
+      from jaxtrain import state as st, step as stp  # pylint: disable=g-import-not-at-top
+      from jaxtrain.data import pipeline as pl  # pylint: disable=g-import-not-at-top
+      c = ev.load_config(config_dir)
+      data, info = pl.create_train_data(c.data, c.seed)
+      model = mdl.build(c.model, info.num_classes, info.input_shape)
+      tx, schedule = opt.build(c.optim, c.train.num_steps)
+      hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
+      seed = zlib.crc32(self.trial_id.encode()) % (2**31)
+      sample = data.sample_batch()
+      self.state = jx.jit(lambda r: st.create(model, tx, sample, hparams, r))(
+          jx.random.PRNGKey(seed))
+      self.order = pl.new_epoch_order(data.num_examples)
+      self.acc = {k: jnpx.zeros((), jnpx.float32)
+                  for k in ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate",
+                            "count")}
+      self.data, self.data_key = data.arrays, jx.random.fold_in(data.data_key, seed)
+      batch_size, n = c.data.batch_size, data.num_examples
+
+      def train_fn(state, acc, order, arrays, data_key):
+        order = pl.refresh_order(order, data_key, state.step, n, batch_size)
+        batch = pl.device_batch(arrays, order, state.step, batch_size)
+        state, acc = stp.accumulate_train_step(model, tx, schedule, state, acc, batch)
+        return state, acc, order
+
+      self.train_fn = jx.jit(train_fn, donate_argnums=(0, 1, 2))
+      self.eval_fn = jx.jit(lambda state, batch: stp.eval_step(model, state, batch))
+      inputs, labels = pl.load_eval_arrays(c.data)
+      self.eval_batches = [jx.device_put(b) for b in
+                           pl.eval_batches(inputs, labels, c.data.eval_batch_size)]
+      self.jx, self.jnp, self.opt = jx, jnpx, opt
+      self.apply_hparams(config)
+
+    def apply_hparams(self, config):
+      self.hparams = dict(config)
+      values = {"learning_rate": self.jnp.float32(config["learning_rate"]),
+                "weight_decay": self.jnp.float32(config["weight_decay"])}
+      self.state = self.state.replace(opt_state=self.opt.set_hparams(self.state.opt_state,
+                                                                     values))
+
+    def step(self):
+      for _ in range(interval):
+        self.state, self.acc, self.order = self.train_fn(self.state, self.acc, self.order,
+                                                         self.data, self.data_key)
+      correct = count = 0.0
+      for batch in self.eval_batches:
+        sums = self.jx.device_get(self.eval_fn(self.state, batch))
+        correct, count = correct + float(sums["accuracy"]), count + float(sums["count"])
+      return {"accuracy": correct / count}
+
+    def save_checkpoint(self, checkpoint_dir):
+      return {"state": self.jx.device_get(self.state)}
+
+    def load_checkpoint(self, checkpoint):
+      self.state = self.jx.device_put(checkpoint["state"])
+      self.apply_hparams(self.hparams)  # The donor's state, this trial's new values.
+
+    def reset_config(self, new_config):
+      self.apply_hparams(new_config)
+      return True
+
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("ray").setLevel(logging.WARNING)  # PBT logs every exploit at INFO.
+  records = []
+  start = time.perf_counter()
+
+  class Clock(ray_tune.Callback):
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+      wall = time.perf_counter() - start
+      records.append((wall, wall, result["training_iteration"],
+                      {"eval/accuracy": result["accuracy"]}))
+
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+           runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+                                     "JAXTRAIN_DATA_DIR": os.environ["JAXTRAIN_DATA_DIR"]}})
+  space = {"learning_rate": ray_tune.loguniform(1e-4, 3e-2),
+           "weight_decay": ray_tune.loguniform(1e-6, 1e-1)}
+  scheduler = PopulationBasedTraining(
+      time_attr="training_iteration", perturbation_interval=1, hyperparam_mutations=space,
+      quantile_fraction=0.25, resample_probability=0.25, perturbation_factors=(1.25, 0.8))
+  tuner = ray_tune.Tuner(
+      ray_tune.with_resources(JaxtrainMember, {"cpu": 1}), param_space=space,
+      tune_config=ray_tune.TuneConfig(metric="accuracy", mode="max", scheduler=scheduler,
+                                      num_samples=args.ray_members, reuse_actors=True),
+      run_config=ray_tune.RunConfig(name="ray_pbt", storage_path=str(root / "ray"),
+                                    stop={"training_iteration": steps // interval}, verbose=0,
+                                    callbacks=[Clock()]))
+  try:
+    grid = tuner.fit()
+    total = time.perf_counter() - start
+    errors_ = sum(1 for r in grid if r.error)
+  finally:
+    ray.shutdown()
+  clock = EvalClock.__new__(EvalClock)  # Only its accuracy_curve over these records.
+  clock.records = records
+  summary = curve_summary(clock, args.targets, args.budget_sec)
+  for key in ("cpu_seconds_to_target", "cpu_best_within_budget"):
+    summary[key] = None  # Not measured: CPU time is spread over Ray's processes.
+  return {"members": args.ray_members, "member_steps": args.ray_members * steps,
+          "iterations": len(records), "failed_trials": errors_, "total_sec": total,
+          "reuse_actors": True, "ray": ray.__version__, **summary}
+
+
 def bench_peers(args, root: Path) -> dict:
   import optuna  # pylint: disable=g-import-not-at-top
   from jaxtrain import train  # pylint: disable=g-import-not-at-top
@@ -588,6 +741,22 @@ def bench_peers(args, root: Path) -> dict:
     log(f"  jaxtrain {strategy}: {result['members']} members in {result['wall_time_sec']:.1f} s,"
         f" best {result['best_eval']:.4f}, "
         f"to target {out[f'jaxtrain_{strategy}']['seconds_to_target']}")
+
+  # Ray Tune PBT (benchmark-only dependency: pip install 'ray[tune]').
+  if args.ray:
+    interval = steps // 4 if args.quick else 250
+    out["ray_pbt"] = ray_pbt(args, root, steps, interval)
+    log(f"  ray tune pbt: {args.ray_members} trials in {out['ray_pbt']['total_sec']:.1f} s, "
+        f"best {out['ray_pbt']['best_overall']:.4f}, "
+        f"to target {out['ray_pbt']['seconds_to_target']}")
+
+  # How much sooner jaxtrain PBT reaches each target (wall seconds), and budgets.
+  ours = out["jaxtrain_pbt"]["seconds_to_target"]
+  out["speedup_of_jaxtrain_pbt"] = {
+      peer: {t: (theirs[t] / ours[t] if theirs[t] and ours[t] else None) for t in ours}
+      for peer, theirs in ((p, out[p]["seconds_to_target"]) for p in ("optuna", "ray_pbt")
+                           if p in out)}
+  log(f"  jaxtrain PBT speed-up to target (wall): {out['speedup_of_jaxtrain_pbt']}")
   return out
 
 
@@ -625,6 +794,12 @@ def markdown(results: dict) -> str:
     for r in results["permutation"]:
       lines.append(f"| {r['dataset']} | {r['train_examples']} | {r['steps_per_epoch']} | "
                    f"{r['permutation_ms']:.3f} | {r['single_step_ms']:.3f} | {r['pipeline']} |")
+  if results.get("select"):
+    lines += ["", "| model | N | vmapped step | population step ms | speed vs before |",
+              "|---|---|---|---|---|"]
+    for r in results["select"]:
+      lines.append(f"| {r['model']} | {r['members']} | {r['variant']} | "
+                   f"{r['population_step_ms']:.3f} | {r['vs_before']:.3f}x |")
   if results.get("conv"):
     lines += ["", "| model | N | execution | population step ms | per-member ms | "
               "single ms | vs N x single | compile s |", "|---|---|---|---|---|---|---|---|"]
@@ -653,16 +828,28 @@ def markdown(results: dict) -> str:
                 f"best within {budget} | " + " | ".join(f"s to {t}" for t in targets) + " |",
                 "|---|---|---|---|---|" + "---|" * len(targets)]
       for name, key, count in (("Optuna TPE (train.run per trial)", "optuna", "trials"),
+                               ("Ray Tune PBT (reuse_actors=True)", "ray_pbt", "members"),
                                ("jaxtrain PBT", "jaxtrain_pbt", "members"),
                                ("jaxtrain random", "jaxtrain_random", "members")):
         r = peers.get(key)
         if not r:
+          continue
+        if prefix and r.get(f"{prefix}seconds_to_target") is None:
+          lines.append(f"| {name} | {r[count]} | n/a | {r['best_overall']:.4f} | n/a | "
+                       + " | ".join("n/a" for _ in targets) + " |")
           continue
         total = (r.get("total_cpu_sec", r.get("cpu_sec")) if prefix
                  else r.get("total_sec", r.get("wall_time_sec")))
         cells = [cell(r[f"{prefix}seconds_to_target"][t]) for t in targets]
         lines.append(f"| {name} | {r[count]} | {total:.1f} | {r['best_overall']:.4f} | "
                      f"{cell(r[f'{prefix}best_within_budget'], 4)} | " + " | ".join(cells) + " |")
+    speedups = peers.get("speedup_of_jaxtrain_pbt", {})
+    if speedups:
+      lines += ["", "| jaxtrain PBT reaches the target sooner than (wall) | "
+                + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+      for peer, row in speedups.items():
+        lines.append(f"| {peer} | " + " | ".join(
+            f"{row[t]:.1f}x" if row.get(t) else "-" for t in targets) + " |")
   return "\n".join(lines)
 
 
@@ -681,6 +868,7 @@ def parse_args(argv=None):
   p.add_argument("--mnist1d_sizes", default="1,16,64", help="population sizes, MNIST-1D MLP")
   p.add_argument("--seq_max", type=int, default=16,
                  help="also run N single models one after another for N up to this")
+  p.add_argument("--select_sizes", default="16,64", help="population sizes, select part")
   p.add_argument("--conv_members", type=int, default=8)
   p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median)")
   p.add_argument("--target_sec", type=float, default=0.25,
@@ -689,6 +877,9 @@ def parse_args(argv=None):
   p.add_argument("--optuna_trials", type=int, default=48)
   p.add_argument("--peer_steps", type=int, default=3000)
   p.add_argument("--peer_members", type=int, default=16)
+  p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=True,
+                 help="include Ray Tune PBT in the peers (needs `pip install 'ray[tune]'`)")
+  p.add_argument("--ray_members", type=int, default=16, help="Ray Tune PBT trials")
   p.add_argument("--targets", default="0.60,0.65,0.68", help="test accuracies to time")
   p.add_argument("--budget_sec", type=float, default=60.0)
   p.add_argument("--workdir", default=None, help="where tuning runs write (default: a temp dir)")
@@ -699,14 +890,18 @@ def parse_args(argv=None):
     p.error(f"unknown part(s) {sorted(unknown)}; choose from {','.join(PARTS)}")
   if not args.peers and "peers" in args.parts:
     args.parts.remove("peers")
+  if "peers" in args.parts and args.ray and importlib.util.find_spec("ray") is None:
+    p.error("the peers part runs Ray Tune: pip install -e '.[bench]' (or 'ray[tune]'), "
+            "or pass --no-ray")
   args.sizes = [int(x) for x in args.sizes.split(",")]
   args.mnist1d_sizes = [int(x) for x in args.mnist1d_sizes.split(",")]
+  args.select_sizes = [int(x) for x in args.select_sizes.split(",")]
   args.targets = [float(x) for x in args.targets.split(",")]
   if args.quick:
-    args.sizes, args.mnist1d_sizes, args.seq_max = [1, 4], [4], 4
+    args.sizes, args.mnist1d_sizes, args.seq_max, args.select_sizes = [1, 4], [4], 4, [4]
     args.conv_members, args.rounds, args.target_sec = 2, 1, 0.05
     args.grid_points, args.optuna_trials, args.peer_steps = 2, 2, 200
-    args.peer_members, args.budget_sec = 4, 10.0
+    args.peer_members, args.budget_sec, args.ray_members = 4, 10.0, 4
   return args
 
 
@@ -732,6 +927,10 @@ def main(argv=None):
     results["engine"] = bench_engine(args, results["peak"]["gflops_best"])
     results["permutation"] = bench_permutation(args)
     loads["engine"] = os.getloadavg()
+  if "select" in args.parts:
+    log("select:")
+    results["select"] = bench_select(args)
+    loads["select"] = os.getloadavg()
   if "conv" in args.parts:
     log("conv:")
     results["conv"] = bench_conv(args)

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import checkpoint as checkpoint_lib
+from jaxtrain import compile as compile_lib
 from jaxtrain import config as config_lib
 from jaxtrain import errors, preemption, provenance, train, writers
 from jaxtrain.data import catalog, pipeline
@@ -168,6 +169,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   dims = validate(config)
   c = config
   workdir = train.prepare_workdir(workdir)
+  compile_lib.enable_cache(c.compile.cache_dir)  # Before the first compile.
   tune_dir = workdir / "tune"
   tune_dir.mkdir(exist_ok=True)
   dynamic_dims = [d for d in dims if d.dynamic]
@@ -201,6 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   tensorboard = writers.TensorBoard(
       workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)), [f"best/{c.tune.metric}"])
   compiles: dict[int, int] = {}
+  executions: dict[int, str] = {}  # 'vmap' or 'map' per phase (tune.execution=auto decides).
   status = "completed"
   session_start = time.perf_counter()
   trained_here = False
@@ -250,7 +253,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
             m["last_eval"], m["score"] = e, strategies.signed_score(e[c.tune.metric], score_mode)
             m["history"].append([loop["step"], m["score"]])
         _log_evaluation(c, loop, members, train_metrics, eval_metrics, seconds, metrics_log,
-                        tensorboard)
+                        tensorboard, phase.execution)
         if loop["step"] < c.train.num_steps:
           pop, acc = strategies.act(c, phase, pop, acc, loop, [m["score"] for m in members], lineage, dims,
                           dynamic_dims)
@@ -268,6 +271,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
         if stopping and not finishing:
           break
       compiles[loop["phase"]] = phase.compiles
+      executions[loop["phase"]] = phase.execution
       if loop["step"] < c.train.num_steps or stopping:  # Stopped inside or at the end of
         status = "preempted" if preempt.requested else "stopped"  # a phase (its checkpoint
         break  # is the resume point).
@@ -280,7 +284,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   tensorboard.close()
   if trained_here:  # A rerun of a finished search adds no training time.
     loop["elapsed_sec"] += time.perf_counter() - session_start
-  result = {"status": status, **_result(c, loop, compiles, time.perf_counter() - wall_start)}
+  result = {"status": status, **_result(c, loop, compiles, executions, time.perf_counter() - wall_start)}
   if status == "completed" and c.data.test_split and loop.get("best"):
     # Members were compared on data.eval_split; the winner alone meets the test split.
     from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
@@ -306,9 +310,9 @@ def _group(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def _log_evaluation(c, loop, members, train_metrics, eval_metrics, seconds, metrics_log,
-                    tensorboard) -> None:
+                    tensorboard, execution: str) -> None:
   active = sum(m["active"] for m in members)
-  record = {"phase": loop["phase"], "phase_step": loop["step"],
+  record = {"phase": loop["phase"], "phase_step": loop["step"], "execution": execution,
             "steps_per_sec": c.train.eval_every_steps / seconds,
             "member_steps_per_sec": c.train.eval_every_steps * active / seconds,
             "member_ids": [m["id"] for m in members]}
@@ -327,7 +331,7 @@ def _log_evaluation(c, loop, members, train_metrics, eval_metrics, seconds, metr
   tensorboard.write(loop["global_step"], scalars)
 
 
-def _result(c, loop, compiles, wall_sec) -> dict[str, Any]:
+def _result(c, loop, compiles, executions, wall_sec) -> dict[str, Any]:
   best = loop["best"] or {}
   table = sorted(loop["done"], key=lambda r: -(r["score"] if r["score"] is not None
                                                  and not math.isnan(r["score"]) else -math.inf))
@@ -341,6 +345,7 @@ def _result(c, loop, compiles, wall_sec) -> dict[str, Any]:
       "num_members": len(table),
       "member_steps": sum(r["steps"] for r in table),
       "train_step_compiles": compiles,
+      "execution": executions,
       "train_time_sec": loop["elapsed_sec"],
       "wall_time_sec": wall_sec,
   }

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import models, optim
+from jaxtrain import models, optim, sharding
 from jaxtrain.data import pipeline
+from jaxtrain.tune import execution as execution_lib
 from jaxtrain.tune import population as pop_lib
 
 
@@ -44,18 +45,13 @@ def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
     apply_settings(out, settings)
     out.tune.strategy = "none"
     out.tune.space = ml_collections.ConfigDict()  # A single run searches nothing.
+    out.mesh.pop = 1  # ...and has no member axis.
   return out
 
 
 def execution_for(config, model_name: str) -> str:
-  if config.tune.execution != "auto":
-    return config.tune.execution
-  # vmap turns convolutions into grouped convolutions, which the CPU backend runs
-  # 3-5x slower than members one after another; but the engine's `map` (a
-  # lax.map with a per-member cond) measured 2x slower still for CNNs
-  # (docs/BENCHMARKS.md), so auto picks vmap until a host-loop map lands.
-  del model_name
-  return "vmap"
+  """'vmap' or 'map' for this phase (the rule for 'auto': `execution.choose`)."""
+  return execution_lib.choose(config.tune.execution, model_name)
 
 
 class Phase:
@@ -73,23 +69,26 @@ class Phase:
     self.eval_batches = eval_batches
     force_dropout = "model.dropout_rate" in self.dynamic_keys
     self.model = models.build(c.model, info.num_classes, info.input_shape,
-                              force_dropout=force_dropout)
+                              force_dropout=force_dropout, precision=c.precision)
     self.tx, schedule = optim.build(c.optim, c.train.num_steps)
     self.base_hparams = {"dropout_rate": c.model.dropout_rate,
                          "label_smoothing": c.loss.label_smoothing}
     self.sample_batch = train_data.sample_batch()
     self.execution = execution_for(config, c.model.name)
     self.traces = []
+    # Members one at a time (execution 'map'): one compiled member step, host loop.
+    self._host_loop = execution_lib.HostLoop(
+        self.model, self.tx, schedule, c.data.batch_size, config.tune.steps_per_call,
+        unroll=True if c.model.name in execution_lib.CONV_MODELS else 1,
+        on_trace=lambda: self.traces.append(1)) if self.execution == "map" else None
 
-    # Members sharded over a 1-D 'pop' mesh of all devices, when the count divides.
-    devices = jax.devices()
-    shard = config.tune.shard_population and len(devices) > 1 and size % len(devices) == 0
-    mesh = jax.sharding.Mesh(np.array(devices), ("pop",))
-    self.member_sharding = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pop"))
-                            if shard else None)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if shard else None
+    # Members sharded over the mesh's 'pop' axis when the count divides (sharding.py).
+    mesh = sharding.population_mesh(config, size)  # None: the population stays on one device.
+    shard = mesh is not None
+    self.member_sharding = sharding.population_sharding(mesh) if shard else None
+    replicated = sharding.replicated(mesh) if shard else None
     pop_train = pop_lib.make_train_fn(
-        self.model, self.tx, schedule, c.data.batch_size, self.execution,
+        self.model, self.tx, schedule, c.data.batch_size, "vmap",
         config.tune.steps_per_call,
         unroll=True if c.model.name == "cnn" else 1)  # Rolled conv scans are slow on CPU.
 
@@ -105,14 +104,16 @@ class Phase:
     self._eval = jax.jit(pop_lib.make_eval_fn(self.model))
     self._create = jax.jit(lambda rngs: pop_lib.create(
         self.model, self.tx, self.sample_batch, self.base_hparams, rngs))
-    self._set_dynamic = jax.jit(pop_lib.set_dynamic)
+    # Every function that replaces the population donates the old one: updated in place.
+    self._set_dynamic = jax.jit(pop_lib.set_dynamic, donate_argnums=0)
     self._exploit = jax.jit(
         lambda pop, scores, rng: pop_lib.exploit_and_explore(
             pop, scores, rng, dynamic_dims, method=config.tune.pbt.exploit,
             fraction=config.tune.pbt.fraction,
             factors=tuple(config.tune.pbt.perturb_factors),
-            resample_probability=config.tune.pbt.resample_probability))
-    self._select = jax.jit(pop_lib.select)
+            resample_probability=config.tune.pbt.resample_probability),
+        donate_argnums=0)
+    self._select = jax.jit(pop_lib.select, donate_argnums=2)
     self.data_keys = None
     self.orders = None  # Per-member epoch permutations (a cache; never checkpointed).
     self.num_examples = train_data.num_examples
@@ -148,12 +149,14 @@ class Phase:
     self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
     return self._put(pop), self._put(pop_lib.new_metric_sums(len(members)))
 
-  def active(self, members) -> jax.Array:
+  def active(self, members) -> jax.Array | None:
+    if all(m["active"] for m in members):
+      return None  # The step without the member-wise select (population.make_train_fn).
     return self._put(jnp.asarray([m["active"] for m in members]))
 
   def train(self, pop, acc, active):
-    pop, acc, self.orders = self._train(pop, acc, self.orders, active, self.data,
-                                        self.data_keys)
+    run = self._host_loop.train if self._host_loop is not None else self._train
+    pop, acc, self.orders = run(pop, acc, self.orders, active, self.data, self.data_keys)
     return pop, acc
 
   def evaluate(self, pop) -> list[dict[str, float]]:

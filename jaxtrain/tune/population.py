@@ -2,10 +2,12 @@
 
 A population state is a `TrainState` with a leading member axis `P` on every
 leaf. The member step (`jaxtrain.step.train_step`) runs over it either with
-`jax.vmap` (one batched program: the fast path on accelerators and for dense
-models) or with `lax.map` (members one after another inside the same program:
-faster for convolutions on CPU, where vmap turns convolutions into slow grouped
-convolutions), optionally `steps_per_call` steps per dispatch with `lax.scan`.
+`jax.vmap` (`make_train_fn`: one batched program, the fast path on accelerators
+and for dense models) or one member at a time (`make_member_train_fn`: one
+compiled single-member step that updates member `i` of the stacked population
+in place, driven by a host loop in `jaxtrain.tune.execution`; faster for
+convolutions on CPU, where vmap turns them into slow grouped convolutions),
+optionally `steps_per_call` steps per dispatch with `lax.scan`.
 
 Members never mix: each has its own optimizer state, hyperparameters, RNG and
 data order, so one member's NaN cannot reach another. Exploit, explore and
@@ -28,7 +30,7 @@ from jaxtrain import step as step_lib
 from jaxtrain.data import pipeline
 from jaxtrain.tune import space as space_lib
 
-EXECUTIONS = ("auto", "vmap", "map")
+EXECUTIONS = ("auto", "vmap", "map")  # map: members one at a time (execution.py)
 
 
 def create(model, tx, sample_batch: dict, base_hparams: dict[str, float],
@@ -63,7 +65,15 @@ def set_dynamic(pop_state, values: dict[str, jax.Array]):
 
 def take(pop_state, index: int):
   """One member's state (no member axis), e.g. to export it as a single run."""
-  return jax.tree.map(lambda x: x[index], pop_state)
+  return _take(pop_state, jnp.asarray(index, jnp.int32))
+
+
+@jax.jit
+def _take(pop_state, index):
+  # One compiled gather for the whole tree: indexing leaf by leaf outside jit
+  # compiled one program per leaf shape (about 30 for an MLP, seconds on CPU).
+  return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False),
+                      pop_state)
 
 
 def select(mask_P: jax.Array, new, old):
@@ -73,42 +83,38 @@ def select(mask_P: jax.Array, new, old):
   return jax.tree.map(pick, new, old)
 
 
-def make_train_fn(model, tx, schedule, batch_size: int, execution: str,
+def make_train_fn(model, tx, schedule, batch_size: int, execution: str = "vmap",
                   steps_per_call: int = 1, unroll: int | bool = 1) -> Callable:
   """Returns `fn(pop, acc, orders, active_P, data, data_keys_P) -> (pop, acc, orders)`.
 
-  Not jitted (the caller jits it, with donation and shardings). `orders` is
-  the per-member epoch permutation cache (`pipeline.EpochOrder` with a member
-  axis). Members with `active` False keep their state unchanged; under `map`
-  they also skip the computation, under `vmap` they are computed and discarded.
+  The vmapped population step (`execution` must be 'vmap'; members one at a
+  time are `make_member_train_fn`). Not jitted (the caller jits it, with
+  donation and shardings). `orders` is the per-member epoch permutation cache
+  (`pipeline.EpochOrder` with a member axis). Members with `active` False are
+  computed and discarded: they keep their state unchanged. `active=None` means
+  every member is active and skips the member-wise select (a step 1.08-1.26x
+  faster at N = 16 and 64, docs/BENCHMARKS.md); under jit, None and an array are two
+  programs, the second compiled only once some member is inactive. (A `lax.cond`
+  on `all(active)` inside one program measured slower than the select itself:
+  the branches stop XLA from updating the donated state in place.)
   """
+  if execution != "vmap":
+    raise ValueError(f"make_train_fn runs members with vmap; got execution={execution!r} "
+                     "(members one at a time: make_member_train_fn)")
 
-  def member_step(state, acc, order, active, data, data_key):
-    del data_key  # The order already encodes it.
+  def member_step(state, acc, order, data):
+    batch = pipeline.device_batch(data, order, state.step, batch_size)
+    return step_lib.accumulate_train_step(model, tx, schedule, state, acc, batch)
 
-    def run(operand):
-      state, acc = operand
-      batch = pipeline.device_batch(data, order, state.step, batch_size)
-      return step_lib.accumulate_train_step(model, tx, schedule, state, acc, batch)
-    if execution == "map":
-      return jax.lax.cond(active, run, lambda operand: operand, (state, acc))
-    new_state, new_acc = run((state, acc))
-    return (jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, state),
-            jax.tree.map(lambda n, o: jnp.where(active, n, o), new_acc, acc))
-
-  if execution == "vmap":
-    members_step = jax.vmap(member_step, in_axes=(0, 0, 0, 0, None, 0))
-  elif execution == "map":
-    def members_step(states, accs, orders, active, data, data_keys):
-      return jax.lax.map(lambda xs: member_step(xs[0], xs[1], xs[2], xs[3], data, xs[4]),
-                         (states, accs, orders, active, data_keys))
-  else:
-    raise ValueError(f"execution must be 'vmap' or 'map', got {execution!r}")
+  members_step = jax.vmap(member_step, in_axes=(0, 0, 0, None))
 
   def pop_step(states, accs, orders, active, data, data_keys):
     num_examples = data["labels"].shape[0]
     orders = pipeline.refresh_orders(orders, data_keys, states.step, num_examples, batch_size)
-    states, accs = members_step(states, accs, orders, active, data, data_keys)
+    new_states, new_accs = members_step(states, accs, orders, data)
+    if active is None:
+      return new_states, new_accs, orders
+    states, accs = select(active, (new_states, new_accs), (states, accs))
     return states, accs, orders
 
   if steps_per_call == 1:
@@ -122,6 +128,45 @@ def make_train_fn(model, tx, schedule, batch_size: int, execution: str,
     return states, accs, orders
 
   return multi_step
+
+
+def make_member_train_fn(model, tx, schedule, batch_size: int, steps_per_call: int = 1,
+                         unroll: int | bool = 1) -> Callable:
+  """Returns `fn(pop, acc, orders, index, data, data_keys_P) -> (pop, acc, orders)`.
+
+  Member `index` (an int32 scalar array, so one compiled program serves every
+  member) takes `steps_per_call` steps; every other member is untouched. The
+  member is read with `dynamic_index_in_dim` and written back with
+  `dynamic_update_index_in_dim`, so with `pop`, `acc` and `orders` donated the
+  update is in place. The step is the single-run step (`refresh_order`,
+  `device_batch`, `accumulate_train_step`) with top-level ops only: no
+  `lax.map` or `lax.cond` around the model, which the CPU backend runs slowly
+  for convolutions. Not jitted (the caller jits and donates).
+  """
+
+  def fn(pop, acc, orders, index, data, data_keys):
+    take = lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False)
+    state, member_acc, order = jax.tree.map(take, (pop, acc, orders))
+    data_key = take(data_keys)
+    num_examples = data["labels"].shape[0]
+
+    def one(carry, _):
+      state, member_acc, order = carry
+      order = pipeline.refresh_order(order, data_key, state.step, num_examples, batch_size)
+      batch = pipeline.device_batch(data, order, state.step, batch_size)
+      state, member_acc = step_lib.accumulate_train_step(model, tx, schedule, state,
+                                                         member_acc, batch)
+      return (state, member_acc, order), None
+
+    carry = (state, member_acc, order)
+    if steps_per_call == 1:
+      carry, _ = one(carry, None)
+    else:
+      carry, _ = jax.lax.scan(one, carry, None, length=steps_per_call, unroll=unroll)
+    put = lambda x, m: jax.lax.dynamic_update_index_in_dim(x, m, index, 0)
+    return jax.tree.map(put, (pop, acc, orders), carry)
+
+  return fn
 
 
 def make_eval_fn(model) -> Callable:

@@ -1,0 +1,114 @@
+"""Cross-validation as a population: fold masks, equality with single runs, errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtrain import errors, models, optim, writers
+from jaxtrain import state as state_lib
+from jaxtrain import step as step_lib
+from jaxtrain.data import pipeline
+from jaxtrain.tune import cv, folds
+from jaxtrain.tune import population as pop_lib
+from tests.conftest import tiny_config
+
+
+def cv_config(**overrides):
+  return tiny_config(**{"eval.cross_validation.folds": 3, "train.num_steps": 60,
+                        "train.eval_every_steps": 30, **overrides})
+
+
+def test_fold_masks_partition_the_data():
+  held = folds.held_out_masks(1437, seed=0, folds=5)
+  assert held.shape == (5, 1437)
+  np.testing.assert_array_equal(held.sum(axis=0), np.ones(1437))  # Each example once.
+  assert sorted(held.sum(axis=1).tolist()) == [287, 287, 287, 288, 288]
+  index, counts = folds.train_indices(held)
+  for p, n in enumerate(counts):
+    assert n == 1437 - held[p].sum()
+    np.testing.assert_array_equal(index[p, :n], np.flatnonzero(~held[p]))
+  assert not np.array_equal(held, folds.held_out_masks(1437, seed=1, folds=5))
+  holdout = folds.held_out_masks(1000, seed=0, holdout_fraction=0.2)
+  assert holdout.shape == (1, 1000) and holdout.sum() == 200
+
+
+def test_each_fold_equals_a_single_run_on_its_training_examples(tmp_path):
+  config = cv_config()
+  result = cv.run(config, tmp_path)
+  assert result["train_step_compiles"] == 1
+  assert json.loads((tmp_path / "cv.json").read_text()) == result
+  records = writers.read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [30, 60] and len(records[-1]["cv/accuracy"]) == 3
+
+  # The reference: one model on a fold's training examples alone, stepped as
+  # `train.run` steps it (same init, epoch permutations and batches).
+  data, info = pipeline.create_train_data(config.data, config.seed)
+  model = models.build(config.model, info.num_classes, info.input_shape)
+  tx, schedule = optim.build(config.optim, config.train.num_steps)
+  batch_size = config.data.batch_size
+
+  @jax.jit
+  def single_step(state, acc, order, subset, data_key):
+    n = subset["labels"].shape[0]
+    order = pipeline.refresh_order(order, data_key, state.step, n, batch_size)
+    batch = pipeline.device_batch(subset, order, state.step, batch_size)
+    state, acc = step_lib.accumulate_train_step(model, tx, schedule, state, acc, batch)
+    return state, acc, order
+
+  evaluate = jax.jit(lambda state, batch: step_lib.eval_step(model, state, batch))
+  arrays = jax.device_get(data.arrays)
+  held = folds.held_out_masks(data.num_examples, config.seed, folds=3)
+  for p in range(3):
+    train_rows, held_rows = np.flatnonzero(~held[p]), np.flatnonzero(held[p])
+    subset = {k: jnp.asarray(v[train_rows]) for k, v in arrays.items()}
+    state = state_lib.create(model, tx, data.sample_batch(),
+                             {"dropout_rate": 0.0, "label_smoothing": 0.0},
+                             jax.random.PRNGKey(config.seed))
+    acc = {k: jnp.zeros((), jnp.float32) for k in pop_lib.new_metric_sums(1)}
+    order = pipeline.new_epoch_order(len(train_rows))
+    for _ in range(config.train.num_steps):
+      state, acc, order = single_step(state, acc, order, subset,
+                                      jax.random.fold_in(data.data_key, p))
+    sums = evaluate(state, {k: v[held_rows] for k, v in arrays.items()})
+    accuracy = float(sums["accuracy"] / sums["count"])
+    loss = float(sums["loss"] / sums["count"])
+    # Batched (vmapped) vs single matmuls round differently: the loss agrees to
+    # 1e-4 relative, the accuracy to one held-out example.
+    fold = result["per_fold"][p]
+    assert fold["held_out_examples"] == len(held_rows)
+    assert fold["cv/accuracy"] == pytest.approx(accuracy, abs=1.01 / len(held_rows))
+    assert fold["cv/loss"] == pytest.approx(loss, rel=1e-4)
+  values = np.asarray(result["cv/accuracy"])
+  assert result["cv/accuracy_mean"] == pytest.approx(values.mean())
+  assert result["cv/accuracy_std"] == pytest.approx(values.std())
+
+
+def test_holdout_split_is_one_member(tmp_path):
+  config = cv_config(**{"eval.cross_validation.folds": 0,
+                        "eval.cross_validation.holdout_fraction": 0.25,
+                        "train.num_steps": 30})
+  result = cv.run(config, tmp_path)
+  assert len(result["per_fold"]) == 1 and result["cv/accuracy_std"] == 0.0
+  assert result["per_fold"][0]["held_out_examples"] == round(0.25 * result["examples"])
+  assert result["cv/accuracy_mean"] > 0.5
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"eval.cross_validation.folds": 1}, "folds=1 must be >= 2"),
+    ({"eval.cross_validation.folds": -2}, "folds=-2 must be >= 2"),
+    ({"eval.cross_validation.folds": 5000}, "folds=5000 is more than the 1437 examples"),
+    ({"eval.cross_validation.folds": 3, "eval.cross_validation.holdout_fraction": 0.2},
+     "are both set"),
+    ({"eval.cross_validation.folds": 0, "eval.cross_validation.holdout_fraction": 1.0},
+     "must be in (0, 1)"),
+    ({"eval.cross_validation.folds": 0, "eval.cross_validation.holdout_fraction": 0.99},
+     "fewer than data.batch_size=32"),
+    ({"tune.strategy": "random"}, "cannot be combined with tune.strategy"),
+])
+def test_bad_cross_validation_settings_are_one_line_errors(overrides, message):
+  with pytest.raises(errors.UserError) as e:
+    cv.validate(cv_config(**overrides))
+  assert message in str(e.value) and "\n" not in str(e.value)
