@@ -17,7 +17,7 @@ from ml_collections import config_flags
 from jaxtrain import config as config_lib
 from jaxtrain import errors
 
-MODES = ("train", "eval")
+MODES = ("train", "eval", "compile")  # compile: jaxtrain/compile.py, no training.
 
 
 def parse(argv: list[str]):
@@ -41,10 +41,17 @@ def parse(argv: list[str]):
   flags.DEFINE_enum("mode", "train", MODES, "What to do.", flag_values=fv)
   flags.DEFINE_integer("stop_after_steps", None, "Stop (with a checkpoint) after this "
                        "step; rerun the same command to continue.", flag_values=fv)
-  flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: latest).",
-                       flag_values=fv)
+  flags.DEFINE_string("step", None, "--mode=eval: the checkpoint, N (a step), 'latest' "
+                      "(default) or 'best' (by checkpoint.best_metric).", flag_values=fv)
   flags.DEFINE_bool("allow_config_change", False, "Resume even if the config differs "
                     "from WORKDIR/config.json.", flag_values=fv)
+  # Multi-host (jaxtrain/distributed.py); a TPU pod slice needs none of these.
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a "
+                      "multi-process run.", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.",
+                       flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).",
+                       flag_values=fv)
   try:
     with errors.absl_warnings_muted():  # e.g. "get_config() returned None": said below.
       positional = fv(argv)[1:]
@@ -68,7 +75,19 @@ def parse(argv: list[str]):
     raise errors.UserError("--workdir is required, e.g. --workdir=runs/digits_mlp")
   return fv.config, fv.workdir, {"mode": fv.mode, "stop_after_steps": fv.stop_after_steps,
                                  "allow_config_change": fv.allow_config_change,
-                                 "step": fv.step}
+                                 "distributed": (fv.coordinator_address, fv.num_processes,
+                                                 fv.process_id),
+                                 "step": _step_choice(fv.step)}
+
+
+def _step_choice(value: str | None) -> int | str | None:
+  """--step: an int step, 'latest' or 'best' (None = latest)."""
+  if value is None or value in ("latest", "best"):
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    raise errors.UserError(f"--step={value!r} must be a step number, 'latest' or 'best'") from None
 
 
 def _flag_arg(argv: list[str], name: str) -> str | None:

@@ -29,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
   """Returns the config with every key and its default value."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # "f32", or "bf16": bfloat16 compute with float32 parameters, optimizer state
+  # and loss (see jaxtrain/precision.py).
+  c.precision = "f32"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"
@@ -46,6 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0: permute the input features (positions) with this seed, the same way
   # in every split: destroys spatial order, keeps the information.
   c.data.permute_features_seed = 0
+  # Class filtering and few-shot subsets (jaxtrain/data/subset.py): keep only these
+  # labels in every split (() = all), and at most this many training examples
+  # per class (0 = all), chosen deterministically from `seed`. Labels keep their ids.
+  c.data.classes = ()
+  c.data.examples_per_class = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"
@@ -55,9 +63,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dense_size = 128  # cnn: width of the dense layer before the head
   c.model.rnn_size = 64  # gru, lstm: hidden state width
   c.model.rnn_layers = 1  # gru, lstm
+  c.model.resnet_depth = 18  # resnet: 10 (tiny test variant) | 18 | 34 | 50 | 101 | 152
+  c.model.resnet_width = 64  # resnet: channels of the first stage (doubled per stage)
+  c.model.resnet_stem = "auto"  # resnet: small (3x3/1) | imagenet (7x7/2 + pool) | auto (by size)
+  c.model.width = 128  # vit, transformer: model dimension
+  c.model.depth = 2  # vit, transformer: number of blocks
+  c.model.num_heads = 4  # vit, transformer: attention heads (must divide width)
+  c.model.mlp_ratio = 4.0  # vit, transformer: block MLP width / model width
+  c.model.patch_size = 2  # vit: patch side in pixels (must divide the image size)
+  c.model.pooling = "cls"  # vit: cls (class token) | mean (over patches)
+  c.model.positions = "learned"  # transformer: learned | rotary
   c.model.activation = "relu"
   c.model.batch_norm = False
   c.model.dropout_rate = 0.0  # A hyperparameter (array leaf in the state).
+  c.model.remat = False  # Recompute each block's activations in the backward pass (nn.remat).
+  # LoRA (jaxtrain/lora.py): low-rank adapters on the kernels whose '/'-joined path
+  # matches lora_targets (re.search); the base weights are frozen. 0 = off.
+  c.model.lora_rank = 0
+  c.model.lora_alpha = 1.0  # Adapter scale = lora_alpha / lora_rank.
+  c.model.lora_targets = r"(^|/)(Dense[^/]*|query|key|value|out|mlp_in|mlp_out|head)/kernel$"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
@@ -70,6 +94,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8  # adam, adamw
   c.optim.clip_norm = 0.0  # Global-norm clipping; 0 = off.
   c.optim.accumulate_steps = 1  # Gradient accumulation via optax.MultiSteps.
+  # Parameter groups (jaxtrain/param_groups.py), regexes searched in '/'-joined
+  # parameter paths such as 'Conv_0/kernel': frozen leaves get no update and no
+  # optimizer state; 'regex=factor' scales the learning rate (first match wins).
+  c.optim.freeze = ()
+  c.optim.lr_multipliers = ()
   c.optim.schedule = ml_collections.ConfigDict()
   c.optim.schedule.name = "constant"
   c.optim.schedule.warmup_steps = 0  # Linear warmup from 0, for every schedule.
@@ -91,6 +120,13 @@ def base_config() -> ml_collections.ConfigDict:
   # row), or "none" (apply every update).
   c.train.nan_policy = "stop"
   c.train.max_consecutive_skips = 10
+  # K > 1: run K steps per dispatch in a lax.scan (single steps before log, eval,
+  # save and stop steps, so records and checkpoints equal those of K = 1).
+  c.train.steps_per_call = 1
+  c.train.scan_unroll = 0  # lax.scan unroll for steps_per_call; 0 = auto (full for conv on CPU).
+  # > 0: keep an exponential moving average of the parameters in the state and
+  # evaluate it too (eval/ema_accuracy, eval/ema_loss). 0 = off.
+  c.train.ema_decay = 0.0
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 250
@@ -110,10 +146,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune.metric = "eval/accuracy"  # Evaluated every train.eval_every_steps.
   c.tune.space = ml_collections.ConfigDict()  # e.g. space.optim.learning_rate = "loguniform(1e-4, 1e-1)"
   c.tune.grid_points = 3  # grid: values per continuous dimension.
-  c.tune.execution = "auto"  # vmap | map | auto (currently vmap: see tune/phase.py).
+  c.tune.execution = "auto"  # vmap | map (one member at a time) | auto (map for CNNs on CPU).
   c.tune.steps_per_call = 1  # Steps per dispatch (lax.scan); must divide eval_every_steps.
   c.tune.per_member_data_order = True
-  c.tune.shard_population = True  # Shard the member axis over all devices when it divides.
+  c.tune.shard_population = True  # Member axis over the mesh's pop axis when it divides (mesh.pop).
   c.tune.pbt = ml_collections.ConfigDict()
   c.tune.pbt.exploit = "truncation"  # truncation | tournament
   c.tune.pbt.fraction = 0.25  # truncation: bottom fraction copies the top fraction.
@@ -128,15 +164,58 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune.early_stopping.patience = 0  # Evaluations without improvement per member; 0 = off.
   c.tune.early_stopping.min_delta = 0.0
 
+  # Compilation (jaxtrain/compile.py) and throughput (jaxtrain/throughput.py).
+  c.compile = ml_collections.ConfigDict()
+  # Persistent XLA compilation cache shared by runs; "" = off.
+  c.compile.cache_dir = "~/.cache/jaxtrain/compilation_cache"
+  # --mode=compile: memory per device in GB to check the program against;
+  # 0 = what the device reports (device.memory_stats()), unchecked if it reports nothing.
+  c.compile.device_memory_gb = 0.0
+  c.throughput = ml_collections.ConfigDict()
+  # Peak FLOP/s per device for mfu, in TFLOP/s; 0 = from the table of known devices.
+  c.throughput.peak_tflops_per_device = 0.0
+  # jax.profiler trace of num_steps steps from start_step into WORKDIR/profile; 0 = off.
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 10
+  c.profile.num_steps = 0
+
   # Sections filled by their own modules (keys are added next to their owners' code):
   # device mesh and partitioning (jaxtrain/sharding.py),
   c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # Batch split (data parallelism). -1 = every device the others leave.
+  c.mesh.fsdp = 1  # Batch split, and large parameters + optimizer state sharded (FSDP).
+  c.mesh.model = 1  # Parameters sharded by mesh.rules (tensor parallelism).
+  c.mesh.pop = 1  # Tuning: the member axis (see tune.shard_population).
+  c.mesh.num_devices = 0  # Devices the mesh spans: 0 = all (every process), N = the first N.
+  # "REGEX=SPEC" (first match wins, re.search on paths like 'params/Dense_0/kernel'),
+  # SPEC one entry per dimension: an axis, 'a+b', or None; e.g. '.*Dense_0/kernel=fsdp,model'.
+  c.mesh.rules = ()
+  c.mesh.fsdp_min_size = 2**16  # Unmatched leaves with this many elements shard over fsdp.
   # transfer learning from another run's checkpoint (jaxtrain/transfer.py),
   c.init_from = ml_collections.ConfigDict()
+  c.init_from.workdir = ""  # A run's workdir; "" = start from the fresh initialization.
+  c.init_from.step = "latest"  # latest (or 0) | best | a step number.
+  c.init_from.include = ()  # Regexes on paths like 'params/Conv_0/kernel'; () = all.
+  c.init_from.exclude = ()  # e.g. ('params/Dense_1/',) to keep a new head fresh.
+  c.init_from.rename = ()  # 'old_regex=new' applied to checkpoint paths (re.sub).
   # evaluation reports, slices, robustness, attributions (jaxtrain/analysis/),
   c.eval = ml_collections.ConfigDict()
+  c.eval.report = True  # --mode=eval also writes WORKDIR/report/ (figures, tables, report.md).
+  c.eval.top_k = 5  # Top-k accuracy.
+  c.eval.calibration_bins = 15  # Equal-width confidence bins for ECE / reliability diagram.
+  c.eval.slice_key = ""  # "" (none) | "label" | a dataset feature | "module:function".
+  c.eval.noise_levels = (0.0, 0.05, 0.1, 0.2, 0.4)  # Gaussian input noise std devs.
+  c.eval.adversarial_epsilons = (0.0, 0.02, 0.05, 0.1, 0.2)  # FGSM / PGD L-inf radii.
+  c.eval.pgd_steps = 10  # PGD iterations (step size 2.5 * eps / pgd_steps).
+  c.eval.robustness_examples = 500  # First N eval examples attacked / noised; 0 = all.
+  c.eval.attribution_examples = (0, 1, 2, 3)  # Eval-split indices explained in figures.
+  c.eval.ig_steps = 64  # Integrated-gradients path intervals (trapezoid rule).
   # and k-fold cross-validation trained as one population (jaxtrain/tune/).
   c.eval.cross_validation = ml_collections.ConfigDict()
+  # k >= 2: main.py cross-validates the config on data.train_split (k folds, one population).
+  c.eval.cross_validation.folds = 0  # 0 = off.
+  # > 0 (with folds = 0): one holdout split, this fraction of data.train_split held out.
+  c.eval.cross_validation.holdout_fraction = 0.0
   return c
 
 
@@ -237,6 +316,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.train.max_consecutive_skips <= 0:
     raise errors.UserError(
         f"train.max_consecutive_skips={config.train.max_consecutive_skips} must be > 0")
+  from jaxtrain import perf_config  # pylint: disable=g-import-not-at-top
+  perf_config.validate(config)
   if config.data.pipeline not in PIPELINES:
     raise errors.unknown_choice("data.pipeline", config.data.pipeline, PIPELINES)
   for key in ("checkpoint.best_metric", "early_stopping.metric"):
@@ -246,6 +327,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   catalog.check_name(config.data.name)
   models.check_config(config.model)
   optim.check_config(config.optim)
+  # Transfer learning (issue 5): few-shot data, parameter groups, LoRA, EMA, init_from.
+  from jaxtrain import lora, param_groups, transfer  # pylint: disable=g-import-not-at-top
+  from jaxtrain.data import subset  # pylint: disable=g-import-not-at-top
+  subset.check_config(config.data)
+  param_groups.check_config(config.optim)
+  lora.check_config(config.model)
+  transfer.check_config(config)
+  from jaxtrain import sharding  # pylint: disable=g-import-not-at-top
+  sharding.check_config(config.mesh)  # Sizes against devices: sharding.make_mesh.
+  from jaxtrain.analysis import options as analysis_options  # pylint: disable=g-import-not-at-top
+  analysis_options.check_config(config.eval)
 
 
 def mode_of(metric: str) -> str:

@@ -12,7 +12,7 @@ import json
 import sys
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors
+from jaxtrain import distributed, errors
 from jaxtrain.cli import parse
 
 
@@ -20,13 +20,26 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv if argv is None else argv
   try:
     config, workdir, options = parse(argv)
+    # Before anything touches a device: several processes then share one mesh.
+    distributed.initialize(*options["distributed"])
     if config is not None:  # Schema first: the dispatch below reads config.tune.
       config_lib.validate(config)
+      from jaxtrain import compile as compile_lib  # pylint: disable=g-import-not-at-top
+      compile_lib.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
     # Each entry point also validates (dataset splits too) before device work.
     if options["mode"] == "eval":
       from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
-      result = evaluate.run(workdir, config, step=options["step"])
+      result = evaluate.run(workdir, config, step=options["step"], report=True)
       print(json.dumps(result), file=sys.stdout)
+      return 0
+    if options["mode"] == "compile":  # Compile the train step, report memory and FLOPs.
+      report = compile_lib.run(config, workdir)
+      print(compile_lib.format_report(report), file=sys.stderr)
+      print(json.dumps(report), file=sys.stdout)
+      return 0
+    from jaxtrain.tune import cv  # pylint: disable=g-import-not-at-top
+    if cv.enabled(config):  # k folds (or a holdout split) as one population.
+      print(cv.summary_line(cv.run(config, workdir), workdir), file=sys.stderr)
       return 0
     if config.tune.strategy != "none":
       from jaxtrain import tune  # pylint: disable=g-import-not-at-top

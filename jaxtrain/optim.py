@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain import errors
+from jaxtrain import errors, param_groups
 
 NAMES = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "linear", "exponential", "piecewise")
@@ -127,14 +127,20 @@ def build(optim_config, num_train_steps: int) -> tuple[optax.GradientTransformat
   num_updates = max(num_train_steps // optim_config.accumulate_steps, 1)
   shape = schedule_shape(optim_config.schedule, num_updates)
   name, nesterov = optim_config.name, bool(optim_config.nesterov)
+  freeze, multipliers = tuple(optim_config.freeze), tuple(optim_config.lr_multipliers)
 
   # inject_hyperparams reads the factory's signature, so it names every field.
   def factory(learning_rate, weight_decay=None, momentum=None, b1=None, b2=None, eps=None,
               clip_norm=None):
     given = dict(learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum,
                  b1=b1, b2=b2, eps=eps, clip_norm=clip_norm)
-    return make_transform(name, shape, nesterov, **{k: v for k, v in given.items()
-                                                     if v is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    if freeze or multipliers:  # Parameter groups: see jaxtrain/param_groups.py.
+      return param_groups.grouped(
+          lambda **h: make_transform(name, shape, nesterov, **h),
+          lambda norm: _clip_by_global_norm_or_off(jnp.asarray(norm, jnp.float32)), given,
+          freeze, multipliers)
+    return make_transform(name, shape, nesterov, **given)
 
   tx = optax.inject_hyperparams(factory)(**hparams_of(optim_config))
   if optim_config.accumulate_steps > 1:

@@ -25,6 +25,8 @@ class TrainState(flax.struct.PyTreeNode):
     hparams: model- and loss-side hyperparameters as float32 scalars
       (`dropout_rate`, `label_smoothing`), data like the optimizer's.
     rng: base PRNG key; step `s` uses `fold_in(rng, s)`.
+    ema_params: moving average of `params` when `hparams` has `ema_decay`
+      (see jaxtrain/ema.py), else None (no leaves).
   """
   step: jax.Array
   params: Any
@@ -32,6 +34,7 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
   hparams: dict[str, jax.Array]
   rng: jax.Array
+  ema_params: Any = None
 
 
 def create(model: models.Model, tx: optax.GradientTransformation, sample_batch: dict,
@@ -47,6 +50,7 @@ def create(model: models.Model, tx: optax.GradientTransformation, sample_batch: 
       opt_state=tx.init(params),
       hparams={k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()},
       rng=train_rng,
+      ema_params=params if "ema_decay" in hparams else None,
   )
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain import losses, metrics as metrics_lib, models, optim
+from jaxtrain import ema as ema_lib, losses, metrics as metrics_lib, models, optim
 from jaxtrain.state import TrainState
 
 
@@ -35,6 +35,9 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
       state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_params is not None:  # train.ema_decay > 0
+    ema_params = ema_lib.update(ema_params, params, state.hparams[ema_lib.KEY])
   accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32))
   learning_rate = (optim.get_hparams(state.opt_state)["learning_rate"]
                    * schedule(optim.update_count(state.opt_state)))
@@ -48,7 +51,7 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
   }
   new_state = state.replace(step=state.step + 1, params=params,
                             model_state={**state.model_state, **new_model_state},
-                            opt_state=opt_state)
+                            opt_state=opt_state, ema_params=ema_params)
   return new_state, step_metrics
 
 
@@ -58,8 +61,18 @@ def eval_step(model: models.Model, state: TrainState,
   variables = {"params": state.params, **state.model_state}
   model_hparams = {k: state.hparams[k] for k in models.MODEL_HPARAMS}
   logits, _ = model.apply(variables, batch, state.rng, False, model_hparams)
-  loss_B = losses.cross_entropy(logits, batch["labels"])  # No smoothing at eval.
-  return metrics_lib.classification_sums(logits, batch["labels"], loss_B, batch.get("mask"))
+  labels, mask = batch["labels"], batch.get("mask")
+  per_token = labels.ndim > 1  # Language modelling: logits [B, T, V], labels [B, T].
+  if per_token:  # Every unmasked token counts as one example in the sums.
+    if mask is not None:
+      mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (labels.ndim - mask.ndim)),
+                              labels.shape).reshape(-1)
+    logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+  loss_B = losses.cross_entropy(logits, labels)  # No smoothing at eval.
+  sums = metrics_lib.classification_sums(logits, labels, loss_B, mask)
+  if per_token:  # Mean loss in bits (log base 2) per token: bits per character.
+    sums["bits_per_char"] = sums["loss"] / jnp.log(2.0)
+  return sums
 
 
 def accumulate_train_step(model, tx, schedule, state, acc, batch):
@@ -97,8 +110,10 @@ def guard_nonfinite(policy: str, old: TrainState, new: TrainState,
   """
   if policy == "none":
     return new, step_metrics, guard
-  finite = (jnp.isfinite(step_metrics["loss"]) & jnp.isfinite(step_metrics["grad_norm"])
-            & jnp.isfinite(step_metrics["update_norm"]))
+  # One fused test: x * 0 is NaN exactly when x is NaN or +-Inf, so the sum is
+  # finite iff all three are (the same steps as three isfinite checks, one op).
+  finite = jnp.isfinite(step_metrics["loss"] * 0 + step_metrics["grad_norm"] * 0
+                        + step_metrics["update_norm"] * 0)
   apply = finite
   if policy == "stop":
     apply = finite & (guard["first_nonfinite_step"] < 0)

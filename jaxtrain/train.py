@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,13 @@ import ml_collections
 
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
-from jaxtrain import errors, models, optim, preemption, provenance, step as step_lib, writers
+from jaxtrain import compile as compile_lib
+from jaxtrain import errors, models, multistep, optim, preemption, profiling, provenance
+from jaxtrain import step as step_lib, throughput as throughput_lib, writers
 from jaxtrain import metrics as metrics_lib
+from jaxtrain import distributed, sharding
 from jaxtrain import state as state_lib
+from jaxtrain import ema as ema_lib, lora, transfer
 from jaxtrain.data import catalog, pipeline
 
 TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate", "count")
@@ -40,7 +45,7 @@ def prepare_workdir(workdir: str | Path) -> Path:
                            "pass a directory path (it is created if missing)")
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / ".jaxtrain_write_test"
+    probe = path / f".jaxtrain_write_test.{os.getpid()}"  # Processes of one run share it.
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
@@ -54,7 +59,9 @@ def config_differences(old: dict, new: dict) -> list[str]:
   def norm(d):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config_lib.flatten(d).items()}
   a, b = norm(old), norm(new)
-  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  # The mesh says where arrays live, not what is computed: a run may resume on other devices.
+  return sorted(k for k in set(a) | set(b)
+                if a.get(k) != b.get(k) and not k.startswith("mesh."))
 
 
 def _snapshot_config(config: ml_collections.ConfigDict, workdir: Path, resuming: bool,
@@ -69,11 +76,13 @@ def _snapshot_config(config: ml_collections.ConfigDict, workdir: Path, resuming:
           "use a new --workdir (or, for a single run, pass --allow_config_change to resume "
           "with the new values)")
   # Rewritten on every (re)start: a crash mid-write must not leave it empty.
-  writers.write_text_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+  if distributed.is_main():
+    writers.write_text_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
-        stop_after_steps: int | None = None, allow_config_change: bool = False) -> dict[str, Any]:
+        stop_after_steps: int | None = None, allow_config_change: bool = False,
+        compile_only: bool = False) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the contents of final.json.
 
   Args:
@@ -82,6 +91,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     stop_after_steps: stop after this step (saving a checkpoint), as a
       preempted job would; running again continues from there.
     allow_config_change: resume even if config.json in `workdir` differs.
+    compile_only: build the state's shapes (nothing allocated), compile the train
+      step and return `compile.report(...)` instead of training (--mode=compile).
 
   Raises:
     UserError: bad config, workdir, dataset or checkpoint (before compiling).
@@ -90,25 +101,39 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # --- Config and workdir: every check that can fail does so before device work.
   config_lib.validate(config)
   catalog.check_splits(config.data)
+  sharding.check_single_run(config)  # Mesh sizes vs devices and batch size.
   workdir = prepare_workdir(workdir)
   c = config
+  compile_lib.enable_cache(c.compile.cache_dir)  # Before the first compile.
   num_steps = c.train.num_steps
 
   # --- Input.
+  _, data_info = catalog.open_split(c.data.name, c.data.train_split, c.data.data_dir)
+  # e.g. per-token labels need a token model: said before anything compiles.
+  models.zoo.check_for_data(c.model, data_info.input_shape, data_info.label_shape)
   train_data, info = pipeline.create_train_data(c.data, c.seed)
   eval_inputs, eval_labels = pipeline.load_eval_arrays(c.data)
-  eval_batches = [jax.device_put(b) for b in
-                  pipeline.eval_batches(eval_inputs, eval_labels, c.data.eval_batch_size)]
+  eval_batches = list(  # Placed on the mesh below.
+      pipeline.eval_batches(eval_inputs, eval_labels, c.data.eval_batch_size))
 
   # --- Model, optimizer, state.
-  model = models.build(c.model, info.num_classes, info.input_shape)
+  model = models.build(c.model, info.num_classes, info.input_shape, precision=c.precision)
+  model = lora.maybe_wrap(model, c.model)  # model.lora_rank > 0: adapters only are trained.
   tx, schedule = optim.build(c.optim, num_steps)
   hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
+  hparams.update(ema_lib.hparams(c.train))  # train.ema_decay > 0: EMA params in the state.
   create = jax.jit(lambda batch, rng: state_lib.create(model, tx, batch, hparams, rng))
-  state = create(train_data.sample_batch(), jax.random.PRNGKey(c.seed))
+
+  # --- Mesh: where each array lives (config.mesh, jaxtrain/sharding.py).
+  placement = sharding.Placement.for_run(c, tx, jax.eval_shape(
+      create, train_data.sample_batch(), jax.random.PRNGKey(c.seed)))
+  create = jax.jit(create, out_shardings=placement.state)
+  eval_batches = [placement.eval_batch(b) for b in eval_batches]
+  state = (jax.eval_shape if compile_only else lambda f, *a: f(*a))(
+      create, train_data.sample_batch(), jax.random.PRNGKey(c.seed))
 
   def new_acc():
-    return {k: jnp.zeros((), jnp.float32) for k in TRAIN_METRICS}
+    return placement.replicate({k: jnp.zeros((), jnp.float32) for k in TRAIN_METRICS})
 
   # --- Checkpoints: restore the latest if there is one.
   ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
@@ -117,8 +142,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   loop_state = {"best_score": None, "best_step": None, "best_eval": {},
                 "stop_best": None, "evals_since_best": 0, "elapsed_sec": 0.0}
   latest = ckpts.latest_step()
+  if latest is None and c.init_from.workdir and not compile_only:
+    # A new run starting from another run's parameters (a resumed one has its own).
+    state = transfer.init_state(c.init_from, state, workdir)
   _snapshot_config(c, workdir, latest is not None, allow_config_change)
-  acc, guard = new_acc(), step_lib.new_guard()
+  acc, guard = new_acc(), placement.replicate(step_lib.new_guard())
   if latest is not None:
     restored, loop_state = ckpts.restore(
         latest, {"train_state": state, "metric_sums": acc, "guard": guard}, grain_iterator)
@@ -129,39 +157,68 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       state = state.replace(
           opt_state=optim.set_hparams(state.opt_state, optim.hparams_of(c.optim)),
           hparams={k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()})
-  start_step = int(state.step)
-  (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
+  if not compile_only:  # Restored or transferred arrays onto the mesh (no-op if there).
+    state = jax.device_put(state, placement.state)
+  start_step = 0 if compile_only else int(state.step)
+  if distributed.is_main():  # Logs and records: process 0 only.
+    (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
 
   # --- Compiled steps. State and metric sums are donated: updated in place.
   traces = []  # One entry per trace of the train step; more than one = a recompile.
 
-  def train_fn(state, acc, guard, order, data, data_key):
+  def train_one(state, acc, guard, order, data, data_key):
     traces.append(1)
     if train_data.kind == "device":
       order = pipeline.refresh_order(order, data_key, state.step, train_data.num_examples,
                                      c.data.batch_size)
       data = pipeline.device_batch(data, order, state.step, c.data.batch_size)
+      data = placement.constrain_batch(data)  # Split over data/fsdp like a loaded batch.
     state, acc, guard = step_lib.guarded_train_step(model, tx, schedule, c.train.nan_policy,
                                                     state, acc, guard, data)
     return state, acc, guard, order
 
-  train_fn = jax.jit(train_fn, donate_argnums=(0, 1, 2, 3))
-  eval_fn = jax.jit(functools.partial(step_lib.eval_step, model))
+  train_fn = placement.jit_train(train_one, train_data.kind)  # Donates state, sums, guard, order.
+  # train.steps_per_call = K > 1: K steps per dispatch in a lax.scan (see multistep.py).
+  steps_per_call = c.train.steps_per_call
+  train_many = placement.jit_train(multistep.repeat(
+      train_one, steps_per_call, stacked_data=train_data.kind == "grain",
+      unroll=multistep.scan_unroll(c.train.scan_unroll, c.model.name, jax.default_backend())),
+      train_data.kind, stacked=True)
+  eval_fn = placement.jit_eval(functools.partial(step_lib.eval_step, model))
 
-  def evaluate(state) -> dict[str, float]:
+  order = None  # Device pipeline: the epoch's permutation, recomputed once per epoch.
+  if train_data.kind == "device":
+    data_args = placement.replicate((train_data.arrays, train_data.data_key))
+    order = placement.replicate(pipeline.new_epoch_order(train_data.num_examples))
+  else:
+    data_args = (train_data.sample_batch(), None)  # Shapes only; the loop reads batches.
+  if compile_only:
+    programs = {"train_step": (train_fn, (state, acc, guard, order, *data_args))}
+    if steps_per_call > 1:
+      many_data = (data_args if train_data.kind == "device" else
+                   (multistep.stack_batches([data_args[0]] * steps_per_call), None))
+      programs["train_steps_per_call"] = (train_many, (state, acc, guard, order, *many_data))
+    ckpts.close()  # Opened on a scratch workdir (compile.run); nothing was saved.
+    return compile_lib.report(c, programs)
+
+  def evaluate(state, prefix: str = "eval/") -> dict[str, float]:
     sums = None
     for batch in eval_batches:
       batch_sums = eval_fn(state, batch)
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-    return metrics_lib.compute(sums, prefix="eval/")
+    values = metrics_lib.compute(sums, prefix=prefix)
+    if state.ema_params is not None and prefix == "eval/":  # train.ema_decay > 0
+      values.update(evaluate(ema_lib.as_params(state), prefix="eval/ema_"))
+    return values
 
 
-  # --- Writers.
-  metrics_log = writers.MetricsLog(workdir, start_step)
-  tensorboard = writers.TensorBoard(
+  # --- Writers (process 0 only; the others' writers drop everything).
+  null = None if distributed.is_main() else distributed.NullWriter()
+  metrics_log = null or writers.MetricsLog(workdir, start_step)
+  tensorboard = null or writers.TensorBoard(
       workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
       ["eval/accuracy", "eval/loss"])
-  progress = writers.Progress(num_steps, start_step)
+  progress = null or writers.Progress(num_steps, start_step)
 
   best_metric, best_mode = c.checkpoint.best_metric, config_lib.mode_of(c.checkpoint.best_metric)
   stop_metric, stop_mode = c.early_stopping.metric, config_lib.mode_of(c.early_stopping.metric)
@@ -180,7 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     p_guard = jax.device_get(p_guard)
     write_record(p_step, {**metrics_lib.compute(p_acc, prefix="train/"),
                           "train/skipped_steps": int(p_guard["skipped"]),
-                          "steps_per_sec": p_rate, **p_eval})
+                          "steps_per_sec": p_rate, **throughput.values(p_rate), **p_eval})
     return p_guard
 
   def nonfinite(guard) -> bool:
@@ -192,10 +249,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     return False
 
   # --- Loop.
-  order = None  # Device pipeline: the epoch's permutation, recomputed once per epoch.
-  if train_data.kind == "device":
-    data_args = (train_data.arrays, train_data.data_key)
-    order = pipeline.new_epoch_order(train_data.num_examples)
+  throughput = throughput_lib.Throughput(c.data.batch_size,
+                                         c.throughput.peak_tflops_per_device)
+  profiler = profiling.Profiler(workdir, c.profile.start_step, c.profile.num_steps)
   pending = None  # (step, sums, guard, steps/s, eval values) on device: fetched one step late.
   last_eval: dict[str, float] = {}
   status = "completed"
@@ -204,11 +260,26 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   session_start = time.perf_counter()
   with preemption.PreemptionGuard() as preempt:
     while step < num_steps:
+      # K steps per call where the host needs nothing in between (log, eval,
+      # save and stop steps end a call), single steps otherwise.
+      n = multistep.call_size(step, steps_per_call, multistep.next_stop(
+          step, (c.train.log_every_steps, c.train.eval_every_steps, c.checkpoint.every_steps),
+          (num_steps, stop_after_steps)))
       if train_data.kind == "grain":
-        data_args = (next(train_data), None)
-      state, acc, guard, order = train_fn(state, acc, guard, order, *data_args)
-      step += 1
-      steps_interval += 1
+        batches = [next(train_data) for _ in range(n)]
+        data_args = (batches[0] if n == 1 else multistep.stack_batches(batches), None)
+        data_args = (placement.put_batch(data_args[0], stacked=n > 1), None)  # This process's rows.
+      if step == start_step:  # FLOPs per step for the log, from the one-step program.
+        one_step_data = data_args if n == 1 or train_data.kind == "device" else (
+            placement.put_batch(batches[0], stacked=False), None)
+        throughput.set_step(train_fn, (state, acc, guard, order, *one_step_data))
+      profiler.before_call(step)
+      state, acc, guard, order = (train_fn if n == 1 else train_many)(
+          state, acc, guard, order, *data_args)
+      step += n
+      steps_interval += n
+      profiler.after_call(step, state)
+      throughput.measure()  # Once, in the first interval (with the compile), not later.
 
       # Metrics of the last log step are pulled to the host only now, after the
       # next step is queued, so the device never waits for the host.
@@ -232,6 +303,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       if is_save and nonfinite(jax.device_get(guard)):  # Never checkpoint past a bad step.
         status = "nonfinite"
         break
+      if is_log:
+        # The interval's steps/s counts them as done, not as queued: with several
+        # steps per call the host can otherwise run a whole interval ahead of the device.
+        jax.block_until_ready(acc)
       t_pause = time.perf_counter()  # Eval and saves are not counted in steps/s.
       rate = steps_interval / max(t_pause - t_interval - paused_sec, 1e-9)
 
@@ -277,6 +352,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
           status = "stopped"
         break
 
+  profiler.stop(state)
   if pending is not None:
     flush(pending)
   if not last_eval:  # Resumed a finished run, or stopped early: evaluate now.
@@ -296,13 +372,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       "best": {"metric": best_metric, "step": loop_state["best_step"], **loop_state["best_eval"]},
       "train_time_sec": loop_state["elapsed_sec"],
       "wall_time_sec": time.perf_counter() - wall_start,
-      "params_sha256": state_lib.params_sha256(state.params),
+      "params_sha256": state_lib.params_sha256(sharding.to_host(state.params)),
       "num_params": state_lib.num_params(state.params),
       "train_step_compiles": len(traces),
       "checkpoint_steps": ckpts.all_steps(),
       "skipped_steps": int(jax.device_get(guard)["skipped"]),
   }
-  (workdir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+  if c.model.lora_rank > 0 and status != "nonfinite":  # Adapters merged: a plain run.
+    final["lora_merged_workdir"] = str(transfer.export_merged(c, state, workdir / "merged", final))
+  if distributed.is_main():
+    (workdir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
   if status == "nonfinite":
     g = jax.device_get(guard)
     where = (f"at step {int(g['first_nonfinite_step']) + 1}" if c.train.nan_policy == "stop"

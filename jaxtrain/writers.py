@@ -97,9 +97,13 @@ class TensorBoard:
       from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
       writer = SummaryWriter(logdir=str(self.workdir), flush_secs=10)
       # Written into this run's own event file so TensorBoard's HParams view
-      # pairs the config with this run's scalars.
-      for summary in hparams_summary(hparams, {m: math.nan for m in metric_names}):
-        writer.file_writer.add_summary(summary)
+      # pairs the config with this run's scalars. Only the session-start entry:
+      # without an experiment entry, TensorBoard builds the experiment from every
+      # run's session entries (all keys and values seen, metrics = the runs'
+      # scalar tags). An experiment entry per run would not work: TensorBoard takes
+      # the first one it finds for the whole logdir, hiding the other runs' keys.
+      _, session_start, _ = hparams_summary(hparams, {m: math.nan for m in metric_names})
+      writer.file_writer.add_summary(session_start)
       while True:
         item = self._queue.get()
         if item is None:

@@ -31,6 +31,9 @@ def tiny_config(**overrides):
   c.train.log_every_steps = 10
   c.checkpoint.every_steps = 20
   c.checkpoint.keep = 2
+  # One device, as golden values were recorded; sharding tests ask for the 8 fake ones
+  # (mesh.num_devices=0) explicitly. Tuning tests keep the default (members over all 8).
+  c.mesh.num_devices = 1
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")

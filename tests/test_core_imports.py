@@ -9,6 +9,7 @@ def test_core_modules_import_no_io_libraries():
       "import sys\n"
       "import jaxtrain.state, jaxtrain.step, jaxtrain.optim, jaxtrain.losses\n"
       "import jaxtrain.metrics, jaxtrain.models, jaxtrain.tune.population\n"
+      "import jaxtrain.ema, jaxtrain.lora, jaxtrain.param_groups\n"
       "bad = [m for m in ('orbax.checkpoint', 'tensorboardX', 'ml_collections',\n"
       "                   'tensorflow_datasets', 'grain', 'optuna') if m in sys.modules]\n"
       "print(','.join(bad))\n")

@@ -46,7 +46,11 @@ def _engine(size, execution="vmap", learning_rates=None, shard=False):
   data_keys = jnp.stack([jax.random.PRNGKey(100 + i) for i in range(size)])
   acc = pop_lib.new_metric_sums(size)
   active = jnp.ones((size,), bool)
-  fn = pop_lib.make_train_fn(model, tx, schedule, c.data.batch_size, execution)
+  if execution == "map":  # Members one at a time: one jitted member step, host loop.
+    from jaxtrain.tune import execution as execution_lib
+    fn = execution_lib.HostLoop(model, tx, schedule, c.data.batch_size).train
+  else:
+    fn = pop_lib.make_train_fn(model, tx, schedule, c.data.batch_size, execution)
   orders = pipeline.new_epoch_order(data.num_examples, (size,))
   if shard:
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:size]), ("pop",))
@@ -57,7 +61,7 @@ def _engine(size, execution="vmap", learning_rates=None, shard=False):
     step = jax.jit(fn, in_shardings=(spec, spec, spec, spec, rep, spec),
                    out_shardings=(spec, spec, spec))
   else:
-    step = jax.jit(fn)
+    step = fn if execution == "map" else jax.jit(fn)
   for _ in range(60):  # Past the first epoch (44 steps of 32).
     pop, acc, orders = step(pop, acc, orders, active, data.arrays, data_keys)
   return jax.device_get(pop)
@@ -299,7 +303,8 @@ def test_sharded_pbt_search_matches_unsharded(tmp_path):
   results = {}
   for shard in (True, False):
     config = tune_config("pbt", size=8)
-    config.tune.shard_population = shard
+    if shard:  # The member axis on the mesh's 'pop' axis over all 8 fake devices.
+      config.mesh.num_devices, config.mesh.data, config.mesh.pop = 0, 1, -1
     results[shard] = tune_run.run(config, tmp_path / str(shard))
   assert results[True]["best_settings"] == results[False]["best_settings"]
   assert results[True]["best_score"] == pytest.approx(results[False]["best_score"], abs=1e-6)
@@ -318,7 +323,6 @@ def test_explore_keeps_choice_dimensions_on_their_choices():
 @pytest.mark.slow
 def test_sigterm_stops_a_tuning_run_with_a_checkpoint(tmp_path):
   """SIGTERM at the first evaluation: exit 75, then the rerun finishes bitwise equal."""
-  import os
   import signal
   import subprocess
   import sys

@@ -91,3 +91,7 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, xs, ys):
     for i, (x, y) in enumerate(zip(xs, ys)):
       yield i, {"x": np.asarray(x, np.float32), "label": int(y)}
+
+
+# The text dataset lives in its own module; importing it registers `charlm`.
+from jaxtrain.data import charlm  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import

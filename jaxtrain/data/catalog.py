@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxtrain import errors
 
-EMBEDDED = ("digits", "mnist1d")
+EMBEDDED = ("digits", "mnist1d", "charlm")
 
 
 def default_data_dir() -> str:
@@ -59,6 +59,7 @@ class DatasetInfo:
   num_classes: int
   input_shape: tuple[int, ...]
   input_dtype: str
+  label_shape: tuple[int, ...] = ()  # (T,) for per-token labels (language modelling).
 
 
 def _prepare_hint(name: str, data_dir: str) -> str:
@@ -136,14 +137,18 @@ def _info_of(name: str, info) -> DatasetInfo:
         "classifiers on datasets that declare them")
   input_key, label_key = info.supervised_keys[:2]
   label_feature = info.features[label_key]
-  num_classes = getattr(label_feature, "num_classes", None)
+  # A label per token (language modelling, e.g. charlm): an int Tensor [T] with
+  # the number of classes (vocabulary size) in the dataset's metadata.
+  label_shape = tuple(getattr(label_feature, "shape", ()) or ())
+  num_classes = getattr(label_feature, "num_classes", None) or (
+      (info.metadata or {}).get("num_classes") if label_shape else None)
   if not num_classes:
     raise errors.UserError(f"dataset {name!r}: label {label_key!r} is not a ClassLabel")
   input_feature = info.features[input_key]
   return DatasetInfo(
       name=name, input_key=input_key, label_key=label_key, num_classes=int(num_classes),
-      input_shape=tuple(input_feature.shape), input_dtype=np.dtype(input_feature.np_dtype).name)
-
+      input_shape=tuple(input_feature.shape), input_dtype=np.dtype(input_feature.np_dtype).name,
+      label_shape=label_shape)
 
 def _first_line(e: Exception) -> str:
   text = str(e).strip().splitlines()
@@ -151,18 +156,20 @@ def _first_line(e: Exception) -> str:
 
 
 def to_model_inputs(inputs: np.ndarray) -> np.ndarray:
-  """Float32 model inputs: uint8 images scaled to [0, 1], floats unchanged.
+  """Model inputs: uint8 images scaled to float32 [0, 1], token ids int32, floats float32.
 
   A batch-level transform (the same function serves both pipelines), so it
   costs one vectorized numpy call per batch.
   """
   if inputs.dtype == np.uint8:
     return inputs.astype(np.float32) / np.float32(255.0)
+  if np.issubdtype(inputs.dtype, np.signedinteger):  # Token ids (e.g. charlm) stay integers.
+    return inputs.astype(np.int32, copy=False)
   return inputs.astype(np.float32, copy=False)
 
 
 def load_arrays(source, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a whole split into (inputs float32, labels int32) numpy arrays."""
+  """Reads a whole split into (inputs, labels int32) numpy arrays (see `to_model_inputs`)."""
   examples = source.__getitems__(range(len(source)))
   inputs = np.stack([ex[info.input_key] for ex in examples])
   labels = np.asarray([ex[info.label_key] for ex in examples], np.int32)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain.data import catalog
+from jaxtrain.data import catalog, subset
 
 
 class EpochOrder(NamedTuple):
@@ -128,11 +128,14 @@ class GrainData:
               "labels": np.asarray(examples[label_key], np.int32)}
 
     # shuffle -> repeat gives every epoch its own permutation of the split.
-    dataset = (grain.MapDataset.source(source)
-               .shuffle(seed=seed)
-               .repeat(None)
-               .batch(batch_size, drop_remainder=True)
-               .map(to_batch))
+    # shuffle -> repeat gives every epoch its own permutation of the split.
+    dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    # Several processes: each reads only every P-th example of the shuffled stream,
+    # so the P local batches hold exactly the examples of the one-process batch.
+    index, count = jax.process_index(), jax.process_count()
+    if count > 1:
+      dataset = dataset[index::count]
+    dataset = dataset.batch(batch_size // count, drop_remainder=True).map(to_batch)
     self.iterator = iter(dataset)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -174,6 +177,7 @@ def create_train_data(data_config, seed: int):
   """Opens the training split; returns (DeviceData or GrainData, DatasetInfo)."""
   source, info = catalog.open_split(data_config.name, data_config.train_split,
                                     data_config.data_dir)
+  source = subset.apply(source, info, data_config, data_config.train_split, seed, train=True)
   kind = choose_pipeline(data_config.pipeline, len(source), info.input_shape,
                          data_config.device_max_mb)
   if len(source) < data_config.batch_size:
@@ -196,6 +200,7 @@ def load_eval_arrays(data_config) -> tuple[np.ndarray, np.ndarray]:
   """The evaluation split as host numpy arrays (inputs, labels)."""
   source, info = catalog.open_split(data_config.name, data_config.eval_split,
                                     data_config.data_dir)
+  source = subset.apply(source, info, data_config, data_config.eval_split, 0, train=False)
   inputs, labels = catalog.load_arrays(source, info)
   return permute_features(inputs, data_config.permute_features_seed), labels
 
@@ -212,6 +217,6 @@ def eval_batches(inputs: np.ndarray, labels: np.ndarray, batch_size: int):
     mask = np.ones(batch_size, np.float32)
     if pad:
       x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-      y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+      y = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)])  # Labels may be [B, T].
       mask[batch_size - pad:] = 0.0
     yield {"inputs": x, "labels": y, "mask": mask}

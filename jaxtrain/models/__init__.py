@@ -14,11 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from jaxtrain import errors
-from jaxtrain.models import cnn, layers, mlp, rnn
+from jaxtrain.models import cnn, layers, mlp, rnn, zoo
 
-NAMES = ("mlp", "cnn", "gru", "lstm")
+NAMES = ("mlp", "cnn", "gru", "lstm") + zoo.NAMES
 MODEL_HPARAMS = ("dropout_rate",)
 
 
@@ -68,26 +69,34 @@ def check_config(model_config) -> None:
   for key in ("kernel_size", "dense_size", "rnn_size", "rnn_layers"):
     if model_config[key] <= 0:
       raise errors.UserError(f"model.{key}={model_config[key]!r} must be > 0")
+  zoo.check_config(model_config)  # resnet, vit, transformer fields.
 
 
 def build(model_config, num_classes: int, input_shape: tuple[int, ...],
-          force_dropout: bool = False) -> Model:
+          force_dropout: bool = False, precision: str = "f32") -> Model:
   """Builds the model named by `model_config.name` (typed config made here, at the edge).
 
   Dropout layers exist when `dropout_rate > 0`, or with `force_dropout` (a tuner
-  searching the rate needs them even where a member's rate is 0).
+  searching the rate needs them even where a member's rate is 0). `precision`
+  ("f32" | "bf16", the config's `precision`) sets the compute `dtype`; every
+  model config also takes `remat` (rematerialize each block).
   """
   check_config(model_config)
   common = dict(num_classes=num_classes, activation=model_config.activation,
                 batch_norm=model_config.batch_norm,
-                dropout=model_config.dropout_rate > 0 or force_dropout)
+                dropout=model_config.dropout_rate > 0 or force_dropout,
+                dtype=jnp.bfloat16 if precision == "bf16" else jnp.float32,
+                remat=bool(model_config.get("remat", False)))
   if model_config.name == "mlp":
     return from_flax(mlp.MLP(mlp.MLPConfig(
         hidden_sizes=tuple(model_config.hidden_sizes), **common)))
   if model_config.name in ("gru", "lstm"):
     return from_flax(rnn.RNNClassifier(rnn.RNNConfig(
         num_classes=num_classes, cell=model_config.name, size=model_config.rnn_size,
-        num_layers=model_config.rnn_layers, dropout=common["dropout"])))
+        num_layers=model_config.rnn_layers, dropout=common["dropout"], dtype=common["dtype"],
+        remat=common["remat"])))
+  if model_config.name in zoo.NAMES:
+    return from_flax(zoo.build(model_config, num_classes, input_shape, common))
   spatial_dims = 1 if len(input_shape) == 1 else len(input_shape) - 1
   if spatial_dims not in (1, 2):
     raise errors.UserError(

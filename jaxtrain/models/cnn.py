@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,6 +22,8 @@ class CNNConfig:
   activation: str = "relu"
   batch_norm: bool = False
   dropout: bool = False
+  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+  remat: bool = False  # Recompute each block's activations in the backward pass.
 
 
 class CNN(nn.Module):
@@ -36,15 +39,23 @@ class CNN(nn.Module):
       x = x[..., None]
     kernel = (cfg.kernel_size,) * cfg.spatial_dims
     window = (2,) * cfg.spatial_dims
-    for i, width in enumerate(cfg.features):
-      x = nn.Conv(width, kernel, padding="SAME")(x)
+
+    def block(unused_module, x, width, pool):
+      x = nn.Conv(width, kernel, padding="SAME", dtype=cfg.dtype)(x)
       if cfg.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=cfg.dtype)(x)
       x = act(x)
-      if i < len(cfg.features) - 1 and min(x.shape[1:-1]) >= 2:
+      if pool:
         x = nn.max_pool(x, window, strides=window)
+      return x
+
+    block = layers.maybe_remat(block, cfg.remat, static_argnums=(2, 3))
+    for i, width in enumerate(cfg.features):
+      # Pool between blocks while the (unpooled) map is at least 2 wide.
+      pool = i < len(cfg.features) - 1 and min(x.shape[1:-1]) >= 2
+      x = block(self, x, width, pool)
     x_BxC = jnp.mean(x, axis=tuple(range(1, 1 + cfg.spatial_dims)))
-    x_BxD = act(nn.Dense(cfg.dense_size)(x_BxC))
+    x_BxD = act(nn.Dense(cfg.dense_size, dtype=cfg.dtype)(x_BxC))
     if cfg.dropout:
       x_BxD = layers.Dropout()(x_BxD, dropout_rate, train=train)
-    return nn.Dense(cfg.num_classes)(x_BxD)
+    return nn.Dense(cfg.num_classes, dtype=cfg.dtype)(x_BxD).astype(jnp.float32)

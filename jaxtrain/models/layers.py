@@ -29,3 +29,15 @@ class Dropout(nn.Module):
     keep = 1.0 - jnp.asarray(rate, x.dtype)
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def maybe_remat(block_fn, remat: bool, static_argnums: tuple[int, ...] = ()):
+  """`block_fn(module, *args)` wrapped in `nn.remat` when `remat` is true.
+
+  `block_fn` creates its layers inline (in the calling module's scope), so the
+  parameter tree is the same with and without remat. `static_argnums` count the
+  module argument as 0, like `nn.remat`'s.
+  """
+  if not remat:
+    return block_fn
+  return nn.remat(block_fn, static_argnums=static_argnums)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,10 +19,15 @@ class MLPConfig:
   activation: str = "relu"
   batch_norm: bool = False
   dropout: bool = False  # Whether dropout layers exist; their rate is a hyperparameter.
+  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+  remat: bool = False  # Recompute each block's activations in the backward pass.
 
 
 class MLP(nn.Module):
-  """Flatten -> [Dense -> (BatchNorm) -> act -> (Dropout)] * n -> Dense(num_classes)."""
+  """Flatten -> [Dense -> (BatchNorm) -> act -> (Dropout)] * n -> Dense(num_classes).
+
+  Logits are float32 whatever the compute dtype (the loss and softmax run in float32).
+  """
   config: MLPConfig
 
   @nn.compact
@@ -29,11 +35,20 @@ class MLP(nn.Module):
     cfg = self.config
     act = layers.ACTIVATIONS[cfg.activation]
     x_BxD = jnp.reshape(x, (x.shape[0], -1))
-    for width in cfg.hidden_sizes:
-      x_BxD = nn.Dense(width)(x_BxD)
+
+    def block(unused_module, x_BxD, rate, width):
+      x_BxD = nn.Dense(width, dtype=cfg.dtype)(x_BxD)
       if cfg.batch_norm:
-        x_BxD = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x_BxD)
+        x_BxD = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                             dtype=cfg.dtype)(x_BxD)
       x_BxD = act(x_BxD)
       if cfg.dropout:
-        x_BxD = layers.Dropout()(x_BxD, dropout_rate, train=train)
-    return nn.Dense(cfg.num_classes)(x_BxD)
+        x_BxD = layers.Dropout()(x_BxD, rate, train=train)
+      return x_BxD
+
+    # The functional form of nn.remat keeps the parameter tree (and so the
+    # initialization) identical to the plain model.
+    block = layers.maybe_remat(block, cfg.remat, static_argnums=(3,))
+    for width in cfg.hidden_sizes:
+      x_BxD = block(self, x_BxD, dropout_rate, width)
+    return nn.Dense(cfg.num_classes, dtype=cfg.dtype)(x_BxD).astype(jnp.float32)

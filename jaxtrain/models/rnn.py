@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,8 @@ class RNNConfig:
   size: int = 64
   num_layers: int = 1
   dropout: bool = False
+  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+  remat: bool = False  # Recompute each time step's activations in the backward pass.
 
 
 class RNNClassifier(nn.Module):
@@ -31,9 +34,11 @@ class RNNClassifier(nn.Module):
       x = x[..., None]
     x_BxLxD = jnp.reshape(x, (x.shape[0], x.shape[1], -1))
     cell = nn.GRUCell if cfg.cell == "gru" else nn.OptimizedLSTMCell
+    if cfg.remat:  # nn.RNN names its cell "cell": the parameter tree does not change.
+      cell = nn.remat(cell)
     for _ in range(cfg.num_layers):
-      x_BxLxD = nn.RNN(cell(features=cfg.size))(x_BxLxD)
+      x_BxLxD = nn.RNN(cell(features=cfg.size, dtype=cfg.dtype))(x_BxLxD)
     h_BxD = x_BxLxD[:, -1]
     if cfg.dropout:
       h_BxD = layers.Dropout()(h_BxD, dropout_rate, train=train)
-    return nn.Dense(cfg.num_classes)(h_BxD)
+    return nn.Dense(cfg.num_classes, dtype=cfg.dtype)(h_BxD).astype(jnp.float32)
