@@ -163,11 +163,5 @@ def _by_path(tree, describe) -> dict[str, Any]:
   """{'params/Dense_0/kernel': describe(leaf)} for every leaf of `tree`."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    parts = []
-    for key in path:
-      for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-          parts.append(str(getattr(key, attr)))
-          break
-    out["/".join(parts)] = describe(leaf)
+    out[jax.tree_util.keystr(path, simple=True, separator="/")] = describe(leaf)
   return out

@@ -32,13 +32,7 @@ FROZEN = "frozen"
 
 def path_str(key_path) -> str:
   """'/'-joined names of a `jax.tree_util` key path ('Conv_0/kernel')."""
-  parts = []
-  for key in key_path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-  return "/".join(parts)
+  return jax.tree_util.keystr(key_path, simple=True, separator="/")
 
 
 def parse_multipliers(specs) -> list[tuple[str, float]]:

@@ -160,13 +160,7 @@ def population_sharding(mesh) -> NamedSharding:
 
 def path_str(path) -> str:
   """A pytree key path as 'params/Dense_0/kernel'."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-  return "/".join(parts)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def leaf_spec(path: str, shape: tuple[int, ...], rules, sizes: dict[str, int],
