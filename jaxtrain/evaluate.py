@@ -109,6 +109,12 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
   result = {"step": int(step), "split": c.data.eval_split,
             **metrics_lib.compute(sums, prefix="eval/"),
             "params_sha256": state_lib.params_sha256(state.params)}
+  if state.ema_params is not None:  # train.ema_decay > 0: evaluated alongside, as in training.
+    ema_sums = None
+    for batch in pipeline.eval_batches(eval_inputs, eval_labels, c.data.eval_batch_size):
+      batch_sums = eval_fn(ema_lib.as_params(state), batch)
+      ema_sums = batch_sums if ema_sums is None else jax.tree.map(jnp.add, ema_sums, batch_sums)
+    result.update(metrics_lib.compute(ema_sums, prefix="eval/ema_"))
   (workdir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
   if report:
     header = {"workdir": str(workdir), "step": int(step), "checkpoint": which,

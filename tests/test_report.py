@@ -223,3 +223,9 @@ def test_slicing_by_a_dataset_feature_reads_the_eval_split(two_runs):
   resolved = slices.resolve("label", config.data, inputs, labels)
   assert resolved.names == tuple(str(i) for i in range(10))
   np.testing.assert_array_equal(resolved.ids, labels)
+  # With data.classes the eval split is filtered; feature slices follow it.
+  config.data.classes = (5, 6, 7, 8, 9)
+  _, labels = pipeline.load_eval_arrays(config.data)
+  by_feature = slices._from_feature("label", config.data)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(by_feature, labels)
+  assert set(by_feature) == {5, 6, 7, 8, 9}
