@@ -202,6 +202,11 @@ def test_ema_is_evaluated_checkpointed_and_resumes_bitwise(tmp_path):
   assert whole["final"]["eval/ema_loss"] != whole["final"]["eval/loss"]
   records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
   assert [r["step"] for r in records if "eval/ema_accuracy" in r] == [20, 40]
+  # --mode=eval reports the average too, equal to the loop's final evaluation.
+  from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
+  evaluated = evaluate.run(tmp_path / "whole")
+  for key in ("eval/accuracy", "eval/loss", "eval/ema_accuracy", "eval/ema_loss"):
+    assert evaluated[key] == pytest.approx(whole["final"][key], rel=1e-6), key
 
 
 # --- LoRA.
@@ -330,32 +335,75 @@ def test_data_classes_and_examples_per_class_reach_both_pipelines():
 
 # --- The demo (docs/guide/finetune.md): digits 0-4 -> 5-9 from 20 examples per class.
 
-@pytest.mark.slow
-def test_finetune_demo_configs(tmp_path, monkeypatch):
-  """Runs the three demo configs (seed 0) and checks the numbers in finetune.md.
-
-  Not asserted: that fine-tuning beats scratch. It does not on this task (scratch
-  wins on 4 of 5 seeds, see finetune.md); seed 0 happens to favour fine-tuning by
-  one test example, and a test built on that would be a cherry-pick.
-  """
+def _run_demo(prefix, tmp_path, monkeypatch):
+  """Runs configs/PREFIX_{pretrain_0to4,finetune_5to9,scratch_5to9}.py (seed 0) as
+  on the command line; returns the three eval accuracies and init_from.json."""
   from pathlib import Path
   from jaxtrain import main
   repo = Path(__file__).resolve().parents[1]
   monkeypatch.chdir(repo)
-  monkeypatch.syspath_prepend(str(repo))  # The configs import configs.digits_cnn.
+  monkeypatch.syspath_prepend(str(repo))  # The configs import configs.*.
 
   def run(name, *flags):
     workdir = tmp_path / name
-    assert main.main(["jaxtrain.main", f"--config=configs/digits_cnn_{name}.py",
+    assert main.main(["jaxtrain.main", f"--config=configs/{prefix}_{name}.py",
                       f"--workdir={workdir}", "--config.mesh.num_devices=1", *flags]) == 0
     return json.loads((workdir / "final.json").read_text())["final"]["eval/accuracy"]
 
-  assert run("pretrain_0to4") >= 0.98
+  pretrained = run("pretrain_0to4")
   finetuned = run("finetune_5to9", f"--config.init_from.workdir={tmp_path / 'pretrain_0to4'}")
   scratch = run("scratch_5to9")
   record = json.loads((tmp_path / "finetune_5to9" / "init_from.json").read_text())
+  return pretrained, finetuned, scratch, record
+
+
+@pytest.mark.slow
+def test_finetune_demo_mnist1d(tmp_path, monkeypatch):
+  """MNIST-1D 0-4 -> 5-9 from 20 examples per class: fine-tuning beats scratch.
+
+  Over seeds 0-4 it wins on every seed at each of six learning-rate x step
+  settings (finetune.md; scripts/finetune_demo.py); seed 0 is checked here, against
+  the table's golden values and by a margin larger than one seed's spread.
+  """
+  pretrained, finetuned, scratch, record = _run_demo("mnist1d_cnn", tmp_path, monkeypatch)
+  assert pretrained == pytest.approx(0.986, abs=0.01)
   assert record["fresh"] == ["params/Dense_1/bias", "params/Dense_1/kernel"]
-  # Golden values of the table in docs/guide/finetune.md (seed 0); a deliberate change
-  # to the configs or the models should update the table and these numbers together.
+  assert len(record["copied"]) == 8  # 3 convolutions and the dense layer, kernel + bias.
+  assert finetuned == pytest.approx(0.858, abs=0.02)
+  assert scratch == pytest.approx(0.824, abs=0.02)
+  assert finetuned - scratch >= 0.02
+
+
+@pytest.mark.slow
+def test_finetune_demo_digits_vit(tmp_path, monkeypatch):
+  """Digits 0-4 -> 5-9 with the ViT: fine-tuning beats scratch on every seed at each
+  of four settings (finetune.md); seed 0 here, golden values and a margin.
+
+  The ViT's few-shot runs are sensitive to float rounding: in this test process
+  (8 fake host devices, conftest.py) seed 0 fine-tunes to 0.844, in a plain
+  process (the table) to 0.874; hence the wider tolerance. The margin (0.108 in the
+  table) is the claim.
+  """
+  pretrained, finetuned, scratch, record = _run_demo("digits_vit", tmp_path, monkeypatch)
+  assert pretrained == pytest.approx(0.979, abs=0.015)
+  assert record["fresh"] == ["params/head/bias", "params/head/kernel"]
+  assert finetuned == pytest.approx(0.874, abs=0.04)
+  assert scratch == pytest.approx(0.766, abs=0.04)
+  assert finetuned - scratch >= 0.05
+
+
+@pytest.mark.slow
+def test_finetune_demo_digits_cnn(tmp_path, monkeypatch):
+  """The 8x8 digits CNN, where fine-tuning does NOT beat scratch (finetune.md).
+
+  Not asserted: an ordering. Over 5 seeds scratch is ahead (0.969 vs 0.952); seed 0
+  happens to favour fine-tuning by one test example, and a test built on that would
+  be a cherry-pick. Golden values of the table (seed 0) instead.
+  """
+  pretrained, finetuned, scratch, record = _run_demo("digits_cnn", tmp_path, monkeypatch)
+  assert pretrained >= 0.98
+  assert record["fresh"] == ["params/Dense_1/bias", "params/Dense_1/kernel"]
+  # A deliberate change to the configs or the models should update the table in
+  # docs/guide/finetune.md and these numbers together.
   assert finetuned == pytest.approx(0.976, abs=0.02)
   assert scratch == pytest.approx(0.970, abs=0.02)
