@@ -77,8 +77,7 @@ def check_config(config) -> None:
     raise errors.UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1) "
                            "(0 = off; e.g. 0.99)")
   tuning = config.tune.strategy != "none"
-  for key, used in (("init_from.workdir", bool(ic.workdir)),
-                    ("train.ema_decay", config.train.ema_decay > 0),
+  for key, used in (("train.ema_decay", config.train.ema_decay > 0),
                     ("model.lora_rank", config.model.lora_rank > 0)):
     if tuning and used:
       raise errors.UserError(
@@ -186,11 +185,15 @@ def plan(source: dict[str, tuple], target: dict[str, tuple], init_config) -> dic
   return copies
 
 
-def init_state(init_config, state, workdir: Path | None = None):
-  """`state` with params and model state copied from `init_config.workdir`.
+def load(init_config, params, model_state, *, read: bool = True
+         ) -> tuple[dict[str, np.ndarray], dict]:
+  """Checks `init_config` against a model and reads the arrays to copy.
 
-  Writes WORKDIR/init_from.json (source, step, which paths were copied and
-  which kept their fresh initialization) when `workdir` is given.
+  `params` and `model_state` are one model's trees (arrays or ShapeDtypeStructs:
+  only shapes and dtypes are used). Returns ({target path: host array}, record),
+  the record being what WORKDIR/init_from.json holds (source, step, copied and
+  fresh paths). With `read=False` only the checkpoint's metadata is read: the
+  check alone, and no arrays.
 
   Raises:
     UserError: the checkpoint does not fit (every problem listed), or cannot be read.
@@ -215,9 +218,13 @@ def init_state(init_config, state, workdir: Path | None = None):
     source_view = _flat(_base_view({}, meta["model_state"]), describe)
   else:
     source_view = _flat(_base_view(meta["params"], meta["model_state"]), describe)
-  target = _base_view(state.params, state.model_state)
-  copies = plan(source_view, _flat(target, lambda x: (tuple(x.shape), np.dtype(x.dtype).name)),
-                init_config)
+  target = _flat(_base_view(params, model_state), describe)
+  copies = plan(source_view, target, init_config)
+  record = {"workdir": str(source_dir), "step": step,
+            "copied": {dst: src for dst, src in sorted(copies.items())},
+            "fresh": sorted(p for p in target if p not in copies)}
+  if not read:
+    return {}, record
 
   # Only params and model state are read (partial restore), as host arrays.
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
@@ -230,31 +237,59 @@ def init_state(init_config, state, workdir: Path | None = None):
   except Exception as e:
     raise _unreadable(item, e) from None
   if source_scale is not None:
-    params, model_state = lora.merge(restored["params"], restored["model_state"], source_scale)
-    arrays = _flat(_base_view(params, model_state), np.asarray)
+    restored_params, restored_state = lora.merge(
+        restored["params"], restored["model_state"], source_scale)
   else:
-    arrays = _flat(_base_view(restored["params"], restored["model_state"]), np.asarray)
+    restored_params, restored_state = restored["params"], restored["model_state"]
+  arrays = _flat(_base_view(restored_params, restored_state), np.asarray)
+  return {dst: arrays[src] for dst, src in copies.items()}, record
 
+
+def _with_copies(params, model_state, copies: dict[str, np.ndarray], leading: tuple[int, ...]):
+  """(params, model_state) with the copied paths replaced, broadcast over `leading` axes."""
   def pick(key_path, fresh):
-    src = copies.get(path_str(key_path))
-    return fresh if src is None else jnp.asarray(arrays[src])
+    array = copies.get(path_str(key_path))
+    return fresh if array is None else jnp.broadcast_to(jnp.asarray(array),
+                                                        leading + array.shape)
 
-  new = jax.tree_util.tree_map_with_path(pick, target)
-  params = state.params
-  model_state = {k: v for k, v in new.items() if k != "params"}
-  if lora.BASE in state.model_state:
-    model_state[lora.BASE] = new["params"]
-  else:
-    params = new["params"]
+  new = jax.tree_util.tree_map_with_path(pick, _base_view(params, model_state))
+  other = {k: v for k, v in new.items() if k != "params"}
+  if lora.BASE in model_state:
+    return params, {**other, lora.BASE: new["params"]}
+  return new["params"], other
+
+
+def write_record(workdir: Path | None, record: dict) -> None:
+  """WORKDIR/init_from.json: what `load` copied from where."""
+  if workdir is not None:
+    (Path(workdir) / "init_from.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def init_state(init_config, state, workdir: Path | None = None):
+  """`state` with params and model state copied from `init_config.workdir`.
+
+  Writes WORKDIR/init_from.json (source, step, which paths were copied and
+  which kept their fresh initialization) when `workdir` is given.
+
+  Raises:
+    UserError: the checkpoint does not fit (every problem listed), or cannot be read.
+  """
+  copies, record = load(init_config, state.params, state.model_state)
+  params, model_state = _with_copies(state.params, state.model_state, copies, ())
   state = state.replace(params=params, model_state=model_state)
   if state.ema_params is not None:  # The average starts from the loaded parameters.
     state = state.replace(ema_params=jax.tree.map(jnp.copy, params))  # Own buffers: donated.
-  if workdir is not None:
-    record = {"workdir": str(source_dir.absolute()), "step": step,
-              "copied": {dst: src for dst, src in sorted(copies.items())},
-              "fresh": sorted(p for p in _flat(target, lambda x: 0) if p not in copies)}
-    (Path(workdir) / "init_from.json").write_text(json.dumps(record, indent=2) + "\n")
+  write_record(workdir, record)
   return state
+
+
+def init_population(copies: dict[str, np.ndarray], pop):
+  """A population (leading member axis) whose every member starts from `copies`
+  (from `load` on one member's shapes); paths not copied keep each member's own
+  fresh initialization."""
+  leading = jax.tree.leaves(pop.params)[0].shape[:1]
+  params, model_state = _with_copies(pop.params, pop.model_state, copies, leading)
+  return pop.replace(params=params, model_state=model_state)
 
 
 # --- LoRA export.

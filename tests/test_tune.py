@@ -349,3 +349,47 @@ def test_sigterm_stops_a_tuning_run_with_a_checkpoint(tmp_path):
   a = json.loads((tmp_path / "run" / "best" / "final.json").read_text())
   b = json.loads((tmp_path / "full" / "best" / "final.json").read_text())
   assert a["params_sha256"] == b["params_sha256"]
+
+
+def test_members_start_from_init_from_and_a_misfit_is_one_line(tmp_path):
+  """init_from in a tuning run: every member starts from the checkpoint (a member at
+  a learning rate of 1e-9 keeps the pretrained accuracy; without init_from it is at
+  chance), and a planned model that does not fit fails before anything compiles."""
+  pre = train.run(tiny_config(), tmp_path / "pre")["final"]["eval/accuracy"]
+  assert pre > 0.9
+
+  def search(workdir, init_from):
+    config = tune_config("grid", size=2, **{"train.num_steps": 10, "train.eval_every_steps": 10,
+                                            "checkpoint.every_steps": 10})
+    config.tune.space.optim = dict(learning_rate="choice(1e-9, 1e-2)")
+    config.init_from.workdir = init_from
+    result = tune_run.run(config, tmp_path / workdir)
+    return {r["settings"]["optim.learning_rate"]: r["score"] for r in result["members"]}
+
+  started = search("tuned", str(tmp_path / "pre"))
+  assert started[1e-9] == pytest.approx(pre, abs=1e-9)  # Unchanged by 10 steps at 1e-9.
+  assert started[1e-2] > 0.85
+  record = json.loads((tmp_path / "tuned" / "init_from.json").read_text())
+  assert record["fresh"] == [] and "params/Dense_0/kernel" in record["copied"]
+  assert search("fresh", "")[1e-9] < 0.3
+
+  config = tune_config("grid", size=2)
+  config.tune.space.optim = dict(learning_rate="choice(1e-3, 1e-2)")
+  config.tune.space.model = dict(hidden_sizes="choice((64,), (32,))")
+  config.init_from.workdir = str(tmp_path / "pre")
+  compiles = []
+
+  def listener(event, duration_secs, **kwargs):
+    del duration_secs, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    with pytest.raises(errors.UserError, match=r"does not fit this model \(3 problems: "
+                       r"params/Dense_0/bias shape differs: float32\[64\] in the checkpoint, "
+                       r"float32\[32\] here"):
+      tune_run.run(config, tmp_path / "misfit")
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not compiles, "the error came after something was compiled"

@@ -25,9 +25,10 @@ import numpy as np
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import compile as compile_lib
 from jaxtrain import config as config_lib
-from jaxtrain import errors, preemption, provenance, train, writers
+from jaxtrain import errors, preemption, provenance, train, transfer, writers
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.tune import lineage as lineage_lib
+from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import export, strategies
 from jaxtrain.tune import space as space_lib
@@ -198,6 +199,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     loop = ckpts.restore_loop(latest)
   if loop["phases"] is None:
     loop["phases"] = [] if study is not None else _plan_initial(c, dims, strategies.rng_for(c.seed, 0))
+  if c.init_from.workdir:  # Every planned model must fit the checkpoint: one line, before compiling.
+    for planned in loop["phases"]:  # One per static setting (Bayes: checked per round, in Phase).
+      phase_lib.check_init_from(c, {k: v for k, v in planned[0].items() if k != "__trial__"},
+                                info, train_data.sample_batch())
   lineage = lineage_lib.Lineage(tune_dir / "lineage.jsonl", keep=loop["lineage_count"])
   metrics_log = writers.MetricsLog(workdir, loop["global_step"] if latest is not None else -1)
   tensorboard = writers.TensorBoard(
@@ -228,6 +233,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       members = loop["members"]
       phase = Phase(c, members[0]["settings"], info, train_data, eval_batches, dynamic_dims,
                      len(members))
+      if phase.init_record is not None:
+        transfer.write_record(workdir, phase.init_record)
       pop, acc = phase.initial_state(members)
       if resuming:
         restored = ckpts.restore(latest, {"population": pop, "metric_sums": acc})[0]

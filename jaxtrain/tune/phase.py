@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import models, optim, sharding
+from jaxtrain import models, optim, sharding, transfer
+from jaxtrain import state as state_lib
 from jaxtrain.data import pipeline
 from jaxtrain.tune import execution as execution_lib
 from jaxtrain.tune import population as pop_lib
@@ -49,6 +50,28 @@ def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
   return out
 
 
+def _member_shapes(model, tx, sample_batch, base_hparams):
+  """One member's (params, model_state) as ShapeDtypeStructs (traced, not compiled)."""
+  member = jax.eval_shape(lambda: state_lib.create(
+      model, tx, sample_batch, base_hparams, jax.random.PRNGKey(0)))
+  return member.params, member.model_state
+
+
+def check_init_from(config, settings: dict[str, Any], info, sample_batch) -> dict:
+  """Checks that a member with `settings` fits `config.init_from` (checkpoint
+  metadata only; nothing compiled); returns the init_from.json record.
+
+  Raises:
+    UserError: the checkpoint does not fit (every problem listed).
+  """
+  c = member_config(config, settings)
+  model = models.build(c.model, info.num_classes, info.input_shape, precision=c.precision)
+  tx, _ = optim.build(c.optim, c.train.num_steps)
+  hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
+  return transfer.load(c.init_from, *_member_shapes(model, tx, sample_batch, hparams),
+                       read=False)[1]
+
+
 def execution_for(config, model_name: str) -> str:
   """'vmap' or 'map' for this phase (the rule for 'auto': `execution.choose`)."""
   return execution_lib.choose(config.tune.execution, model_name)
@@ -74,6 +97,11 @@ class Phase:
     self.base_hparams = {"dropout_rate": c.model.dropout_rate,
                          "label_smoothing": c.loss.label_smoothing}
     self.sample_batch = train_data.sample_batch()
+    # init_from: every member (and every refill) starts from the same copied arrays.
+    self.init_copies, self.init_record = (
+        transfer.load(c.init_from, *_member_shapes(self.model, self.tx, self.sample_batch,
+                                                   self.base_hparams))
+        if c.init_from.workdir else ({}, None))
     self.execution = execution_for(config, c.model.name)
     self.traces = []
     # Members one at a time (execution 'map'): one compiled member step, host loop.
@@ -143,6 +171,8 @@ class Phase:
   def initial_state(self, members):
     """A fresh population for `members` (each with its own init RNG and settings)."""
     pop = self._create(self._member_rngs([m["id"] for m in members]))
+    if self.init_copies:
+      pop = transfer.init_population(self.init_copies, pop)
     if self.dynamic_keys:
       pop = self._set_dynamic(pop, self.dynamic_values(members))
     self.data_keys = self._put(self._data_keys(members))
