@@ -77,8 +77,7 @@ def check_config(config) -> None:
     raise errors.UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1) "
                            "(0 = off; e.g. 0.99)")
   tuning = config.tune.strategy != "none"
-  for key, used in (("train.ema_decay", config.train.ema_decay > 0),
-                    ("model.lora_rank", config.model.lora_rank > 0)):
+  for key, used in (("model.lora_rank", config.model.lora_rank > 0),):
     if tuning and used:
       raise errors.UserError(
           f"{key} is not supported with tune.strategy={config.tune.strategy!r} yet; "
@@ -289,7 +288,10 @@ def init_population(copies: dict[str, np.ndarray], pop):
   fresh initialization."""
   leading = jax.tree.leaves(pop.params)[0].shape[:1]
   params, model_state = _with_copies(pop.params, pop.model_state, copies, leading)
-  return pop.replace(params=params, model_state=model_state)
+  pop = pop.replace(params=params, model_state=model_state)
+  if pop.ema_params is not None:  # The averages start from the loaded parameters.
+    pop = pop.replace(ema_params=jax.tree.map(jnp.copy, params))
+  return pop
 
 
 # --- LoRA export.

@@ -393,3 +393,26 @@ def test_members_start_from_init_from_and_a_misfit_is_one_line(tmp_path):
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert not compiles, "the error came after something was compiled"
+
+
+def test_members_keep_and_evaluate_their_ema_like_single_runs(tmp_path):
+  """train.ema_decay in a tuning run: each member's average is evaluated (eval/ema_*
+  per member in metrics.jsonl), survives exploit copies and resume (part of the member
+  state), and the exported best reports it again under --mode=eval."""
+  from jaxtrain import evaluate
+  config = tune_config("pbt", size=4, **{"train.ema_decay": 0.9})
+  result = tune_run.run(config, tmp_path / "whole")
+  records = [r for r in writers.read_metrics(tmp_path / "whole") if "eval/ema_accuracy" in r]
+  assert [r["step"] for r in records] == [10, 20, 30, 40]
+  assert all(len(r["eval/ema_loss"]) == 4 for r in records)
+  assert records[-1]["eval/ema_loss"] != records[-1]["eval/loss"]
+  best = tmp_path / "whole" / "best"
+  final = json.loads((best / "final.json").read_text())
+  evaluated = evaluate.run(best)
+  for key in ("eval/accuracy", "eval/ema_accuracy", "eval/ema_loss"):
+    assert evaluated[key] == pytest.approx(final["final"][key], rel=1e-5), key
+  tune_run.run(config, tmp_path / "split", stop_after_steps=20)
+  tune_run.run(config, tmp_path / "split")
+  split = json.loads((tmp_path / "split" / "best" / "final.json").read_text())
+  assert split["params_sha256"] == final["params_sha256"]
+  assert split["final"] == final["final"]  # eval/ema_* included.

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import models, optim, sharding, transfer
+from jaxtrain import ema as ema_lib, models, optim, sharding, transfer
 from jaxtrain import state as state_lib
 from jaxtrain.data import pipeline
 from jaxtrain.tune import execution as execution_lib
@@ -95,7 +95,8 @@ class Phase:
                               force_dropout=force_dropout, precision=c.precision)
     self.tx, schedule = optim.build(c.optim, c.train.num_steps)
     self.base_hparams = {"dropout_rate": c.model.dropout_rate,
-                         "label_smoothing": c.loss.label_smoothing}
+                         "label_smoothing": c.loss.label_smoothing,
+                         **ema_lib.hparams(c.train)}  # train.ema_decay > 0: each member's EMA.
     self.sample_batch = train_data.sample_batch()
     # init_from: every member (and every refill) starts from the same copied arrays.
     self.init_copies, self.init_record = (
@@ -190,11 +191,20 @@ class Phase:
     return pop, acc
 
   def evaluate(self, pop) -> list[dict[str, float]]:
-    sums = None
-    for batch in self.eval_batches:
-      batch_sums = self._eval(pop, batch)
-      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-    return pop_lib.compute_member_metrics(sums, "eval/")
+    """Per-member eval metrics; with train.ema_decay > 0 the members' EMA
+    parameters too (eval/ema_*), as a single run does."""
+    def member_metrics(states, prefix):
+      sums = None
+      for batch in self.eval_batches:
+        batch_sums = self._eval(states, batch)
+        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+      return pop_lib.compute_member_metrics(sums, prefix)
+
+    metrics = member_metrics(pop, "eval/")
+    if pop.ema_params is not None:
+      for m, ema in zip(metrics, member_metrics(ema_lib.as_params(pop), "eval/ema_")):
+        m.update(ema)
+    return metrics
 
   def exploit(self, pop, scores: list[float], rng: jax.Array):
     scores_arr = jnp.asarray([s if s is not None else math.nan for s in scores], jnp.float32)
