@@ -63,8 +63,8 @@ def parse_rename(specs) -> list[tuple[re.Pattern, str]]:
 
 
 def check_config(config) -> None:
-  """Raises `UserError` for a bad `init_from` section, or transfer features a
-  tuning run does not support yet. Checks that the source workdir exists."""
+  """Raises `UserError` for a bad `init_from` section or EMA decay. Checks that
+  the source workdir exists."""
   ic = config.init_from
   _regexes("init_from.include", ic.include)
   _regexes("init_from.exclude", ic.exclude)
@@ -76,12 +76,6 @@ def check_config(config) -> None:
   if config.train.ema_decay < 0 or not config.train.ema_decay < 1:
     raise errors.UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1) "
                            "(0 = off; e.g. 0.99)")
-  tuning = config.tune.strategy != "none"
-  for key, used in (("model.lora_rank", config.model.lora_rank > 0),):
-    if tuning and used:
-      raise errors.UserError(
-          f"{key} is not supported with tune.strategy={config.tune.strategy!r} yet; "
-          f"set tune.strategy='none' or leave {key} at its default")
   if not ic.workdir:
     if ic.include or ic.exclude or ic.rename:
       raise errors.UserError("init_from.include/exclude/rename are set but "

@@ -228,8 +228,6 @@ CASES = [
      ["optim.lr_multipliers entry 'Dense_1=fast'", "'regex=factor'"]),
     ("ema_decay_one", [CONFIG, WORKDIR, "--config.train.ema_decay=1.0"],
      ["train.ema_decay=1.0 must be in [0, 1)"]),
-    ("lora_with_tuning", ["--config=configs/digits_pbt.py", WORKDIR, "--config.model.lora_rank=4"],
-     ["model.lora_rank is not supported with tune.strategy='pbt'"]),
     ("lora_targets_bad_regex", [CONFIG, WORKDIR, "--config.model.lora_targets=(kernel"],
      ["model.lora_targets regex '(kernel'", "does not compile"]),
     ("data_class_not_in_dataset", [CONFIG, WORKDIR, "--config.data.classes=(3,12)"],

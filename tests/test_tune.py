@@ -416,3 +416,42 @@ def test_members_keep_and_evaluate_their_ema_like_single_runs(tmp_path):
   split = json.loads((tmp_path / "split" / "best" / "final.json").read_text())
   assert split["params_sha256"] == final["params_sha256"]
   assert split["final"] == final["final"]  # eval/ema_* included.
+
+
+def test_lora_search_over_ranks_from_a_pretrained_run(tmp_path):
+  """LoRA in a tuning run: each model.lora_rank is one compiled group, members train
+  adapters only on top of the init_from weights (left bitwise unchanged), and the
+  best member is exported with its adapters merged into a plain run."""
+  from jaxtrain import evaluate, lora
+  train.run(tiny_config(), tmp_path / "pre")
+  config = tune_config("grid", size=2, **{"train.num_steps": 20, "train.eval_every_steps": 10,
+                                          "checkpoint.every_steps": 10})
+  config.tune.grid_points = 2
+  config.tune.space.optim = dict(learning_rate="loguniform(1e-3, 1e-2)")
+  config.tune.space.model = dict(lora_rank="choice(2, 4)")
+  config.model.lora_alpha = 4.0
+  config.init_from.workdir = str(tmp_path / "pre")
+  result = tune_run.run(config, tmp_path / "tune")
+  assert result["train_step_compiles"] == {0: 1, 1: 1}
+  assert {r["settings"]["model.lora_rank"] for r in result["members"]} == {2, 4}
+  best = tmp_path / "tune" / "best"
+  final = json.loads((best / "final.json").read_text())
+  rank = final["settings"]["model.lora_rank"]
+  assert final["num_params"] == rank * (64 + 64) + rank * (64 + 10)  # A [d_in, r] + B [r, d_out].
+  # The base weights in the best member are the pretrained ones, bitwise.
+  def latest_state(workdir):  # The saved arrays as numpy, without a restore target.
+    import orbax.checkpoint as ocp
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    item = workdir / "checkpoints" / str(steps[-1]) / "state"
+    checkpointer = ocp.PyTreeCheckpointer()
+    meta = checkpointer.metadata(item).item_metadata
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    return checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+        restore_args=as_numpy))["train_state"]
+  base = latest_state(best)["model_state"][lora.BASE]
+  pretrained = latest_state(tmp_path / "pre")["params"]
+  for key in ("Dense_0", "Dense_1"):
+    np.testing.assert_array_equal(base[key]["kernel"], pretrained[key]["kernel"])
+  merged = evaluate.run(best / "merged")
+  assert merged["eval/accuracy"] == pytest.approx(final["final"]["eval/accuracy"], abs=1e-6)
+  assert evaluate.run(best)["eval/accuracy"] == pytest.approx(merged["eval/accuracy"], abs=1e-6)

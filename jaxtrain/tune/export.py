@@ -59,6 +59,10 @@ def export_member(config, member: dict, state, directory: Path, schedule) -> Non
            "params_sha256": state_lib.params_sha256(state.params),
            "num_params": state_lib.num_params(state.params), "member": member["id"],
            "settings": member["settings"]}
+  if single.model.lora_rank > 0:  # As a single LoRA run: the adapters merged, a plain run.
+    from jaxtrain import transfer  # pylint: disable=g-import-not-at-top
+    final["lora_merged_workdir"] = str(transfer.export_merged(
+        single, state, directory / "merged", final))
   (directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")
 
 

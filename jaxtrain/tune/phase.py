@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import ema as ema_lib, models, optim, sharding, transfer
+from jaxtrain import ema as ema_lib, lora, models, optim, sharding, transfer
 from jaxtrain import state as state_lib
 from jaxtrain.data import pipeline
 from jaxtrain.tune import execution as execution_lib
@@ -65,7 +65,8 @@ def check_init_from(config, settings: dict[str, Any], info, sample_batch) -> dic
     UserError: the checkpoint does not fit (every problem listed).
   """
   c = member_config(config, settings)
-  model = models.build(c.model, info.num_classes, info.input_shape, precision=c.precision)
+  model = lora.maybe_wrap(models.build(c.model, info.num_classes, info.input_shape,
+                                       precision=c.precision), c.model)
   tx, _ = optim.build(c.optim, c.train.num_steps)
   hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
   return transfer.load(c.init_from, *_member_shapes(model, tx, sample_batch, hparams),
@@ -91,8 +92,9 @@ class Phase:
     self.data = train_data.arrays
     self.eval_batches = eval_batches
     force_dropout = "model.dropout_rate" in self.dynamic_keys
-    self.model = models.build(c.model, info.num_classes, info.input_shape,
-                              force_dropout=force_dropout, precision=c.precision)
+    self.model = lora.maybe_wrap(  # model.lora_rank > 0: members train adapters only.
+        models.build(c.model, info.num_classes, info.input_shape,
+                     force_dropout=force_dropout, precision=c.precision), c.model)
     self.tx, schedule = optim.build(c.optim, c.train.num_steps)
     self.base_hparams = {"dropout_rate": c.model.dropout_rate,
                          "label_smoothing": c.loss.label_smoothing,
