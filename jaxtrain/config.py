@@ -20,6 +20,9 @@ from jaxtrain import errors
 RANKABLE_METRICS = {
     "eval/accuracy": "max",
     "eval/loss": "min",
+    "eval/ema_accuracy": "max",  # With train.ema_decay > 0: the parameters' average.
+    "eval/ema_loss": "min",
+    "eval/bits_per_char": "min",  # Language models (per-token labels) only.
 }
 
 PIPELINES = ("auto", "device", "grain")
@@ -321,9 +324,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.pipeline not in PIPELINES:
     raise errors.unknown_choice("data.pipeline", config.data.pipeline, PIPELINES)
   for key in ("checkpoint.best_metric", "early_stopping.metric"):
-    value = flatten(config)[key]
-    if value not in RANKABLE_METRICS:
-      raise errors.unknown_choice(key, value, RANKABLE_METRICS)
+    check_rankable(key, flatten(config)[key], config)
   catalog.check_name(config.data.name)
   models.check_config(config.model)
   optim.check_config(config.optim)
@@ -338,6 +339,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   sharding.check_config(config.mesh)  # Sizes against devices: sharding.make_mesh.
   from jaxtrain.analysis import options as analysis_options  # pylint: disable=g-import-not-at-top
   analysis_options.check_config(config.eval)
+
+
+def check_rankable(key: str, metric: str, config) -> None:
+  """Raises `UserError` unless `metric` is rankable and this config reports it."""
+  if metric not in RANKABLE_METRICS:
+    raise errors.unknown_choice(key, metric, RANKABLE_METRICS)
+  if metric.startswith("eval/ema_") and not config.train.ema_decay > 0:
+    raise errors.UserError(
+        f"{key}={metric!r} needs train.ema_decay > 0 (the average is evaluated only then); "
+        "set train.ema_decay (e.g. 0.99) or rank by eval/accuracy or eval/loss")
+  if metric == "eval/bits_per_char" and config.model.name != "transformer":
+    raise errors.UserError(
+        f"{key}={metric!r} is reported for language models only (model.name='transformer', "
+        f"not {config.model.name!r}); rank by eval/loss")
 
 
 def mode_of(metric: str) -> str:

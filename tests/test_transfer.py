@@ -209,6 +209,20 @@ def test_ema_is_evaluated_checkpointed_and_resumes_bitwise(tmp_path):
     assert evaluated[key] == pytest.approx(whole["final"][key], rel=1e-6), key
 
 
+def test_best_checkpoint_and_early_stopping_can_rank_by_the_ema(tmp_path):
+  config = tiny_config(**{"train.ema_decay": 0.9, "train.num_steps": 60,
+                          "train.eval_every_steps": 10, "checkpoint.best_metric": "eval/ema_loss",
+                          "early_stopping.metric": "eval/ema_accuracy",
+                          "early_stopping.patience": 100})
+  final = train.run(config, tmp_path)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+  evals = [(r["eval/ema_loss"], r["step"]) for r in records if "eval/ema_loss" in r]
+  assert len(evals) == 6
+  assert final["best"]["metric"] == "eval/ema_loss"
+  assert final["best"]["step"] == min(evals)[1]
+  assert final["best"]["eval/ema_loss"] == min(evals)[0]
+
+
 # --- LoRA.
 
 class _Attention(nn.Module):

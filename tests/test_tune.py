@@ -401,10 +401,12 @@ def test_members_keep_and_evaluate_their_ema_like_single_runs(tmp_path):
   state), and the exported best reports it again under --mode=eval."""
   from jaxtrain import evaluate
   config = tune_config("pbt", size=4, **{"train.ema_decay": 0.9})
+  config.tune.metric = "eval/ema_loss"  # Members ranked by their averages.
   result = tune_run.run(config, tmp_path / "whole")
   records = [r for r in writers.read_metrics(tmp_path / "whole") if "eval/ema_accuracy" in r]
   assert [r["step"] for r in records] == [10, 20, 30, 40]
   assert all(len(r["eval/ema_loss"]) == 4 for r in records)
+  assert result["best_score"] == min(min(r["eval/ema_loss"]) for r in records)
   assert records[-1]["eval/ema_loss"] != records[-1]["eval/loss"]
   best = tmp_path / "whole" / "best"
   final = json.loads((best / "final.json").read_text())

@@ -48,8 +48,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
     raise errors.unknown_choice("tune.strategy", t.strategy, STRATEGIES)
   if t.population_size <= 0:
     raise errors.UserError(f"tune.population_size={t.population_size} must be > 0")
-  if t.metric not in config_lib.RANKABLE_METRICS:
-    raise errors.unknown_choice("tune.metric", t.metric, config_lib.RANKABLE_METRICS)
+  config_lib.check_rankable("tune.metric", t.metric, config)
   if t.execution not in pop_lib.EXECUTIONS:
     raise errors.unknown_choice("tune.execution", t.execution, pop_lib.EXECUTIONS)
   if t.steps_per_call <= 0 or config.train.eval_every_steps % t.steps_per_call:
