@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
       return 0
     from jaxtrain.tune import cv  # pylint: disable=g-import-not-at-top
     if cv.enabled(config):  # k folds (or a holdout split) as one population.
-      print(cv.summary_line(cv.run(config, workdir), workdir), file=sys.stderr)
+      result = cv.run(config, workdir, stop_after_steps=options["stop_after_steps"])
+      if result["status"] != "completed":
+        print(f"{result['status']} at step {result['step']}: checkpoint saved in "
+              f"{workdir}/checkpoints; rerun the same command to resume", file=sys.stderr)
+        return errors.EXIT_PREEMPTED if result["status"] == "preempted" else 0
+      print(cv.summary_line(result, workdir), file=sys.stderr)
       return 0
     if config.tune.strategy != "none":
       from jaxtrain import tune  # pylint: disable=g-import-not-at-top

@@ -112,3 +112,23 @@ def test_bad_cross_validation_settings_are_one_line_errors(overrides, message):
   with pytest.raises(errors.UserError) as e:
     cv.validate(cv_config(**overrides))
   assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_stopped_cross_validation_resumes_bitwise_and_refuses_another_config(tmp_path):
+  config = cv_config(**{"train.num_steps": 40, "train.eval_every_steps": 10,
+                        "checkpoint.every_steps": 20})
+  whole = cv.run(config, tmp_path / "whole")
+  stopped = cv.run(config, tmp_path / "split", stop_after_steps=15)  # Mid-interval.
+  assert stopped == {"status": "stopped", "step": 15}
+  split = cv.run(config, tmp_path / "split")
+  timing = ("train_time_sec", "wall_time_sec", "train_step_compiles")
+  assert ({k: v for k, v in split.items() if k not in timing}
+          == {k: v for k, v in whole.items() if k not in timing})
+  read = lambda d: [{k: v for k, v in r.items() if "per_sec" not in k}
+                    for r in writers.read_metrics(d)]
+  assert read(tmp_path / "split") == read(tmp_path / "whole")
+  other = cv_config(**{"train.num_steps": 40, "train.eval_every_steps": 10,
+                       "checkpoint.every_steps": 20, "optim.learning_rate": 0.5})
+  with pytest.raises(errors.UserError, match="holds a run with a different config"):
+    cv.run(other, tmp_path / "split")
+  assert json.loads((tmp_path / "split" / "cv.json").read_text())["step"] == 40  # Kept.

@@ -7,10 +7,14 @@ differ only by their fold mask), scores each member on its held-out fold every
 metrics across folds. `eval.cross_validation.holdout_fraction = f` (with
 folds = 0) trains one member on a random (1 - f) of the split and scores it on
 the rest. Writes WORKDIR/config.json, WORKDIR/metrics.jsonl (per-fold lists,
-means and standard deviations) and WORKDIR/cv.json (the result).
+means and standard deviations), WORKDIR/checkpoints/ and WORKDIR/cv.json (the
+result).
 
-A cross-validation run is short by design and is not checkpointed: rerunning
-it in the same workdir starts over and rewrites its files.
+Like a single run, a cross-validation run checkpoints every
+`checkpoint.every_steps`, on SIGTERM/SIGINT and at `stop_after_steps`, and
+rerunning it resumes bitwise (the per-fold data orders are recomputed from the
+step, so only the population and the partial metric sums are saved). A
+workdir holding a run with another config is refused.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
-from jaxtrain import errors, models, optim, train, writers
+from jaxtrain import errors, models, optim, preemption, train, writers
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.tune import folds as folds_lib
 from jaxtrain.tune import population as pop_lib
@@ -86,19 +91,26 @@ def validate(config: ml_collections.ConfigDict) -> int:
   return n
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Cross-validates `config` in `workdir`; returns the contents of WORKDIR/cv.json.
+def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
+        stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Cross-validates (or resumes cross-validating) `config` in `workdir`.
+
+  Returns the contents of WORKDIR/cv.json with "status": "completed", or
+  {"status": "stopped" | "preempted", "step": s} when `stop_after_steps` or a
+  signal stopped it (with a checkpoint; running again resumes).
 
   Raises:
-    UserError: bad config, folds, workdir or dataset (before compiling).
+    UserError: bad config, folds, workdir, dataset or checkpoint (before compiling).
   """
   wall_start = time.perf_counter()
   # --- Config and workdir.
   validate(config)
   c = config
   workdir = train.prepare_workdir(workdir)
-  writers.write_text_atomic(workdir / "config.json",
-                            json.dumps(json.loads(c.to_json()), indent=2, sort_keys=True) + "\n")
+  ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
+                                     async_save=c.checkpoint.async_save)
+  latest = ckpts.latest_step()
+  train._snapshot_config(c, workdir, latest is not None, allow_config_change=False)  # pylint: disable=protected-access
 
   # --- Input: the training split on the device; folds are index sets into it.
   data_config = copy.deepcopy(c.data)
@@ -150,28 +162,46 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
       sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
     return pop_lib.compute_member_metrics(sums, "cv/")
 
+  # --- Resume: the population and partial metric sums of the latest checkpoint.
+  step, last, train_sec = 0, [], 0.0
+  if latest is not None:
+    restored, loop = ckpts.restore(latest, {"population": pop, "metric_sums": acc})
+    pop, acc = restored["population"], restored["metric_sums"]
+    step, last, train_sec = loop["step"], loop["last"], loop["train_sec"]
+
   # --- Loop: every member steps together; evaluations score each on its fold.
-  metrics_log = writers.MetricsLog(workdir, -1)
-  step, last = 0, []
-  train_sec, t_interval = 0.0, time.perf_counter()
-  while step < c.train.num_steps:
-    pop, acc, orders = train_fn(pop, acc, orders, train_data.arrays, train_index, data_keys)
-    step += 1
-    if step % c.train.eval_every_steps and step != c.train.num_steps:
-      continue
-    train_metrics = pop_lib.compute_member_metrics(acc, "train/")
-    train_sec += time.perf_counter() - t_interval
-    acc = pop_lib.new_metric_sums(size)
-    last = evaluate(pop)
-    record = {k: [m[k] for m in train_metrics] for k in train_metrics[0]}
-    record.update(_fold_stats(last))
-    metrics_log.write(step, record)
-    t_interval = time.perf_counter()
+  metrics_log = writers.MetricsLog(workdir, step if latest is not None else -1)
+  status, t_interval = "completed", time.perf_counter()
+  with preemption.PreemptionGuard() as preempt:
+    while step < c.train.num_steps:
+      pop, acc, orders = train_fn(pop, acc, orders, train_data.arrays, train_index, data_keys)
+      step += 1
+      if step % c.train.eval_every_steps == 0 or step == c.train.num_steps:
+        train_metrics = pop_lib.compute_member_metrics(acc, "train/")
+        acc = pop_lib.new_metric_sums(size)
+        last = evaluate(pop)
+        record = {k: [m[k] for m in train_metrics] for k in train_metrics[0]}
+        record.update(_fold_stats(last))
+        metrics_log.write(step, record)
+      stopping = bool(preempt.requested) or (
+          stop_after_steps is not None and step >= stop_after_steps)
+      if step % c.checkpoint.every_steps == 0 or step == c.train.num_steps or stopping:
+        train_sec += time.perf_counter() - t_interval  # Checkpoint writes not counted.
+        ckpts.save(step, {"population": pop, "metric_sums": acc},
+                   {"step": step, "last": last, "train_sec": train_sec})
+        t_interval = time.perf_counter()
+      if stopping and step < c.train.num_steps:
+        status = "preempted" if preempt.requested else "stopped"
+        break
+  ckpts.close()
   metrics_log.close()
+  if status != "completed":
+    return {"status": status, "step": step}
 
   # --- Result.
   cv = c.eval.cross_validation
   result = {
+      "status": status,
       "folds": cv.folds, "holdout_fraction": cv.holdout_fraction,
       "train_split": f"{c.data.name}:{c.data.train_split}", "examples": n,
       "step": step,
