@@ -219,6 +219,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.cross_validation.folds = 0  # 0 = off.
   # > 0 (with folds = 0): one holdout split, this fraction of data.train_split held out.
   c.eval.cross_validation.holdout_fraction = 0.0
+  # True: folds (or the holdout) keep data.train_split's class proportions.
+  c.eval.cross_validation.stratified = False
   return c
 
 

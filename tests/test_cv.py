@@ -132,3 +132,27 @@ def test_stopped_cross_validation_resumes_bitwise_and_refuses_another_config(tmp
   with pytest.raises(errors.UserError, match="holds a run with a different config"):
     cv.run(other, tmp_path / "split")
   assert json.loads((tmp_path / "split" / "cv.json").read_text())["step"] == 40  # Kept.
+
+
+def test_stratified_folds_keep_class_proportions(tmp_path):
+  labels = np.random.default_rng(0).choice(10, size=1437, p=np.r_[[0.3], [0.7 / 9] * 9])
+  held = folds.held_out_masks(1437, seed=0, folds=5, labels=labels)
+  assert (held.sum(axis=0) == 1).all()  # Still a partition.
+  per_fold = np.stack([np.bincount(labels[m], minlength=10) for m in held])  # [folds, classes]
+  assert (per_fold.max(axis=0) - per_fold.min(axis=0)).max() <= 1
+  plain = folds.held_out_masks(1437, seed=0, folds=5)
+  plain_counts = np.stack([np.bincount(labels[m], minlength=10) for m in plain])
+  assert (plain_counts.max(axis=0) - plain_counts.min(axis=0)).max() > 1  # Not by chance.
+  holdout = folds.held_out_masks(1437, seed=0, holdout_fraction=0.2, labels=labels)[0]
+  assert holdout.sum() == round(0.2 * 1437)
+  np.testing.assert_allclose(np.bincount(labels[holdout], minlength=10) / holdout.sum(),
+                             np.bincount(labels, minlength=10) / 1437, atol=0.01)
+  # End to end: the run's folds are stratified by the training split's labels.
+  result = cv.run(cv_config(**{"eval.cross_validation.stratified": True,
+                               "train.num_steps": 20, "train.eval_every_steps": 20}), tmp_path)
+  sizes = [f["held_out_examples"] for f in result["per_fold"]]
+  assert max(sizes) - min(sizes) <= 1 and result["cv/accuracy_mean"] > 0.3
+  with pytest.raises(errors.UserError, match="class 5 has only 2 examples"):
+    cv.validate(cv_config(**{"eval.cross_validation.stratified": True,
+                             "data.classes": (5, 6), "data.examples_per_class": 2,
+                             "data.batch_size": 1}))

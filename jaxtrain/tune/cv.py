@@ -33,7 +33,7 @@ import numpy as np
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
 from jaxtrain import errors, models, optim, preemption, train, writers
-from jaxtrain.data import catalog, pipeline
+from jaxtrain.data import catalog, pipeline, subset
 from jaxtrain.tune import folds as folds_lib
 from jaxtrain.tune import population as pop_lib
 
@@ -68,15 +68,31 @@ def validate(config: ml_collections.ConfigDict) -> int:
         f"{config.tune.strategy!r}; cross-validate one setting with tune.strategy='none' "
         "(e.g. the best/ member a tuning run exports)")
   catalog.check_splits(config.data)
-  source, _ = catalog.open_split(config.data.name, config.data.train_split,
-                                 config.data.data_dir)
+  source, info = catalog.open_split(config.data.name, config.data.train_split,
+                                    config.data.data_dir)
+  # The examples the run will train on (data.classes / data.examples_per_class).
+  source = subset.apply(source, info, config.data, config.data.train_split, config.seed,
+                        train=True)
   n = len(source)
   where = f"{config.data.name}:{config.data.train_split}"
   if k > n:
     raise errors.UserError(
         f"eval.cross_validation.folds={k} is more than the {n} examples of {where}; "
         f"use at most {n} folds")
-  held = folds_lib.held_out_masks(n, config.seed, k, fraction)
+  labels = None
+  if cv.stratified:
+    labels = np.asarray([ex[info.label_key] for ex in source.__getitems__(range(n))])
+    if labels.ndim != 1:
+      raise errors.UserError(
+          f"eval.cross_validation.stratified=True needs one class label per example; "
+          f"{where} has labels of shape {labels.shape[1:]}; set stratified=False")
+    classes, counts = np.unique(labels, return_counts=True)
+    if k and counts.min() < k:
+      raise errors.UserError(
+          f"eval.cross_validation.stratified=True with folds={k}: class "
+          f"{classes[counts.argmin()]} has only {counts.min()} examples in {where}; "
+          f"use at most {counts.min()} folds or stratified=False")
+  held = folds_lib.held_out_masks(n, config.seed, k, fraction, labels)
   smallest_train, smallest_held = int((~held).sum(1).min()), int(held.sum(1).min())
   if smallest_held == 0:
     raise errors.UserError(
@@ -118,8 +134,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     data_config.pipeline = "device"
   train_data, info = pipeline.create_train_data(data_config, c.seed)
   n = train_data.num_examples
-  held = folds_lib.held_out_masks(n, c.seed, c.eval.cross_validation.folds,
-                                  c.eval.cross_validation.holdout_fraction)
+  held = folds_lib.held_out_masks(
+      n, c.seed, c.eval.cross_validation.folds, c.eval.cross_validation.holdout_fraction,
+      np.asarray(train_data.arrays["labels"]) if c.eval.cross_validation.stratified else None)
   train_index, counts = folds_lib.train_indices(held)
   size = len(counts)
   # Each member its own data order over its examples; fold 0's is the single run's.

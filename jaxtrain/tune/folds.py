@@ -28,13 +28,18 @@ _FOLD_SEED = 0xC5  # Separates the fold assignment from other uses of the seed.
 
 
 def held_out_masks(num_examples: int, seed: int, folds: int = 0,
-                   holdout_fraction: float = 0.0) -> np.ndarray:
+                   holdout_fraction: float = 0.0, labels: np.ndarray | None = None
+                   ) -> np.ndarray:
   """bool [P, n]: which examples member p holds out (k folds: P = k; holdout: P = 1).
 
   k folds partition a seeded permutation of the examples into k contiguous
   chunks whose sizes differ by at most one (`np.array_split`), so every
-  example is held out by exactly one member.
+  example is held out by exactly one member. With `labels` the split is
+  stratified: every fold (or the holdout) keeps the class proportions, by
+  scikit-learn's `StratifiedKFold` / `train_test_split(stratify=...)`.
   """
+  if labels is not None:
+    return _stratified_masks(np.asarray(labels), seed, folds, holdout_fraction)
   order = np.random.default_rng([seed, _FOLD_SEED]).permutation(num_examples)
   if folds:
     masks = np.zeros((folds, num_examples), bool)
@@ -43,6 +48,25 @@ def held_out_masks(num_examples: int, seed: int, folds: int = 0,
     return masks
   masks = np.zeros((1, num_examples), bool)
   masks[0, order[:int(round(holdout_fraction * num_examples))]] = True
+  return masks
+
+
+def _stratified_masks(labels: np.ndarray, seed: int, folds: int,
+                      holdout_fraction: float) -> np.ndarray:
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  n = len(labels)
+  random_state = int(np.random.default_rng([seed, _FOLD_SEED]).integers(2**31 - 1))
+  if folds:
+    splitter = model_selection.StratifiedKFold(folds, shuffle=True, random_state=random_state)
+    masks = np.zeros((folds, n), bool)
+    for f, (_, held) in enumerate(splitter.split(np.zeros(n), labels)):
+      masks[f, held] = True
+    return masks
+  _, held = model_selection.train_test_split(
+      np.arange(n), test_size=int(round(holdout_fraction * n)), stratify=labels,
+      random_state=random_state)
+  masks = np.zeros((1, n), bool)
+  masks[0, held] = True
   return masks
 
 
