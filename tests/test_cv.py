@@ -156,3 +156,24 @@ def test_stratified_folds_keep_class_proportions(tmp_path):
     cv.validate(cv_config(**{"eval.cross_validation.stratified": True,
                              "data.classes": (5, 6), "data.examples_per_class": 2,
                              "data.batch_size": 1}))
+
+
+def test_folds_start_from_init_from_and_lora_trains_adapters(tmp_path):
+  """init_from in cross-validation: every fold starts from the checkpoint (at a
+  learning rate of 1e-9 each fold scores like the pretrained model, not at chance);
+  with LoRA the folds train adapters over those weights."""
+  from jaxtrain import train
+  train.run(tiny_config(), tmp_path / "pre")
+  start = {"train.num_steps": 10, "train.eval_every_steps": 10, "optim.learning_rate": 1e-9,
+           "init_from.workdir": str(tmp_path / "pre")}
+  result = cv.run(cv_config(**start), tmp_path / "cv")
+  assert min(result["cv/accuracy"]) > 0.9  # The pretrained MLP saw these examples.
+  assert json.loads((tmp_path / "cv" / "init_from.json").read_text())["fresh"] == []
+  scratch = cv.run(cv_config(**{**start, "init_from.workdir": ""}), tmp_path / "scratch")
+  assert max(scratch["cv/accuracy"]) < 0.3
+  lora = cv.run(cv_config(**{**start, "optim.learning_rate": 1e-2, "model.lora_rank": 2,
+                             "train.num_steps": 20, "train.eval_every_steps": 20}),
+                tmp_path / "lora")
+  assert min(lora["cv/accuracy"]) > 0.9
+  with pytest.raises(errors.UserError, match="train.ema_decay=0.9 is not used by cross-validation"):
+    cv.validate(cv_config(**{"train.ema_decay": 0.9}))

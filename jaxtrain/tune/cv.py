@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxtrain import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
-from jaxtrain import errors, models, optim, preemption, train, writers
+from jaxtrain import errors, lora, models, optim, preemption, train, transfer, writers
 from jaxtrain.data import catalog, pipeline, subset
 from jaxtrain.tune import folds as folds_lib
 from jaxtrain.tune import population as pop_lib
@@ -62,6 +62,10 @@ def validate(config: ml_collections.ConfigDict) -> int:
   if fraction and not 0.0 < fraction < 1.0:
     raise errors.UserError(
         f"eval.cross_validation.holdout_fraction={fraction} must be in (0, 1), e.g. 0.2")
+  if config.train.ema_decay > 0:
+    raise errors.UserError(
+        f"train.ema_decay={config.train.ema_decay} is not used by cross-validation (the "
+        "folds are scored with their raw parameters); set train.ema_decay=0")
   if config.tune.strategy != "none":
     raise errors.UserError(
         f"eval.cross_validation cannot be combined with tune.strategy="
@@ -152,12 +156,22 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     eval_batches.append(jax.device_put((batch, held_b)))
 
   # --- Model, optimizer, population: every member starts from the same state.
-  model = models.build(c.model, info.num_classes, info.input_shape, precision=c.precision)
+  model = lora.maybe_wrap(  # model.lora_rank > 0: every fold trains adapters only.
+      models.build(c.model, info.num_classes, info.input_shape, precision=c.precision), c.model)
   tx, schedule = optim.build(c.optim, c.train.num_steps)
   hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
   rngs = jnp.stack([jax.random.PRNGKey(c.seed)] * size)
   sample = train_data.sample_batch()
-  pop = jax.jit(lambda r: pop_lib.create(model, tx, sample, hparams, r))(rngs)
+  create = lambda r: pop_lib.create(model, tx, sample, hparams, r)
+  if c.init_from.workdir:  # Checked against the model's shapes before anything compiles.
+    member = jax.eval_shape(create, rngs[:1])
+    copies, record = transfer.load(c.init_from,
+                                   *jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                                       x.shape[1:], x.dtype), (member.params, member.model_state)))
+    transfer.write_record(workdir, record)
+  pop = jax.jit(create)(rngs)
+  if c.init_from.workdir:  # Every fold starts from the copied arrays.
+    pop = transfer.init_population(copies, pop)
   acc = pop_lib.new_metric_sums(size)
   orders = folds_lib.new_orders(counts)
   train_index = jnp.asarray(train_index)
