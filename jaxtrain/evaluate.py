@@ -60,6 +60,10 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
   config = config if config is not None else load_config(workdir)
   config_lib.validate(config)
   c = config
+  cv = c.eval.cross_validation
+  if cv.folds or cv.holdout_fraction:  # Its checkpoints hold a population of folds.
+    raise errors.UserError(f"{workdir} is a cross-validation run: its results are in "
+                           f"{Path(workdir) / 'cv.json'}; evaluate a single run instead")
   compile_lib.enable_cache(c.compile.cache_dir)  # Before the first compile.
   ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep)
   steps = ckpts.all_steps()

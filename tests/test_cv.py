@@ -131,6 +131,9 @@ def test_stopped_cross_validation_resumes_bitwise_and_refuses_another_config(tmp
                        "checkpoint.every_steps": 20, "optim.learning_rate": 0.5})
   with pytest.raises(errors.UserError, match="holds a run with a different config"):
     cv.run(other, tmp_path / "split")
+  from jaxtrain import evaluate  # --mode=eval on it: one line, not a checkpoint mismatch.
+  with pytest.raises(errors.UserError, match="is a cross-validation run: its results are in"):
+    evaluate.run(tmp_path / "split")
   assert json.loads((tmp_path / "split" / "cv.json").read_text())["step"] == 40  # Kept.
 
 
