@@ -44,6 +44,21 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture
+def compiles():
+  """A list that gets one entry per XLA compilation while the test runs."""
+  events = []
+
+  def listener(event, duration_secs, **kwargs):
+    del duration_secs, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  yield events
+  jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture
 def strict_dtypes():
   with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
     yield

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import pytest
 
 from jaxtrain import main
@@ -255,21 +254,6 @@ def args_for(tmp_path, data_dir):
   def args_for_case(args):
     return [arg.format(tmp=tmp_path) for arg in args]
   return args_for_case
-
-
-@pytest.fixture
-def compiles():
-  """A list that gets one entry per XLA compilation while the test runs."""
-  events = []
-
-  def listener(event, duration_secs, **kwargs):
-    del duration_secs, kwargs
-    if event == "/jax/core/compile/backend_compile_duration":
-      events.append(event)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  yield events
-  jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _assert_one_error_line(stderr: str, expected: list[str]) -> None:
