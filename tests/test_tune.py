@@ -32,8 +32,11 @@ def tune_config(strategy, size=4, **overrides):
 # --- The engine, directly. ---
 
 
-def _engine(size, execution="vmap", learning_rates=None, shard=False):
-  """Trains a digits MLP population for 60 steps; returns the final population."""
+def population_setup(learning_rates):
+  """A fresh digits MLP population, one member per learning rate (member i: init key
+  i, data key 100 + i); returns (config, data, model, tx, schedule, pop, acc, orders,
+  data_keys)."""
+  size = len(learning_rates)
   c = tiny_config()
   data, info = pipeline.create_train_data(c.data, seed=0)
   model = models.build(c.model, info.num_classes, info.input_shape)
@@ -41,17 +44,24 @@ def _engine(size, execution="vmap", learning_rates=None, shard=False):
   rngs = jnp.stack([jax.random.PRNGKey(i) for i in range(size)])
   pop = pop_lib.create(model, tx, data.sample_batch(),
                        {"dropout_rate": 0.0, "label_smoothing": 0.0}, rngs)
-  lrs = learning_rates or [1e-3 * (i + 1) for i in range(size)]
-  pop = pop_lib.set_dynamic(pop, {"optim.learning_rate": jnp.asarray(lrs, jnp.float32)})
+  pop = pop_lib.set_dynamic(
+      pop, {"optim.learning_rate": jnp.asarray(learning_rates, jnp.float32)})
   data_keys = jnp.stack([jax.random.PRNGKey(100 + i) for i in range(size)])
   acc = pop_lib.new_metric_sums(size)
+  orders = pipeline.new_epoch_order(data.num_examples, (size,))
+  return c, data, model, tx, schedule, pop, acc, orders, data_keys
+
+
+def _engine(size, execution="vmap", learning_rates=None, shard=False):
+  """Trains a digits MLP population for 60 steps; returns the final population."""
+  c, data, model, tx, schedule, pop, acc, orders, data_keys = population_setup(
+      learning_rates or [1e-3 * (i + 1) for i in range(size)])
   active = jnp.ones((size,), bool)
   if execution == "map":  # Members one at a time: one jitted member step, host loop.
     from jaxtrain.tune import execution as execution_lib
     fn = execution_lib.HostLoop(model, tx, schedule, c.data.batch_size).train
   else:
     fn = pop_lib.make_train_fn(model, tx, schedule, c.data.batch_size, execution)
-  orders = pipeline.new_epoch_order(data.num_examples, (size,))
   if shard:
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:size]), ("pop",))
     spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pop"))

@@ -5,14 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain import models, optim, writers
-from jaxtrain.data import pipeline
+from jaxtrain import writers
 from jaxtrain.tune import execution as execution_lib
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import loop as tune_loop
 from jaxtrain.tune import population as pop_lib
-from tests.conftest import tiny_config
-from tests.test_tune import tune_config
+from tests.test_tune import population_setup, tune_config
 
 # vmap batches the members' matmuls, the host loop runs them one by one: the
 # results differ in float rounding only (measured: at most 8e-9 after 30 steps).
@@ -21,18 +19,9 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def _train(size, execution, active, steps=30):
   """A digits MLP population trained `steps` steps; returns (initial, final) populations."""
-  c = tiny_config()
-  data, info = pipeline.create_train_data(c.data, seed=0)
-  model = models.build(c.model, info.num_classes, info.input_shape)
-  tx, schedule = optim.build(c.optim, 100)
-  rngs = jnp.stack([jax.random.PRNGKey(i) for i in range(size)])
-  pop = pop_lib.create(model, tx, data.sample_batch(),
-                       {"dropout_rate": 0.0, "label_smoothing": 0.0}, rngs)
-  pop = pop_lib.set_dynamic(pop, {"optim.learning_rate": jnp.geomspace(1e-3, 1e-2, size)})
+  c, data, model, tx, schedule, pop, acc, orders, data_keys = population_setup(
+      jnp.geomspace(1e-3, 1e-2, size))
   initial = jax.device_get(pop)
-  data_keys = jnp.stack([jax.random.PRNGKey(100 + i) for i in range(size)])
-  acc = pop_lib.new_metric_sums(size)
-  orders = pipeline.new_epoch_order(data.num_examples, (size,))
   traces = []
   if execution == "map":
     step = execution_lib.HostLoop(model, tx, schedule, c.data.batch_size,
