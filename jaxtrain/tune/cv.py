@@ -35,6 +35,7 @@ from jaxtrain import config as config_lib
 from jaxtrain import errors, lora, models, optim, preemption, train, transfer, writers
 from jaxtrain.data import catalog, pipeline, subset
 from jaxtrain.tune import folds as folds_lib
+from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
 
 METRICS = ("accuracy", "loss")
@@ -162,14 +163,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
   rngs = jnp.stack([jax.random.PRNGKey(c.seed)] * size)
   sample = train_data.sample_batch()
-  create = lambda r: pop_lib.create(model, tx, sample, hparams, r)
   if c.init_from.workdir:  # Checked against the model's shapes before anything compiles.
-    member = jax.eval_shape(create, rngs[:1])
-    copies, record = transfer.load(c.init_from,
-                                   *jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-                                       x.shape[1:], x.dtype), (member.params, member.model_state)))
+    copies, record = transfer.load(
+        c.init_from, *phase_lib.member_shapes(model, tx, sample, hparams))
     transfer.write_record(workdir, record)
-  pop = jax.jit(create)(rngs)
+  pop = jax.jit(lambda r: pop_lib.create(model, tx, sample, hparams, r))(rngs)
   if c.init_from.workdir:  # Every fold starts from the copied arrays.
     pop = transfer.init_population(copies, pop)
   acc = pop_lib.new_metric_sums(size)

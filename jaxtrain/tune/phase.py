@@ -50,7 +50,7 @@ def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
   return out
 
 
-def _member_shapes(model, tx, sample_batch, base_hparams):
+def member_shapes(model, tx, sample_batch, base_hparams):
   """One member's (params, model_state) as ShapeDtypeStructs (traced, not compiled)."""
   member = jax.eval_shape(lambda: state_lib.create(
       model, tx, sample_batch, base_hparams, jax.random.PRNGKey(0)))
@@ -69,7 +69,7 @@ def check_init_from(config, settings: dict[str, Any], info, sample_batch) -> dic
                                        precision=c.precision), c.model)
   tx, _ = optim.build(c.optim, c.train.num_steps)
   hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
-  return transfer.load(c.init_from, *_member_shapes(model, tx, sample_batch, hparams),
+  return transfer.load(c.init_from, *member_shapes(model, tx, sample_batch, hparams),
                        read=False)[1]
 
 
@@ -102,7 +102,7 @@ class Phase:
     self.sample_batch = train_data.sample_batch()
     # init_from: every member (and every refill) starts from the same copied arrays.
     self.init_copies, self.init_record = (
-        transfer.load(c.init_from, *_member_shapes(self.model, self.tx, self.sample_batch,
+        transfer.load(c.init_from, *member_shapes(self.model, self.tx, self.sample_batch,
                                                    self.base_hparams))
         if c.init_from.workdir else ({}, None))
     self.execution = execution_for(config, c.model.name)
