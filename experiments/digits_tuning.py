@@ -42,7 +42,9 @@ from typing import Any
 import ml_collections
 
 from experiments import common
-from jaxtrain import evaluate, train, tune, writers
+from jaxtrain import tune
+from jaxtrain.io import writers
+from jaxtrain.jobs import evaluate, train
 
 METHODS = {"single": "digits_mlp", "random": "digits_random", "pbt": "digits_pbt"}
 NUM_STEPS = 600  # Per member; what configs/digits_{random,pbt}.py train for.

@@ -34,7 +34,7 @@ from typing import Any
 import ml_collections
 
 from experiments import common
-from jaxtrain import train
+from jaxtrain.jobs import train
 
 MODELS = ("logistic", "mlp", "cnn", "gru")
 MODEL_LABELS = {"logistic": "logistic regression", "mlp": "MLP 100-100",

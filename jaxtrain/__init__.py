@@ -1,0 +1,35 @@
+"""jaxtrain: training and population-based tuning of JAX/Flax models from one config file.
+
+The public Python API, importable from a notebook with no flags:
+
+- `jaxtrain.train.run(config, workdir)`: one run (`jaxtrain/jobs/train.py`);
+- `jaxtrain.evaluate.run(workdir)`: evaluate a run's checkpoint (`jaxtrain/jobs/evaluate.py`);
+- `jaxtrain.tune.run(config, workdir)` and `jaxtrain.tune.cv.run(config, workdir)`: tuning
+  and cross-validation (`jaxtrain/tune/`);
+- `jaxtrain.config.base_config()`: every config key with its default;
+- `jaxtrain.writers.read_metrics(workdir)`, `jaxtrain.runs.compare(...)`: a run's records.
+
+`train`, `evaluate` and `writers` are loaded on first use (`from jaxtrain import train`),
+so `import jaxtrain.config` in a config file stays cheap. How the package is layered:
+docs/ARCHITECTURE.md.
+"""
+
+import importlib
+
+_LAZY = {
+    "train": "jaxtrain.jobs.train",
+    "evaluate": "jaxtrain.jobs.evaluate",
+    "writers": "jaxtrain.io.writers",
+}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    module = importlib.import_module(_LAZY[name])
+    globals()[name] = module
+    return module
+  raise AttributeError(f"module 'jaxtrain' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

@@ -17,7 +17,7 @@ from ml_collections import config_flags
 from jaxtrain import config as config_lib
 from jaxtrain import errors
 
-MODES = ("train", "eval", "compile")  # compile: jaxtrain/compile.py, no training.
+MODES = ("train", "eval", "compile")  # compile: jaxtrain/jobs/compile.py, no training.
 
 
 def parse(argv: list[str]):
@@ -45,7 +45,7 @@ def parse(argv: list[str]):
                       "(default) or 'best' (by checkpoint.best_metric).", flag_values=fv)
   flags.DEFINE_bool("allow_config_change", False, "Resume even if the config differs "
                     "from WORKDIR/config.json.", flag_values=fv)
-  # Multi-host (jaxtrain/distributed.py); a TPU pod slice needs none of these.
+  # Multi-host (jaxtrain/parallel/distributed.py); a TPU pod slice needs none of these.
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a "
                       "multi-process run.", flag_values=fv)
   flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.",

@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.batch_norm = False
   c.model.dropout_rate = 0.0  # A hyperparameter (array leaf in the state).
   c.model.remat = False  # Recompute each block's activations in the backward pass (nn.remat).
-  # LoRA (jaxtrain/lora.py): low-rank adapters on the kernels whose '/'-joined path
+  # LoRA (jaxtrain/core/lora.py): low-rank adapters on the kernels whose '/'-joined path
   # matches lora_targets (re.search); the base weights are frozen. 0 = off.
   c.model.lora_rank = 0
   c.model.lora_alpha = 1.0  # Adapter scale = lora_alpha / lora_rank.
@@ -97,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8  # adam, adamw
   c.optim.clip_norm = 0.0  # Global-norm clipping; 0 = off.
   c.optim.accumulate_steps = 1  # Gradient accumulation via optax.MultiSteps.
-  # Parameter groups (jaxtrain/param_groups.py), regexes searched in '/'-joined
+  # Parameter groups (jaxtrain/core/param_groups.py), regexes searched in '/'-joined
   # parameter paths such as 'Conv_0/kernel': frozen leaves get no update and no
   # optimizer state; 'regex=factor' scales the learning rate (first match wins).
   c.optim.freeze = ()
@@ -167,7 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune.early_stopping.patience = 0  # Evaluations without improvement per member; 0 = off.
   c.tune.early_stopping.min_delta = 0.0
 
-  # Compilation (jaxtrain/compile.py) and throughput (jaxtrain/throughput.py).
+  # Compilation (jaxtrain/jobs/compile.py) and throughput (jaxtrain/io/throughput.py).
   c.compile = ml_collections.ConfigDict()
   # Persistent XLA compilation cache shared by runs; "" = off.
   c.compile.cache_dir = "~/.cache/jaxtrain/compilation_cache"
@@ -183,7 +183,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.profile.num_steps = 0
 
   # Sections filled by their own modules (keys are added next to their owners' code):
-  # device mesh and partitioning (jaxtrain/sharding.py),
+  # device mesh and partitioning (jaxtrain/parallel/sharding.py),
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Batch split (data parallelism). -1 = every device the others leave.
   c.mesh.fsdp = 1  # Batch split, and large parameters + optimizer state sharded (FSDP).
@@ -194,7 +194,7 @@ def base_config() -> ml_collections.ConfigDict:
   # SPEC one entry per dimension: an axis, 'a+b', or None; e.g. '.*Dense_0/kernel=fsdp,model'.
   c.mesh.rules = ()
   c.mesh.fsdp_min_size = 2**16  # Unmatched leaves with this many elements shard over fsdp.
-  # transfer learning from another run's checkpoint (jaxtrain/transfer.py),
+  # transfer learning from another run's checkpoint (jaxtrain/jobs/transfer.py),
   c.init_from = ml_collections.ConfigDict()
   c.init_from.workdir = ""  # A run's workdir; "" = start from the fresh initialization.
   c.init_from.step = "latest"  # latest (or 0) | best | a step number.
@@ -289,7 +289,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   metric) exists. Nothing is compiled or downloaded.
   """
   # Imported here so that `jaxtrain.config` stays cheap to import for configs.
-  from jaxtrain import models, optim  # pylint: disable=g-import-not-at-top
+  from jaxtrain import models  # pylint: disable=g-import-not-at-top
+  from jaxtrain.core import optim
   from jaxtrain.data import catalog  # pylint: disable=g-import-not-at-top
 
   if not isinstance(config, ml_collections.ConfigDict):
@@ -321,7 +322,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.train.max_consecutive_skips <= 0:
     raise errors.UserError(
         f"train.max_consecutive_skips={config.train.max_consecutive_skips} must be > 0")
-  from jaxtrain import perf_config  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import perf_config  # pylint: disable=g-import-not-at-top
   perf_config.validate(config)
   if config.data.pipeline not in PIPELINES:
     raise errors.unknown_choice("data.pipeline", config.data.pipeline, PIPELINES)
@@ -331,13 +332,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.check_config(config.model)
   optim.check_config(config.optim)
   # Transfer learning (issue 5): few-shot data, parameter groups, LoRA, EMA, init_from.
-  from jaxtrain import lora, param_groups, transfer  # pylint: disable=g-import-not-at-top
+  from jaxtrain.core import lora, param_groups  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import transfer
   from jaxtrain.data import subset  # pylint: disable=g-import-not-at-top
   subset.check_config(config.data)
   param_groups.check_config(config.optim)
   lora.check_config(config.model)
   transfer.check_config(config)
-  from jaxtrain import sharding  # pylint: disable=g-import-not-at-top
+  from jaxtrain.parallel import sharding  # pylint: disable=g-import-not-at-top
   sharding.check_config(config.mesh)  # Sizes against devices: sharding.make_mesh.
   from jaxtrain.analysis import options as analysis_options  # pylint: disable=g-import-not-at-top
   analysis_options.check_config(config.eval)

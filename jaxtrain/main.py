@@ -12,7 +12,8 @@ import json
 import sys
 
 from jaxtrain import config as config_lib
-from jaxtrain import distributed, errors
+from jaxtrain import errors
+from jaxtrain.parallel import distributed
 from jaxtrain.cli import parse
 
 
@@ -24,11 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     distributed.initialize(*options["distributed"])
     if config is not None:  # Schema first: the dispatch below reads config.tune.
       config_lib.validate(config)
-      from jaxtrain import compile as compile_lib  # pylint: disable=g-import-not-at-top
+      from jaxtrain.jobs import compile as compile_lib  # pylint: disable=g-import-not-at-top
       compile_lib.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
     # Each entry point also validates (dataset splits too) before device work.
     if options["mode"] == "eval":
-      from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
+      from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
       result = evaluate.run(workdir, config, step=options["step"], report=True)
       print(json.dumps(result), file=sys.stdout)
       return 0
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             f"members, {result['member_steps']} member-steps; best member exported to "
             f"{workdir}/best", file=sys.stderr)
       return 0
-    from jaxtrain import train  # pylint: disable=g-import-not-at-top
+    from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
     result = train.run(config, workdir, stop_after_steps=options["stop_after_steps"],
                        allow_config_change=options["allow_config_change"])
   except errors.JaxtrainError as e:

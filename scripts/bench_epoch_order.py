@@ -17,8 +17,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxtrain import models, optim
-from jaxtrain import step as step_lib
+from jaxtrain import models
+from jaxtrain.core import optim
+from jaxtrain.core import step as step_lib
 from jaxtrain.config import base_config
 from jaxtrain.data import pipeline
 from jaxtrain.tune import population as pop_lib

@@ -145,7 +145,8 @@ class CompileTimes:
 
 def jaxtrain_run(config, steps: int, log_every: int, compiles: CompileTimes) -> dict:
   """One `train.run`; returns its steady-state rates, startup, teardown and compile time."""
-  from jaxtrain import train, writers  # pylint: disable=g-import-not-at-top
+  from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import train
   c = config.copy_and_resolve_references()
   c.train.num_steps = steps
   c.train.log_every_steps = log_every

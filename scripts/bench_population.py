@@ -44,9 +44,11 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxtrain import models, optim, writers  # noqa: E402
-from jaxtrain import step as step_lib  # noqa: E402
-from jaxtrain import state as state_lib  # noqa: E402
+from jaxtrain import models  # noqa: E402
+from jaxtrain.core import optim
+from jaxtrain.io import writers
+from jaxtrain.core import step as step_lib  # noqa: E402
+from jaxtrain.core import state as state_lib  # noqa: E402
 from jaxtrain.config import base_config  # noqa: E402
 from jaxtrain.data import pipeline  # noqa: E402
 from jaxtrain.tune import execution as execution_lib  # noqa: E402
@@ -571,8 +573,10 @@ def ray_pbt(args, root: Path, steps: int, interval: int) -> dict:
       import zlib  # pylint: disable=g-import-not-at-top
       import jax as jx  # pylint: disable=g-import-not-at-top
       import jax.numpy as jnpx  # pylint: disable=g-import-not-at-top
-      from jaxtrain import evaluate as ev, models as mdl, optim as opt  # pylint: disable=g-import-not-at-top
-      from jaxtrain import state as st, step as stp  # pylint: disable=g-import-not-at-top
+      from jaxtrain import models as mdl  # pylint: disable=g-import-not-at-top
+      from jaxtrain.core import optim as opt
+      from jaxtrain.jobs import evaluate as ev
+      from jaxtrain.core import state as st, step as stp  # pylint: disable=g-import-not-at-top
       from jaxtrain.data import pipeline as pl  # pylint: disable=g-import-not-at-top
       c = ev.load_config(config_dir)
       data, info = pl.create_train_data(c.data, c.seed)
@@ -676,7 +680,7 @@ def ray_pbt(args, root: Path, steps: int, interval: int) -> dict:
 
 def bench_peers(args, root: Path) -> dict:
   import optuna  # pylint: disable=g-import-not-at-top
-  from jaxtrain import train  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
   from jaxtrain.tune import loop as tune_loop  # pylint: disable=g-import-not-at-top
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   steps = args.peer_steps

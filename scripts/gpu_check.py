@@ -8,7 +8,7 @@ Trains configs/charlm_transformer.py widened to --width x --depth (bf16 compute,
 median `examples_per_sec`, `steps_per_sec` and `mfu` that the run logged to
 metrics.jsonl (first interval dropped: it includes compilation), and the
 `--mode=compile` memory/FLOPs report. MFU uses the peak table in
-jaxtrain/throughput.py (H100/H200: 989 TFLOP/s dense bf16); pass
+jaxtrain/io/throughput.py (H100/H200: 989 TFLOP/s dense bf16); pass
 --peak_tflops on other devices. Unmeasured so far: no session that wrote it
 had a GPU.
 """
@@ -67,7 +67,8 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   sys.path.insert(0, str(REPO))
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxtrain import compile as compile_lib, train, writers  # pylint: disable=g-import-not-at-top
+  from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import compile as compile_lib, train
   config = make_config(args)
   print(f"devices: {jax.devices()}", file=sys.stderr)
   report = compile_lib.run(config, None)

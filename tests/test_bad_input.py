@@ -168,7 +168,7 @@ CASES = [
     ("batch_larger_than_dataset", [CONFIG, WORKDIR, "--config.data.batch_size=5000"],
      ["data.batch_size=5000", "1437 examples", "lower data.batch_size"]),
     ("eval_without_checkpoint", [CONFIG, WORKDIR, "--mode=eval"], ["no checkpoint", "train first"]),
-    # Precision, steps per call, compile, throughput, profile (jaxtrain/perf_config.py).
+    # Precision, steps per call, compile, throughput, profile (jaxtrain/jobs/perf_config.py).
     ("unknown_precision", [CONFIG, WORKDIR, "--config.precision=fp16"],
      ["precision='fp16'", "choose one of: bf16, f32"]),
     ("zero_steps_per_call", [CONFIG, WORKDIR, "--config.train.steps_per_call=0"],
@@ -213,7 +213,7 @@ CASES = [
     ("cv_holdout_out_of_range",
      [CONFIG, WORKDIR, "--config.eval.cross_validation.holdout_fraction=1.5"],
      ["eval.cross_validation.holdout_fraction=1.5 must be in (0, 1)"]),
-    # Transfer learning (jaxtrain/transfer.py, param_groups.py, lora.py, data/subset.py).
+    # Transfer learning (jaxtrain/jobs/transfer.py, param_groups.py, lora.py, data/subset.py).
     ("init_from_not_a_run", [CONFIG, WORKDIR, "--config.init_from.workdir={tmp}"],
      ["init_from.workdir=", "holds no jaxtrain run", "train that run first"]),
     ("init_from_rename_malformed", [CONFIG, WORKDIR, "--config.init_from.rename=('Dense_0',)"],

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain import errors, models, optim, writers
-from jaxtrain import state as state_lib
-from jaxtrain import step as step_lib
+from jaxtrain import errors, models
+from jaxtrain.core import optim
+from jaxtrain.io import writers
+from jaxtrain.core import state as state_lib
+from jaxtrain.core import step as step_lib
 from jaxtrain.data import pipeline
 from jaxtrain.tune import cv, folds
 from jaxtrain.tune import population as pop_lib
@@ -131,7 +133,7 @@ def test_stopped_cross_validation_resumes_bitwise_and_refuses_another_config(tmp
                        "checkpoint.every_steps": 20, "optim.learning_rate": 0.5})
   with pytest.raises(errors.UserError, match="holds a run with a different config"):
     cv.run(other, tmp_path / "split")
-  from jaxtrain import evaluate  # --mode=eval on it: one line, not a checkpoint mismatch.
+  from jaxtrain.jobs import evaluate  # --mode=eval on it: one line, not a checkpoint mismatch.
   with pytest.raises(errors.UserError, match="is a cross-validation run: its results are in"):
     evaluate.run(tmp_path / "split")
   assert json.loads((tmp_path / "split" / "cv.json").read_text())["step"] == 40  # Kept.
@@ -165,7 +167,7 @@ def test_folds_start_from_init_from_and_lora_trains_adapters(tmp_path):
   """init_from in cross-validation: every fold starts from the checkpoint (at a
   learning rate of 1e-9 each fold scores like the pretrained model, not at chance);
   with LoRA the folds train adapters over those weights."""
-  from jaxtrain import train
+  from jaxtrain.jobs import train
   train.run(tiny_config(), tmp_path / "pre")
   start = {"train.num_steps": 10, "train.eval_every_steps": 10, "optim.learning_rate": 1e-9,
            "init_from.workdir": str(tmp_path / "pre")}

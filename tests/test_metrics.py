@@ -6,7 +6,7 @@ import pytest
 from scipy import special
 from sklearn import calibration, metrics as skm
 
-from jaxtrain import metrics
+from jaxtrain.core import metrics
 
 NUM_CLASSES, NUM_EXAMPLES, BATCH = 7, 500, 128
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtrain import optim
+from jaxtrain.core import optim
 from jaxtrain.config import base_config
 
 

@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain import compile as compile_lib
-from jaxtrain import main, models, optim, state as state_lib, step as step_lib, throughput, train
-from jaxtrain import writers
+from jaxtrain.jobs import compile as compile_lib
+from jaxtrain import main, models
+from jaxtrain.core import optim, state as state_lib, step as step_lib
+from jaxtrain.io import throughput
+from jaxtrain.jobs import train
+from jaxtrain.io import writers
 from tests.conftest import tiny_config
 
 TIMING_KEYS = ("steps_per_sec", "examples_per_sec", "mfu")
@@ -184,7 +187,7 @@ def test_compilation_cache_dir(tmp_path):
 
 
 def test_steps_per_call_plan():
-  from jaxtrain import multistep
+  from jaxtrain.core import multistep
   stops = multistep.next_stop(0, (10, 20), (60, None))
   assert stops == 10
   sizes, step = [], 0

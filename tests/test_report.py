@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxtrain import errors, evaluate, runs, train
+from jaxtrain import errors, runs
+from jaxtrain.jobs import evaluate, train
 
 RATES = (1e-2, 3e-3)
 

@@ -12,8 +12,12 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxtrain import errors, evaluate, optim, sharding, train, writers
-from jaxtrain import state as state_lib
+from jaxtrain import errors
+from jaxtrain.core import optim
+from jaxtrain.io import writers
+from jaxtrain.jobs import evaluate, train
+from jaxtrain.parallel import sharding
+from jaxtrain.core import state as state_lib
 from jaxtrain.config import base_config
 from tests.conftest import tiny_config
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxtrain import train, writers
+from jaxtrain.io import writers
+from jaxtrain.jobs import train
 from tests.conftest import tiny_config
 
 
@@ -146,7 +147,7 @@ def _checkpointed_params_finite(workdir):
 
 
 def test_nan_policy_stop_keeps_the_last_good_checkpoint(tmp_path):
-  from jaxtrain.train import NonFiniteError
+  from jaxtrain.jobs.train import NonFiniteError
   # An infinite learning rate makes the first update infinite.
   config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": float("inf"),
                           "train.num_steps": 200, "checkpoint.every_steps": 10})
@@ -158,7 +159,7 @@ def test_nan_policy_stop_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_nan_policy_skip_stops_after_consecutive_skips(tmp_path):
-  from jaxtrain.train import NonFiniteError
+  from jaxtrain.jobs.train import NonFiniteError
   config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": float("inf"),
                           "train.num_steps": 200, "train.nan_policy": "skip",
                           "train.max_consecutive_skips": 3})
@@ -256,7 +257,7 @@ def small_disk(tmp_path):
 
 
 def test_full_disk_stops_the_run_and_keeps_the_last_committed_checkpoint(tmp_path, small_disk):
-  from jaxtrain import checkpoint as checkpoint_lib
+  from jaxtrain.io import checkpoint as checkpoint_lib
   from jaxtrain import errors
   workdir = tmp_path / "run"
   workdir.mkdir()

@@ -1,5 +1,5 @@
 """Transfer learning: init_from, frozen leaves and per-group learning rates, EMA, LoRA,
-class filtering / few-shot subsets (jaxtrain/transfer.py, param_groups.py, ema.py,
+class filtering / few-shot subsets (jaxtrain/jobs/transfer.py, param_groups.py, ema.py,
 lora.py, data/subset.py)."""
 
 import json
@@ -12,9 +12,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import tiny_config
-from jaxtrain import ema, errors, evaluate, lora, models, optim, param_groups, train, transfer
-from jaxtrain import state as state_lib
-from jaxtrain import step as step_lib
+from jaxtrain import errors, models
+from jaxtrain.core import ema, lora, optim, param_groups
+from jaxtrain.jobs import evaluate, train, transfer
+from jaxtrain.core import state as state_lib
+from jaxtrain.core import step as step_lib
 from jaxtrain.data import pipeline, subset
 
 
@@ -203,7 +205,7 @@ def test_ema_is_evaluated_checkpointed_and_resumes_bitwise(tmp_path):
   records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
   assert [r["step"] for r in records if "eval/ema_accuracy" in r] == [20, 40]
   # --mode=eval reports the average too, equal to the loop's final evaluation.
-  from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
   evaluated = evaluate.run(tmp_path / "whole")
   for key in ("eval/accuracy", "eval/loss", "eval/ema_accuracy", "eval/ema_loss"):
     assert evaluated[key] == pytest.approx(whole["final"][key], rel=1e-6), key

@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain import errors, models, optim, train, writers
+from jaxtrain import errors, models
+from jaxtrain.core import optim
+from jaxtrain.io import writers
+from jaxtrain.jobs import train
 from jaxtrain.data import pipeline
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import population as pop_lib
@@ -177,7 +180,7 @@ def test_pbt_runs_compiles_once_and_records_lineage(pbt_run):
 
 
 def test_best_member_is_exported_as_a_normal_run(pbt_run):
-  from jaxtrain import evaluate
+  from jaxtrain.jobs import evaluate
   workdir, result = pbt_run
   best = workdir / "best"
   final = json.loads((best / "final.json").read_text())
@@ -399,7 +402,7 @@ def test_members_keep_and_evaluate_their_ema_like_single_runs(tmp_path):
   """train.ema_decay in a tuning run: each member's average is evaluated (eval/ema_*
   per member in metrics.jsonl), survives exploit copies and resume (part of the member
   state), and the exported best reports it again under --mode=eval."""
-  from jaxtrain import evaluate
+  from jaxtrain.jobs import evaluate
   config = tune_config("pbt", size=4, **{"train.ema_decay": 0.9})
   config.tune.metric = "eval/ema_loss"  # Members ranked by their averages.
   result = tune_run.run(config, tmp_path / "whole")
@@ -424,7 +427,8 @@ def test_lora_search_over_ranks_from_a_pretrained_run(tmp_path):
   """LoRA in a tuning run: each model.lora_rank is one compiled group, members train
   adapters only on top of the init_from weights (left bitwise unchanged), and the
   best member is exported with its adapters merged into a plain run."""
-  from jaxtrain import evaluate, lora
+  from jaxtrain.core import lora
+  from jaxtrain.jobs import evaluate
   train.run(tiny_config(), tmp_path / "pre")
   config = tune_config("grid", size=2, **{"train.num_steps": 20, "train.eval_every_steps": 10,
                                           "checkpoint.every_steps": 10})

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain import writers
+from jaxtrain.io import writers
 from jaxtrain.tune import execution as execution_lib
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import loop as tune_loop

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxtrain import models, step as step_lib, train
+from jaxtrain import models
+from jaxtrain.core import step as step_lib
+from jaxtrain.jobs import train
 from jaxtrain.config import base_config
 from jaxtrain.data import catalog, charlm
 from jaxtrain.models import resnet
-from jaxtrain.state import TrainState
+from jaxtrain.core.state import TrainState
 
 NO_DROP = {"dropout_rate": jnp.float32(0.0)}
 # Tiny test variants of each model (config.model fields).

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain import metrics as metrics_lib
+from jaxtrain.core import metrics as metrics_lib
 from jaxtrain import models
 from jaxtrain.analysis import attribution, plots, robustness
 from jaxtrain.analysis import slices as slices_lib

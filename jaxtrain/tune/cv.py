@@ -30,9 +30,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import checkpoint as checkpoint_lib
+from jaxtrain.io import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
-from jaxtrain import errors, lora, models, optim, preemption, train, transfer, writers
+from jaxtrain import errors, models
+from jaxtrain.core import lora, optim
+from jaxtrain.io import preemption, writers
+from jaxtrain.jobs import train, transfer
 from jaxtrain.data import catalog, pipeline, subset
 from jaxtrain.tune import folds as folds_lib
 from jaxtrain.tune import phase as phase_lib

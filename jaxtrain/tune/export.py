@@ -9,10 +9,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxtrain import checkpoint as checkpoint_lib
-from jaxtrain import state as state_lib
-from jaxtrain import step as step_lib
-from jaxtrain import train, writers
+from jaxtrain.io import checkpoint as checkpoint_lib
+from jaxtrain.core import state as state_lib
+from jaxtrain.core import step as step_lib
+from jaxtrain.io import writers
+from jaxtrain.jobs import train
 from jaxtrain.tune.phase import member_config
 
 
@@ -60,7 +61,7 @@ def export_member(config, member: dict, state, directory: Path, schedule) -> Non
            "num_params": state_lib.num_params(state.params), "member": member["id"],
            "settings": member["settings"]}
   if single.model.lora_rank > 0:  # As a single LoRA run: the adapters merged, a plain run.
-    from jaxtrain import transfer  # pylint: disable=g-import-not-at-top
+    from jaxtrain.jobs import transfer  # pylint: disable=g-import-not-at-top
     final["lora_merged_workdir"] = str(transfer.export_merged(
         single, state, directory / "merged", final))
   (directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")

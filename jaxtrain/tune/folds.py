@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain import step as step_lib
+from jaxtrain.core import step as step_lib
 from jaxtrain.data import pipeline
 
 _FOLD_SEED = 0xC5  # Separates the fold assignment from other uses of the seed.

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jaxtrain import writers
+from jaxtrain.io import writers
 
 
 def _clean(value: Any) -> Any:

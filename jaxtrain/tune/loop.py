@@ -22,10 +22,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxtrain import checkpoint as checkpoint_lib
-from jaxtrain import compile as compile_lib
+from jaxtrain.io import checkpoint as checkpoint_lib
+from jaxtrain.jobs import compile as compile_lib
 from jaxtrain import config as config_lib
-from jaxtrain import errors, preemption, provenance, train, transfer, writers
+from jaxtrain import errors
+from jaxtrain.io import preemption, provenance, writers
+from jaxtrain.jobs import train, transfer
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import phase as phase_lib
@@ -293,7 +295,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   result = {"status": status, **_result(c, loop, compiles, executions, time.perf_counter() - wall_start)}
   if status == "completed" and c.data.test_split and loop.get("best"):
     # Members were compared on data.eval_split; the winner alone meets the test split.
-    from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
+    from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
     test_config = evaluate.load_config(workdir / "best")
     test_config.data.eval_split = c.data.test_split
     test = evaluate.run(workdir / "best", test_config)

@@ -16,8 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import ema as ema_lib, lora, models, optim, sharding, transfer
-from jaxtrain import state as state_lib
+from jaxtrain import models
+from jaxtrain.core import ema as ema_lib, lora, optim
+from jaxtrain.jobs import transfer
+from jaxtrain.parallel import sharding
+from jaxtrain.core import state as state_lib
 from jaxtrain.data import pipeline
 from jaxtrain.tune import execution as execution_lib
 from jaxtrain.tune import population as pop_lib

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jaxtrain import writers
+from jaxtrain.io import writers
 from jaxtrain.tune import lineage as lineage_lib
 
 _LOG_SCALE = ("learning_rate", "weight_decay", "eps")

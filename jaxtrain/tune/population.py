@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain import metrics as metrics_lib
-from jaxtrain import optim
-from jaxtrain import state as state_lib
-from jaxtrain import step as step_lib
+from jaxtrain.core import metrics as metrics_lib
+from jaxtrain.core import optim
+from jaxtrain.core import state as state_lib
+from jaxtrain.core import step as step_lib
 from jaxtrain.data import pipeline
 from jaxtrain.tune import space as space_lib
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import jax
 
-from jaxtrain import errors, throughput
+from jaxtrain import errors
+from jaxtrain.io import throughput
 
 CACHE_MAX_BYTES = 4 * 2**30  # Least recently used entries are evicted beyond this.
 
@@ -145,6 +146,6 @@ def run(config, workdir) -> dict[str, Any]:
   scratch directory so that no config snapshot, log or checkpoint is written.
   """
   del workdir  # Accepted for symmetry with the other modes; nothing is written there.
-  from jaxtrain import train  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory(prefix="jaxtrain_compile_") as scratch:
     return train.run(config, scratch, compile_only=True)

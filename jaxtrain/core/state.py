@@ -26,7 +26,7 @@ class TrainState(flax.struct.PyTreeNode):
       (`dropout_rate`, `label_smoothing`), data like the optimizer's.
     rng: base PRNG key; step `s` uses `fold_in(rng, s)`.
     ema_params: moving average of `params` when `hparams` has `ema_decay`
-      (see jaxtrain/ema.py), else None (no leaves).
+      (see jaxtrain/core/ema.py), else None (no leaves).
   """
   step: jax.Array
   params: Any

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain import errors, lora
-from jaxtrain.param_groups import path_str
+from jaxtrain import errors
+from jaxtrain.core import lora
+from jaxtrain.core.param_groups import path_str
 
 _STEP_WORDS = ("latest", "best")
 
@@ -192,7 +193,7 @@ def load(init_config, params, model_state, *, read: bool = True
     UserError: the checkpoint does not fit (every problem listed), or cannot be read.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from jaxtrain import evaluate  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
   source_dir = Path(init_config.workdir).expanduser().absolute()  # Orbax wants absolute paths.
   source_config = evaluate.load_config(source_dir)
   step = _resolve_step(source_dir / "checkpoints", str(init_config.step))
@@ -297,10 +298,11 @@ def export_merged(config, state, directory: Path, final: dict) -> Path:
   init_from), so `--mode=eval --workdir=DIR` and `init_from.workdir=DIR` treat
   it like any run. The optimizer state is fresh.
   """
-  from jaxtrain import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from jaxtrain.io import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from jaxtrain import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxtrain import optim, step as step_lib, train  # pylint: disable=g-import-not-at-top
-  from jaxtrain import state as state_lib  # pylint: disable=g-import-not-at-top
+  from jaxtrain.core import optim, step as step_lib  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import train
+  from jaxtrain.core import state as state_lib  # pylint: disable=g-import-not-at-top
   base = copy.deepcopy(config)
   defaults = config_lib.base_config()
   with base.unlocked():

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain import ema as ema_lib, losses, metrics as metrics_lib, models, optim
-from jaxtrain.state import TrainState
+from jaxtrain import models
+from jaxtrain.core import ema as ema_lib, losses, metrics as metrics_lib, optim
+from jaxtrain.core.state import TrainState
 
 
 def train_step(model: models.Model, tx: optax.GradientTransformation,

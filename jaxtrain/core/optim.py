@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain import errors, param_groups
+from jaxtrain import errors
+from jaxtrain.core import param_groups
 
 NAMES = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "linear", "exponential", "piecewise")
@@ -135,7 +136,7 @@ def build(optim_config, num_train_steps: int) -> tuple[optax.GradientTransformat
     given = dict(learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum,
                  b1=b1, b2=b2, eps=eps, clip_norm=clip_norm)
     given = {k: v for k, v in given.items() if v is not None}
-    if freeze or multipliers:  # Parameter groups: see jaxtrain/param_groups.py.
+    if freeze or multipliers:  # Parameter groups: see jaxtrain/core/param_groups.py.
       return param_groups.grouped(
           lambda **h: make_transform(name, shape, nesterov, **h),
           lambda norm: _clip_by_global_norm_or_off(jnp.asarray(norm, jnp.float32)), given,

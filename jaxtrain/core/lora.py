@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxtrain import errors
 from jaxtrain.models import Model
-from jaxtrain.param_groups import path_str
+from jaxtrain.core.param_groups import path_str
 
 BASE = "lora_base"  # The collection holding the frozen base parameters.
 _INPUT_FIRST = ("query", "key", "value")

@@ -18,15 +18,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxtrain import checkpoint as checkpoint_lib
+from jaxtrain.io import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
-from jaxtrain import compile as compile_lib
-from jaxtrain import errors, models, multistep, optim, preemption, profiling, provenance
-from jaxtrain import step as step_lib, throughput as throughput_lib, writers
-from jaxtrain import metrics as metrics_lib
-from jaxtrain import distributed, sharding
-from jaxtrain import state as state_lib
-from jaxtrain import ema as ema_lib, lora, transfer
+from jaxtrain.jobs import compile as compile_lib
+from jaxtrain import errors, models
+from jaxtrain.core import multistep, optim
+from jaxtrain.io import preemption, profiling, provenance
+from jaxtrain.core import step as step_lib
+from jaxtrain.io import throughput as throughput_lib, writers
+from jaxtrain.core import metrics as metrics_lib
+from jaxtrain.parallel import distributed, sharding
+from jaxtrain.core import state as state_lib
+from jaxtrain.core import ema as ema_lib, lora
+from jaxtrain.jobs import transfer
 from jaxtrain.data import catalog, pipeline
 
 TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate", "count")
@@ -124,7 +128,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   hparams.update(ema_lib.hparams(c.train))  # train.ema_decay > 0: EMA params in the state.
   create = jax.jit(lambda batch, rng: state_lib.create(model, tx, batch, hparams, rng))
 
-  # --- Mesh: where each array lives (config.mesh, jaxtrain/sharding.py).
+  # --- Mesh: where each array lives (config.mesh, jaxtrain/parallel/sharding.py).
   placement = sharding.Placement.for_run(c, tx, jax.eval_shape(
       create, train_data.sample_batch(), jax.random.PRNGKey(c.seed)))
   create = jax.jit(create, out_shardings=placement.state)

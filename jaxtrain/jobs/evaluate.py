@@ -16,13 +16,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxtrain import checkpoint as checkpoint_lib
-from jaxtrain import compile as compile_lib
+from jaxtrain.io import checkpoint as checkpoint_lib
+from jaxtrain.jobs import compile as compile_lib
 from jaxtrain import config as config_lib
-from jaxtrain import ema as ema_lib, errors, lora, models, optim, step as step_lib
-from jaxtrain import metrics as metrics_lib
-from jaxtrain import sharding
-from jaxtrain import state as state_lib
+from jaxtrain import errors, models
+from jaxtrain.core import ema as ema_lib, lora, optim, step as step_lib
+from jaxtrain.core import metrics as metrics_lib
+from jaxtrain.parallel import sharding
+from jaxtrain.core import state as state_lib
 from jaxtrain.data import pipeline
 
 

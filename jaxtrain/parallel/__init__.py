@@ -1,0 +1,2 @@
+"""Where arrays live: the device mesh and shardings (`sharding`), and multi-process
+start-up (`distributed`)."""
