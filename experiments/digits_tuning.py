@@ -42,6 +42,7 @@ from typing import Any
 import ml_collections
 
 from experiments import common
+from jaxtrain import config as config_lib
 from jaxtrain import tune
 from jaxtrain.io import writers
 from jaxtrain.jobs import evaluate, train
@@ -70,7 +71,7 @@ def method_config(method: str, quick: bool = False) -> ml_collections.ConfigDict
 
 def _single(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
   final = train.run(config, workdir)
-  test_config = evaluate.load_config(workdir)
+  test_config = config_lib.load_snapshot(workdir)
   test_config.data.eval_split = TEST_SPLIT
   test = evaluate.run(workdir, test_config)  # The latest checkpoint: the final state.
   return {"test_accuracy": test["eval/accuracy"],

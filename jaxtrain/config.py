@@ -1,14 +1,18 @@
-"""The base config (every key jaxtrain knows) and its validation.
+"""The config schema: every key jaxtrain knows, with its default and type.
 
 Config files in `configs/` start from `base_config()` and override a few
-fields. `validate()` checks a config against this schema and the registries of
-models, optimizers, schedules and datasets, and raises a one-line `UserError`
-before anything is compiled.
+fields. This module is the schema only: the keys (`base_config`), flattening,
+checking keys and types against the schema (`check_schema`), and reading a
+workdir's config snapshot back (`load_snapshot`). Whether values make sense
+(ranges, names of models, optimizers, datasets) is checked by the components
+that own them, all called from `jaxtrain.jobs.checks.validate`.
 """
 
 from __future__ import annotations
 
-import math
+import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -25,15 +29,12 @@ RANKABLE_METRICS = {
     "eval/bits_per_char": "min",  # Language models (per-token labels) only.
 }
 
-PIPELINES = ("auto", "device", "grain")
-
-
 def base_config() -> ml_collections.ConfigDict:
   """Returns the config with every key and its default value."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # "f32", or "bf16": bfloat16 compute with float32 parameters, optimizer state
-  # and loss (see jaxtrain/precision.py).
+  # and loss (the models' `dtype`, jaxtrain/models/__init__.py).
   c.precision = "f32"
 
   c.data = ml_collections.ConfigDict()
@@ -167,7 +168,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune.early_stopping.patience = 0  # Evaluations without improvement per member; 0 = off.
   c.tune.early_stopping.min_delta = 0.0
 
-  # Compilation (jaxtrain/jobs/compile.py) and throughput (jaxtrain/io/throughput.py).
+  # Compilation (jaxtrain/io/compilation.py, jaxtrain/jobs/compile.py) and throughput
+  # (jaxtrain/io/throughput.py).
   c.compile = ml_collections.ConfigDict()
   # Persistent XLA compilation cache shared by runs; "" = off.
   c.compile.cache_dir = "~/.cache/jaxtrain/compilation_cache"
@@ -236,8 +238,13 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[
   return out
 
 
-def _check_schema(config: ml_collections.ConfigDict) -> None:
-  """Every key is known and every value has the type of its default."""
+def check_schema(config) -> None:
+  """Raises a one-line `UserError` unless `config` is a ConfigDict with every key of
+  `base_config()`, no other key, and each value of its default's type."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise errors.UserError(
+        f"a config must be an ml_collections.ConfigDict, got {type(config).__name__}; "
+        "get_config() should return jaxtrain.config.base_config() with overrides")
   known = flatten(base_config())
   # The search space is free-form here; jaxtrain.tune.space checks it.
   given = {k: v for k, v in flatten(config).items() if not k.startswith("tune.space.")}
@@ -268,97 +275,71 @@ def _check_schema(config: ml_collections.ConfigDict) -> None:
           "jaxtrain.config.base_config() so every key has a value")
 
 
-def _positive(config, *keys: str) -> None:
-  flat = flatten(config)
-  for key in keys:
-    if flat[key] <= 0:
-      raise errors.UserError(f"{key}={flat[key]!r} must be > 0")
-
-
-def _in_range(config, key: str, low: float, high: float) -> None:
-  value = flatten(config)[key]
-  if not (low <= value < high) or math.isnan(value):
-    raise errors.UserError(f"{key}={value!r} must be in [{low}, {high})")
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises a one-line `UserError` for anything wrong with `config`.
-
-  Checks the schema (unknown or missing keys, wrong types), value ranges, and
-  that every named component (dataset, model, activation, optimizer, schedule,
-  metric) exists. Nothing is compiled or downloaded.
-  """
-  # Imported here so that `jaxtrain.config` stays cheap to import for configs.
-  from jaxtrain import models  # pylint: disable=g-import-not-at-top
-  from jaxtrain.core import optim
-  from jaxtrain.data import catalog  # pylint: disable=g-import-not-at-top
-
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise errors.UserError(
-        f"a config must be an ml_collections.ConfigDict, got {type(config).__name__}; "
-        "get_config() should return jaxtrain.config.base_config() with overrides")
-  _check_schema(config)
-  _positive(config, "data.batch_size", "data.eval_batch_size", "data.device_max_mb",
-            "train.num_steps", "train.eval_every_steps", "train.log_every_steps",
-            "checkpoint.every_steps", "checkpoint.keep", "optim.learning_rate",
-            "optim.accumulate_steps", "optim.schedule.transition_steps")
-  for key in ("optim.weight_decay", "optim.clip_norm", "optim.eps",
-              "optim.schedule.warmup_steps", "optim.schedule.end_factor",
-              "early_stopping.patience", "early_stopping.min_delta"):
-    value = flatten(config)[key]
-    if value < 0 or value != value:
-      raise errors.UserError(f"{key}={value!r} must be >= 0")
-  _in_range(config, "model.dropout_rate", 0.0, 1.0)
-  _in_range(config, "loss.label_smoothing", 0.0, 1.0)
-  for key in ("optim.momentum", "optim.b1", "optim.b2"):
-    _in_range(config, key, 0.0, 1.0)
-  if config.optim.schedule.warmup_steps >= config.train.num_steps:
-    raise errors.UserError(
-        f"optim.schedule.warmup_steps={config.optim.schedule.warmup_steps} must be "
-        f"smaller than train.num_steps={config.train.num_steps}")
-  if config.train.nan_policy not in ("stop", "skip", "none"):
-    raise errors.unknown_choice("train.nan_policy", config.train.nan_policy,
-                                ("stop", "skip", "none"))
-  if config.train.max_consecutive_skips <= 0:
-    raise errors.UserError(
-        f"train.max_consecutive_skips={config.train.max_consecutive_skips} must be > 0")
-  from jaxtrain.jobs import perf_config  # pylint: disable=g-import-not-at-top
-  perf_config.validate(config)
-  if config.data.pipeline not in PIPELINES:
-    raise errors.unknown_choice("data.pipeline", config.data.pipeline, PIPELINES)
-  for key in ("checkpoint.best_metric", "early_stopping.metric"):
-    check_rankable(key, flatten(config)[key], config)
-  catalog.check_name(config.data.name)
-  models.check_config(config.model)
-  optim.check_config(config.optim)
-  # Transfer learning (issue 5): few-shot data, parameter groups, LoRA, EMA, init_from.
-  from jaxtrain.core import lora, param_groups  # pylint: disable=g-import-not-at-top
-  from jaxtrain.jobs import transfer
-  from jaxtrain.data import subset  # pylint: disable=g-import-not-at-top
-  subset.check_config(config.data)
-  param_groups.check_config(config.optim)
-  lora.check_config(config.model)
-  transfer.check_config(config)
-  from jaxtrain.parallel import sharding  # pylint: disable=g-import-not-at-top
-  sharding.check_config(config.mesh)  # Sizes against devices: sharding.make_mesh.
-  from jaxtrain.analysis import options as analysis_options  # pylint: disable=g-import-not-at-top
-  analysis_options.check_config(config.eval)
-
-
-def check_rankable(key: str, metric: str, config) -> None:
-  """Raises `UserError` unless `metric` is rankable and this config reports it."""
-  if metric not in RANKABLE_METRICS:
-    raise errors.unknown_choice(key, metric, RANKABLE_METRICS)
-  if metric.startswith("eval/ema_") and not config.train.ema_decay > 0:
-    raise errors.UserError(
-        f"{key}={metric!r} needs train.ema_decay > 0 (the average is evaluated only then); "
-        "set train.ema_decay (e.g. 0.99) or rank by eval/accuracy or eval/loss")
-  if metric == "eval/bits_per_char" and config.model.name != "transformer":
-    raise errors.UserError(
-        f"{key}={metric!r} is reported for language models only (model.name='transformer', "
-        f"not {config.model.name!r}); rank by eval/loss")
-
-
 def mode_of(metric: str) -> str:
   """'max' or 'min': which direction of `metric` is better."""
   return RANKABLE_METRICS[metric]
+
+
+def set_flat(config: ml_collections.ConfigDict, settings: dict[str, Any]) -> None:
+  """Sets {'optim.learning_rate': 0.01, ...} in `config`, in the type of each default.
+
+  Values that went through JSON come back as lists and ints: they are turned back
+  into tuples and floats where the schema says so.
+  """
+  for key, value in settings.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    default = node[leaf]
+    if isinstance(default, tuple):
+      value = tuple(value)
+    elif isinstance(default, float):
+      value = float(value)
+    elif isinstance(default, int) and not isinstance(default, bool):
+      value = int(value)
+    node[leaf] = value
+
+
+def with_settings(config: ml_collections.ConfigDict, settings: dict[str, Any]):
+  """A copy of `config` with `settings` (flattened keys) set; `config` is unchanged."""
+  out = copy.deepcopy(config)
+  with out.unlocked():
+    set_flat(out, settings)
+  return out
+
+
+def load_snapshot(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The config a workdir was run with (WORKDIR/config.json) as a ConfigDict.
+
+  Keys the schema no longer has are dropped; keys it gained keep their defaults.
+  """
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    raise errors.UserError(f"{path} does not exist; --mode=eval needs a workdir written by "
+                           "jaxtrain (or pass --config)")
+  saved = flatten(json.loads(path.read_text()))
+  config = base_config()
+  defaults = flatten(config)
+  for key, value in saved.items():
+    if key.startswith("tune.space.") or key not in defaults:
+      continue
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = tuple(value) if isinstance(defaults[key], tuple) else value
+  return config
+
+
+def differences(old: dict, new: dict) -> list[str]:
+  """Flattened keys whose values differ between two config dicts (JSON snapshots).
+
+  `mesh.*` keys are left out: they say where arrays live, not what is computed,
+  so a run may resume on other devices.
+  """
+  def norm(d):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(d).items()}
+  a, b = norm(old), norm(new)
+  return sorted(k for k in set(a) | set(b)
+                if a.get(k) != b.get(k) and not k.startswith("mesh."))

@@ -63,3 +63,23 @@ def absl_warnings_muted():
     yield
   finally:
     logger.setLevel(level)
+
+
+# --- Range checks shared by every component's `check_config` (same message everywhere).
+
+def check_positive(key: str, value) -> None:
+  """Raises `UserError` unless `value` > 0."""
+  if not value > 0:
+    raise UserError(f"{key}={value!r} must be > 0")
+
+
+def check_nonnegative(key: str, value) -> None:
+  """Raises `UserError` unless `value` >= 0 (NaN fails)."""
+  if value < 0 or value != value:
+    raise UserError(f"{key}={value!r} must be >= 0")
+
+
+def check_in_range(key: str, value, low: float, high: float) -> None:
+  """Raises `UserError` unless low <= `value` < high (NaN fails)."""
+  if not (low <= value < high) or value != value:
+    raise UserError(f"{key}={value!r} must be in [{low}, {high})")

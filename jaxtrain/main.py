@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 
-from jaxtrain import config as config_lib
 from jaxtrain import errors
 from jaxtrain.parallel import distributed
 from jaxtrain.cli import parse
@@ -24,9 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything touches a device: several processes then share one mesh.
     distributed.initialize(*options["distributed"])
     if config is not None:  # Schema first: the dispatch below reads config.tune.
-      config_lib.validate(config)
-      from jaxtrain.jobs import compile as compile_lib  # pylint: disable=g-import-not-at-top
-      compile_lib.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
+      from jaxtrain.io import compilation  # pylint: disable=g-import-not-at-top
+      from jaxtrain.jobs import checks  # pylint: disable=g-import-not-at-top
+      checks.validate(config)
+      compilation.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
     # Each entry point also validates (dataset splits too) before device work.
     if options["mode"] == "eval":
       from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
       print(json.dumps(result), file=sys.stdout)
       return 0
     if options["mode"] == "compile":  # Compile the train step, report memory and FLOPs.
+      from jaxtrain.jobs import compile as compile_lib  # pylint: disable=g-import-not-at-top
       report = compile_lib.run(config, workdir)
       print(compile_lib.format_report(report), file=sys.stderr)
       print(json.dumps(report), file=sys.stdout)

@@ -17,11 +17,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxtrain import models
-from jaxtrain.core import optim
-from jaxtrain.core import step as step_lib
+from jaxtrain.core import metrics, step as step_lib
 from jaxtrain.config import base_config
 from jaxtrain.data import pipeline
+from jaxtrain.jobs import setup
 from jaxtrain.tune import population as pop_lib
 
 
@@ -34,9 +33,10 @@ def main() -> None:
 
   c = base_config()
   c.data.name, c.model.hidden_sizes, c.optim.name = "mnist1d", (100, 100), "adamw"
+  c.train.num_steps = 3000
   data, info = pipeline.create_train_data(c.data, 0)
-  model = models.build(c.model, info.num_classes, info.input_shape)
-  tx, schedule = optim.build(c.optim, 3000)
+  r = setup.recipe(c, info)
+  model, tx, schedule = r.model, r.tx, r.schedule
   size, batch_size, n = args.members, c.data.batch_size, data.num_examples
   keys = jnp.stack([jax.random.PRNGKey(i) for i in range(size)])
 
@@ -67,9 +67,8 @@ def main() -> None:
               "contiguous slices, no shuffling (bound)": custom(contiguous)}
   print("| batch order | population steps/s | member-steps/s |\n|---|---:|---:|")
   for name, fn in variants.items():
-    pop = pop_lib.create(model, tx, data.sample_batch(),
-                         {"dropout_rate": 0.0, "label_smoothing": 0.0}, keys)
-    acc = pop_lib.new_metric_sums(size)
+    pop = pop_lib.create(model, tx, data.sample_batch(), r.hparams, keys)
+    acc = metrics.new_sums((size,))
     orders = pipeline.new_epoch_order(n, (size,))
     active = jnp.ones((size,), bool)
     pop, acc, orders = fn(pop, acc, orders, active, data.arrays, keys)

@@ -1,6 +1,7 @@
 """Shared test setup: 8 fake CPU devices, strict dtypes, one data dir per session."""
 
 import os
+import types
 
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -41,6 +42,13 @@ def tiny_config(**overrides):
       node = node[p]
     node[leaf] = value
   return c
+
+
+def recipe_for(config, input_shape, num_classes=10):
+  """`setup.recipe` of `config` for inputs of `input_shape` (no dataset read)."""
+  from jaxtrain.jobs import setup  # pylint: disable=g-import-not-at-top
+  info = types.SimpleNamespace(num_classes=num_classes, input_shape=tuple(input_shape))
+  return setup.recipe(config, info)
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ CASES = [
     ("batch_larger_than_dataset", [CONFIG, WORKDIR, "--config.data.batch_size=5000"],
      ["data.batch_size=5000", "1437 examples", "lower data.batch_size"]),
     ("eval_without_checkpoint", [CONFIG, WORKDIR, "--mode=eval"], ["no checkpoint", "train first"]),
-    # Precision, steps per call, compile, throughput, profile (jaxtrain/jobs/perf_config.py).
+    # Precision, steps per call, compile, throughput, profile (each key's owner; jaxtrain/jobs/checks.py calls them).
     ("unknown_precision", [CONFIG, WORKDIR, "--config.precision=fp16"],
      ["precision='fp16'", "choose one of: bf16, f32"]),
     ("zero_steps_per_call", [CONFIG, WORKDIR, "--config.train.steps_per_call=0"],

@@ -7,14 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain import errors, models
-from jaxtrain.core import optim
-from jaxtrain.io import writers
-from jaxtrain.core import state as state_lib
-from jaxtrain.core import step as step_lib
+from jaxtrain import errors
+from jaxtrain.core import metrics, step as step_lib
 from jaxtrain.data import pipeline
+from jaxtrain.io import writers
+from jaxtrain.jobs import setup
 from jaxtrain.tune import cv, folds
-from jaxtrain.tune import population as pop_lib
 from tests.conftest import tiny_config
 
 
@@ -48,8 +46,8 @@ def test_each_fold_equals_a_single_run_on_its_training_examples(tmp_path):
   # The reference: one model on a fold's training examples alone, stepped as
   # `train.run` steps it (same init, epoch permutations and batches).
   data, info = pipeline.create_train_data(config.data, config.seed)
-  model = models.build(config.model, info.num_classes, info.input_shape)
-  tx, schedule = optim.build(config.optim, config.train.num_steps)
+  r = setup.recipe(config, info)
+  model, tx, schedule = r.model, r.tx, r.schedule
   batch_size = config.data.batch_size
 
   @jax.jit
@@ -66,10 +64,8 @@ def test_each_fold_equals_a_single_run_on_its_training_examples(tmp_path):
   for p in range(3):
     train_rows, held_rows = np.flatnonzero(~held[p]), np.flatnonzero(held[p])
     subset = {k: jnp.asarray(v[train_rows]) for k, v in arrays.items()}
-    state = state_lib.create(model, tx, data.sample_batch(),
-                             {"dropout_rate": 0.0, "label_smoothing": 0.0},
-                             jax.random.PRNGKey(config.seed))
-    acc = {k: jnp.zeros((), jnp.float32) for k in pop_lib.new_metric_sums(1)}
+    state = r.create(data.sample_batch(), jax.random.PRNGKey(config.seed))
+    acc = {k: jnp.zeros((), jnp.float32) for k in metrics.TRAIN_METRICS}
     order = pipeline.new_epoch_order(len(train_rows))
     for _ in range(config.train.num_steps):
       state, acc, order = single_step(state, acc, order, subset,

@@ -13,7 +13,7 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 from experiments import digits_tuning, mnist1d_models  # noqa: E402
-from jaxtrain import config as config_lib  # noqa: E402
+from jaxtrain.jobs import checks  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MNIST1D_ROW_KEYS = {"model", "variant", "test_accuracy", "test_loss", "num_params", "num_steps",
@@ -41,7 +41,7 @@ def check_mnist1d_rows(rows, models):
 def test_mnist1d_model_configs_are_valid(num_steps):
   for model in mnist1d_models.MODELS:
     config = mnist1d_models.model_config(model, num_steps)
-    config_lib.validate(config)
+    checks.validate(config)
     assert config.data.name == "mnist1d" and config.train.num_steps == num_steps
 
 

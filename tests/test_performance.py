@@ -7,13 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain.jobs import compile as compile_lib
-from jaxtrain import main, models
-from jaxtrain.core import optim, state as state_lib, step as step_lib
-from jaxtrain.io import throughput
+from jaxtrain import main
+from jaxtrain.core import step as step_lib
+from jaxtrain.io import compilation, throughput, writers
 from jaxtrain.jobs import train
-from jaxtrain.io import writers
-from tests.conftest import tiny_config
+from tests.conftest import recipe_for, tiny_config
 
 TIMING_KEYS = ("steps_per_sec", "examples_per_sec", "mfu")
 PEAK_TFLOPS = 0.5  # A made-up CPU peak, so that mfu is reported.
@@ -91,14 +89,13 @@ def test_peak_flops_table():
 
 
 def _state_and_batch(precision, **model_overrides):
-  c = tiny_config(**{f"model.{k}": v for k, v in model_overrides.items()})
-  model = models.build(c.model, 10, (8, 8), precision=precision)
-  tx, schedule = optim.build(c.optim, 100)
+  c = tiny_config(precision=precision, **{f"model.{k}": v for k, v in model_overrides.items()})
+  r = recipe_for(c, (8, 8))
+  model, tx, schedule = r.model, r.tx, r.schedule
   rng = np.random.default_rng(0)
   batch = {"inputs": jnp.asarray(rng.random((16, 8, 8)), jnp.float32),
            "labels": jnp.asarray(rng.integers(0, 10, 16), jnp.int32)}
-  state = state_lib.create(model, tx, batch, {"dropout_rate": 0.0, "label_smoothing": 0.0},
-                           jax.random.PRNGKey(0))
+  state = r.create(batch, jax.random.PRNGKey(0))
   return model, tx, schedule, state, batch
 
 
@@ -172,18 +169,18 @@ def test_compilation_cache_dir(tmp_path):
   before = jax.config.jax_compilation_cache_dir
   min_secs = jax.config.jax_persistent_cache_min_compile_time_secs
   try:
-    assert compile_lib.enable_cache(str(tmp_path / "cache")) == str(tmp_path / "cache")
+    assert compilation.enable_cache(str(tmp_path / "cache")) == str(tmp_path / "cache")
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
     assert jax.config.jax_enable_compilation_cache
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # Store even tiny ones.
     jax.jit(lambda x: jnp.cos(x) * 7 - 2)(jnp.ones(3)).block_until_ready()
     assert list((tmp_path / "cache").glob("jit__lambda-*-cache"))
     assert (tmp_path / "cache" / ".lockfile").exists()  # Shared safely between processes.
-    assert compile_lib.enable_cache("") is None
+    assert compilation.enable_cache("") is None
     assert not jax.config.jax_enable_compilation_cache
   finally:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
-    compile_lib.enable_cache(before or "")
+    compilation.enable_cache(before or "")
 
 
 def test_steps_per_call_plan():

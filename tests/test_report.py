@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from jaxtrain import config as config_lib
 from jaxtrain import errors, runs
 from jaxtrain.jobs import evaluate, train
 
@@ -26,7 +27,7 @@ def two_runs(tmp_path_factory, data_dir):
 
 
 def _report_config(workdir, **overrides):
-  config = evaluate.load_config(workdir)
+  config = config_lib.load_snapshot(workdir)
   small = {"eval.slice_key": "label", "eval.robustness_examples": 0, "eval.pgd_steps": 5,
            "eval.noise_levels": (0.0, 0.3), "eval.adversarial_epsilons": (0.0, 0.05, 0.2),
            "eval.attribution_examples": (0, 5), "eval.ig_steps": 128, **overrides}
@@ -203,7 +204,7 @@ def test_runs_reads_tuning_workdirs_and_incomplete_runs(tmp_path):
 def test_slicing_by_a_dataset_feature_reads_the_eval_split(two_runs):
   from jaxtrain.analysis import slices
   from jaxtrain.data import pipeline
-  config = evaluate.load_config(two_runs / f"lr_{RATES[0]}")
+  config = config_lib.load_snapshot(two_runs / f"lr_{RATES[0]}")
   inputs, labels = pipeline.load_eval_arrays(config.data)
   # "label" is also a feature of digits: read from the TFDS source, it must
   # give the same slices as the labels the pipeline loads.

@@ -13,13 +13,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxtrain import errors
+from jaxtrain.config import base_config
 from jaxtrain.core import optim
 from jaxtrain.io import writers
 from jaxtrain.jobs import evaluate, train
 from jaxtrain.parallel import sharding
-from jaxtrain.core import state as state_lib
-from jaxtrain.config import base_config
-from tests.conftest import tiny_config
+from tests.conftest import recipe_for, tiny_config
 
 SHORT = {"train.num_steps": 20, "train.eval_every_steps": 20, "train.log_every_steps": 5,
          "checkpoint.every_steps": 10}
@@ -91,13 +90,10 @@ def test_fsdp_default_shards_the_largest_divisible_dimension():
 
 def test_state_shardings_mirror_params_in_optimizer_state():
   c = tiny_config(**MIXED, **{"optim.accumulate_steps": 2})
-  tx, _ = optim.build(c.optim, c.train.num_steps)
+  r = recipe_for(c, (64,))
+  tx = r.tx
   model_batch = {"inputs": np.zeros((32, 64), np.float32), "labels": np.zeros((32,), np.int32)}
-  from jaxtrain import models  # pylint: disable=g-import-not-at-top
-  model = models.build(c.model, 10, (64,))
-  abstract = jax.eval_shape(lambda: state_lib.create(
-      model, tx, model_batch, {"dropout_rate": 0.0, "label_smoothing": 0.0},
-      jax.random.PRNGKey(0)))
+  abstract = r.shapes(model_batch)
   placement = sharding.Placement.for_run(c, tx, abstract)
   assert dict(placement.mesh.shape) == dict(data=2, fsdp=2, model=2, pop=1)
   s = placement.state

@@ -11,13 +11,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import tiny_config
+from conftest import recipe_for, tiny_config
 from jaxtrain import errors, models
-from jaxtrain.core import ema, lora, optim, param_groups
-from jaxtrain.jobs import evaluate, train, transfer
-from jaxtrain.core import state as state_lib
-from jaxtrain.core import step as step_lib
+from jaxtrain.core import ema, lora, optim, param_groups, step as step_lib
 from jaxtrain.data import pipeline, subset
+from jaxtrain.jobs import evaluate, train, transfer
 
 
 def _tiny_cnn(**overrides):
@@ -80,12 +78,9 @@ def test_plan_lists_every_problem_in_one_line():
 
 
 def _fresh_cnn_state(config):
-  model = models.build(config.model, 10, (8, 8, 1))
-  tx, _ = optim.build(config.optim, 1)
+  r = recipe_for(config, (8, 8, 1))
   batch = {"inputs": np.zeros((2, 8, 8, 1), np.float32), "labels": np.zeros(2, np.int32)}
-  hparams = {"dropout_rate": 0.0, "label_smoothing": 0.0}
-  return jax.jit(lambda: state_lib.create(model, tx, batch, hparams,
-                                          jax.random.PRNGKey(config.seed + 1)))()
+  return jax.jit(lambda: r.create(batch, jax.random.PRNGKey(config.seed + 1)))()
 
 
 def test_init_from_copies_params_and_batch_stats_but_not_the_excluded_head(
@@ -128,14 +123,12 @@ def test_init_from_shape_mismatch_is_one_error(source_run):
 
 def _mlp_setup(**optim_overrides):
   config = tiny_config(**{f"optim.{k}": v for k, v in optim_overrides.items()})
-  model = models.build(config.model, 10, (64,))
-  tx, schedule = optim.build(config.optim, 100)
+  r = recipe_for(config, (64,))
   rng = np.random.default_rng(0)
   batch = {"inputs": rng.normal(size=(16, 64)).astype(np.float32),
            "labels": rng.integers(0, 10, 16).astype(np.int32)}
-  hparams = {"dropout_rate": 0.0, "label_smoothing": 0.0}
-  create = jax.jit(lambda: state_lib.create(model, tx, batch, hparams, jax.random.PRNGKey(0)))
-  return model, tx, schedule, batch, create
+  create = jax.jit(lambda: r.create(batch, jax.random.PRNGKey(0)))
+  return r.model, r.tx, r.schedule, batch, create
 
 
 def test_frozen_leaves_are_bitwise_unchanged_and_have_no_optimizer_state():
@@ -175,10 +168,9 @@ def test_lr_multiplier_scales_the_update_of_its_group_only():
 
 
 def test_param_groups_in_a_vmapped_population():
-  model, tx, _, batch, _ = _mlp_setup(freeze=("Dense_0/",))
-  hparams = {"dropout_rate": 0.0, "label_smoothing": 0.0}
-  pop = jax.vmap(lambda r: state_lib.create(model, tx, batch, hparams, r))(
-      jax.random.split(jax.random.PRNGKey(0), 3))
+  r = recipe_for(tiny_config(**{"optim.freeze": ("Dense_0/",)}), (64,))
+  batch = {"inputs": np.zeros((16, 64), np.float32), "labels": np.zeros(16, np.int32)}
+  pop = jax.vmap(lambda rng: r.create(batch, rng))(jax.random.split(jax.random.PRNGKey(0), 3))
   opt_state = optim.set_hparams(pop.opt_state, {"learning_rate": jnp.array([0.1, 0.2, 0.3])})
   np.testing.assert_allclose(optim.get_hparams(opt_state)["learning_rate"], [0.1, 0.2, 0.3])
 
@@ -308,12 +300,9 @@ def test_lora_run_trains_only_adapters_and_exports_a_merged_run(tmp_path):
   train.run(ft, tmp_path / "ft")
   # A new LoRA run starting from the LoRA run itself: adapters merged when read, the
   # result loaded into the frozen base weights (lora_base), the new adapters fresh.
-  model = lora.maybe_wrap(models.build(config.model, 10, (64,)), config.model)
-  tx, _ = optim.build(config.optim, 1)
+  r = recipe_for(config, (64,))  # model.lora_rank=2: the LoRA-wrapped model.
   batch = {"inputs": np.zeros((2, 64), np.float32), "labels": np.zeros(2, np.int32)}
-  fresh = jax.jit(lambda: state_lib.create(model, tx, batch, {"dropout_rate": 0.0,
-                                                               "label_smoothing": 0.0},
-                                           jax.random.PRNGKey(5)))()
+  fresh = jax.jit(lambda: r.create(batch, jax.random.PRNGKey(5)))()
   config.init_from.workdir = str(tmp_path / "lora")
   state = transfer.init_state(config.init_from, fresh)
   want = _checkpoint_arrays(tmp_path / "lora" / "merged")

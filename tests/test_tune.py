@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain import errors, models
-from jaxtrain.core import optim
+from jaxtrain import config as config_lib
+from jaxtrain import errors
+from jaxtrain.core import metrics, optim
 from jaxtrain.io import writers
-from jaxtrain.jobs import train
+from jaxtrain.jobs import setup, train
 from jaxtrain.data import pipeline
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import population as pop_lib
@@ -42,15 +43,14 @@ def population_setup(learning_rates):
   size = len(learning_rates)
   c = tiny_config()
   data, info = pipeline.create_train_data(c.data, seed=0)
-  model = models.build(c.model, info.num_classes, info.input_shape)
-  tx, schedule = optim.build(c.optim, 100)
+  r = setup.recipe(c, info)
+  model, tx, schedule = r.model, r.tx, r.schedule
   rngs = jnp.stack([jax.random.PRNGKey(i) for i in range(size)])
-  pop = pop_lib.create(model, tx, data.sample_batch(),
-                       {"dropout_rate": 0.0, "label_smoothing": 0.0}, rngs)
+  pop = pop_lib.create(model, tx, data.sample_batch(), r.hparams, rngs)
   pop = pop_lib.set_dynamic(
       pop, {"optim.learning_rate": jnp.asarray(learning_rates, jnp.float32)})
   data_keys = jnp.stack([jax.random.PRNGKey(100 + i) for i in range(size)])
-  acc = pop_lib.new_metric_sums(size)
+  acc = metrics.new_sums((size,))
   orders = pipeline.new_epoch_order(data.num_examples, (size,))
   return c, data, model, tx, schedule, pop, acc, orders, data_keys
 
@@ -195,7 +195,7 @@ def test_best_member_is_exported_as_a_normal_run(pbt_run):
   assert schedule[0]["step"] == 0 and schedule[-1]["settings"] == {
       k: pytest.approx(v) for k, v in result["best_settings"].items()}
   # Rerunning train.run on the export continues it like any run: nothing to do.
-  again = train.run(evaluate.load_config(best), best)
+  again = train.run(config_lib.load_snapshot(best), best)
   assert again["params_sha256"] == final["params_sha256"]
 
 

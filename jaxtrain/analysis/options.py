@@ -1,4 +1,4 @@
-"""Checks of the `eval.*` config keys, run by `jaxtrain.config.validate`.
+"""Checks of the `eval.*` config keys, run by `jaxtrain.jobs.checks.validate`.
 
 Kept free of jax and matplotlib so that validating a config stays cheap.
 """

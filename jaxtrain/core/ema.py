@@ -13,7 +13,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxtrain import errors
+
 KEY = "ema_decay"
+
+
+def check_config(train_config) -> None:
+  """Raises `UserError` unless 0 <= `train.ema_decay` < 1."""
+  if train_config.ema_decay < 0 or not train_config.ema_decay < 1:
+    raise errors.UserError(f"train.ema_decay={train_config.ema_decay} must be in [0, 1) "
+                           "(0 = off; e.g. 0.99)")
 
 
 def hparams(train_config) -> dict[str, float]:

@@ -6,6 +6,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtrain import errors
+
+
+def check_config(loss_config) -> None:
+  """Raises `UserError` for a label smoothing outside [0, 1)."""
+  errors.check_in_range("loss.label_smoothing", loss_config.label_smoothing, 0.0, 1.0)
+
 
 def cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array,
                   label_smoothing: jax.Array | float = 0.0) -> jax.Array:

@@ -13,8 +13,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# What every train step reports (summed over steps; `count` steps were summed).
+TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate", "count")
 # Metrics that are reported as their latest value rather than a mean.
 LATEST = ("learning_rate",)
+
+
+def new_sums(leading: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+  """Zero sums of `TRAIN_METRICS` (with `leading` axes, e.g. (P,) for a population)."""
+  return {k: jnp.zeros(leading, jnp.float32) for k in TRAIN_METRICS}
+
+
+def sum_batches(fn, batches) -> dict[str, jax.Array]:
+  """The sums `fn(batch)` returns, added over `batches` (on device; fetched by `compute`)."""
+  sums = None
+  for batch in batches:
+    batch_sums = fn(batch)
+    sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+  return sums
 
 
 def zeros_like(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -15,8 +15,20 @@ from collections.abc import Callable, Iterable
 import jax
 import numpy as np
 
+from jaxtrain import errors
+
 # Models without convolutions: a rolled scan is as fast as an unrolled one.
 _SCAN_FRIENDLY_MODELS = ("mlp", "gru", "lstm", "transformer")
+
+
+def check_config(train_config) -> None:
+  """Raises `UserError` for a bad `train.steps_per_call` or `train.scan_unroll`."""
+  if train_config.steps_per_call <= 0:
+    raise errors.UserError(f"train.steps_per_call={train_config.steps_per_call} must be > 0 "
+                           "(1 = one step per dispatch)")
+  if train_config.scan_unroll < 0:
+    raise errors.UserError(f"train.scan_unroll={train_config.scan_unroll} must be >= 0 "
+                           "(0 = auto)")
 
 
 def scan_unroll(requested: int, model_name: str, platform: str) -> int | bool:

@@ -31,7 +31,17 @@ _HPARAMS = {
 
 
 def check_config(optim_config) -> None:
-  """Raises `UserError` for an unknown optimizer or schedule, or bad schedule fields."""
+  """Raises `UserError` for an unknown optimizer or schedule, a value out of its range,
+  bad schedule fields or bad parameter groups."""
+  for key in ("learning_rate", "accumulate_steps"):
+    errors.check_positive(f"optim.{key}", optim_config[key])
+  errors.check_positive("optim.schedule.transition_steps", optim_config.schedule.transition_steps)
+  for key in ("weight_decay", "clip_norm", "eps"):
+    errors.check_nonnegative(f"optim.{key}", optim_config[key])
+  for key in ("warmup_steps", "end_factor"):
+    errors.check_nonnegative(f"optim.schedule.{key}", optim_config.schedule[key])
+  for key in ("momentum", "b1", "b2"):
+    errors.check_in_range(f"optim.{key}", optim_config[key], 0.0, 1.0)
   if optim_config.name not in NAMES:
     raise errors.unknown_choice("optim.name", optim_config.name, NAMES)
   sched = optim_config.schedule
@@ -47,6 +57,7 @@ def check_config(optim_config) -> None:
           f"optim.schedule.boundaries={tuple(sched.boundaries)} must be positive and increasing")
   if sched.name == "exponential" and not 0 < sched.decay_rate:
     raise errors.UserError(f"optim.schedule.decay_rate={sched.decay_rate} must be > 0")
+  param_groups.check_config(optim_config)
 
 
 def schedule_shape(schedule_config, num_update_steps: int) -> optax.Schedule:

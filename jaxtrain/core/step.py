@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain import models
+from jaxtrain import errors, models
 from jaxtrain.core import ema as ema_lib, losses, metrics as metrics_lib, optim
 from jaxtrain.core.state import TrainState
 
@@ -56,6 +56,13 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
   return new_state, step_metrics
 
 
+def predict(model: models.Model, state: TrainState, inputs: jax.Array) -> jax.Array:
+  """The model's logits for `inputs` in eval mode (no dropout, batch statistics frozen)."""
+  variables = {"params": state.params, **state.model_state}
+  model_hparams = {k: state.hparams[k] for k in models.MODEL_HPARAMS}
+  return model.apply(variables, {"inputs": inputs}, state.rng, False, model_hparams)[0]
+
+
 def eval_step(model: models.Model, state: TrainState,
               batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Sums of loss and correct predictions over the batch's unmasked examples."""
@@ -90,6 +97,15 @@ def guarded_train_step(model, tx, schedule, policy, state, acc, guard, batch):
 
 
 NAN_POLICIES = ("stop", "skip", "none")
+
+
+def check_config(train_config) -> None:
+  """Raises `UserError` for a bad `train.nan_policy` or `train.max_consecutive_skips`."""
+  if train_config.nan_policy not in NAN_POLICIES:
+    raise errors.unknown_choice("train.nan_policy", train_config.nan_policy, NAN_POLICIES)
+  if train_config.max_consecutive_skips <= 0:
+    raise errors.UserError(
+        f"train.max_consecutive_skips={train_config.max_consecutive_skips} must be > 0")
 
 
 def new_guard() -> dict[str, jax.Array]:

@@ -24,7 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtrain import errors
 from jaxtrain.data import catalog, subset
+
+PIPELINES = ("auto", "device", "grain")
+
+
+def check_config(data_config) -> None:
+  """Raises a one-line `UserError` for a bad `data.*` value (nothing is read)."""
+  for key in ("batch_size", "eval_batch_size", "device_max_mb"):
+    errors.check_positive(f"data.{key}", data_config[key])
+  if data_config.pipeline not in PIPELINES:
+    raise errors.unknown_choice("data.pipeline", data_config.pipeline, PIPELINES)
+  catalog.check_name(data_config.name)
+  subset.check_config(data_config)
 
 
 class EpochOrder(NamedTuple):
@@ -128,7 +141,6 @@ class GrainData:
               "labels": np.asarray(examples[label_key], np.int32)}
 
     # shuffle -> repeat gives every epoch its own permutation of the split.
-    # shuffle -> repeat gives every epoch its own permutation of the split.
     dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
     # Several processes: each reads only every P-th example of the shuffled stream,
     # so the P local batches hold exactly the examples of the one-process batch.
@@ -181,7 +193,6 @@ def create_train_data(data_config, seed: int):
   kind = choose_pipeline(data_config.pipeline, len(source), info.input_shape,
                          data_config.device_max_mb)
   if len(source) < data_config.batch_size:
-    from jaxtrain import errors  # pylint: disable=g-import-not-at-top
     raise errors.UserError(
         f"data.batch_size={data_config.batch_size} is larger than the "
         f"{len(source)} examples of {data_config.name}:{data_config.train_split}; "

@@ -8,6 +8,16 @@ from pathlib import Path
 
 import jax
 
+from jaxtrain import errors
+
+
+def check_config(profile_config) -> None:
+  """Raises `UserError` for a negative `profile.start_step` or `profile.num_steps`."""
+  if profile_config.start_step < 0 or profile_config.num_steps < 0:
+    raise errors.UserError(
+        f"profile.start_step={profile_config.start_step} and profile.num_steps="
+        f"{profile_config.num_steps} must be >= 0 (num_steps = 0 turns profiling off)")
+
 
 class Profiler:
   """Traces steps [start_step, start_step + num_steps); inactive when num_steps == 0."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import jax
 
+from jaxtrain import errors
+
 # Dense bf16 peak TFLOP/s per chip, by a substring of `device.device_kind`
 # (longest match wins: "TPU v5 lite" is a v5e, "TPU v5" alone a v5p).
 PEAK_TFLOPS = {
@@ -28,6 +30,14 @@ PEAK_TFLOPS = {
     "H100": 989.0,  # SXM; a PCIe H100 peaks at 756: set the config key.
     "H200": 989.0,
 }
+
+
+def check_config(throughput_config) -> None:
+  """Raises `UserError` for a negative (or NaN) `throughput.peak_tflops_per_device`."""
+  value = throughput_config.peak_tflops_per_device
+  if not value >= 0:
+    raise errors.UserError(f"throughput.peak_tflops_per_device={value!r} must be >= 0 "
+                           "(0 = ask the device)")
 
 
 def peak_flops_per_device(device_kind: str, override_tflops: float = 0.0) -> float | None:

@@ -1,84 +1,23 @@
-"""Compilation: the persistent cache, and `--mode=compile` (ahead-of-time report).
+"""`--mode=compile`: the ahead-of-time report of a run's programs.
 
-`--mode=compile` builds everything a run builds (data, model, state shapes) and
-compiles the train step for the real shapes, without allocating the state,
-training or writing a checkpoint. It prints the memory one device needs
-(`compiled.memory_analysis()`) and the FLOPs of one step
+Builds everything a run builds (data, model, state shapes) through
+`jaxtrain.jobs.setup` and compiles the train step for the real shapes, without
+allocating the state, training or writing anything. It prints the memory one
+device needs (`compiled.memory_analysis()`) and the FLOPs of one step
 (`compiled.cost_analysis()`), and fails with one line when the program does not
 fit in the device's memory.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import jax
 
 from jaxtrain import errors
-from jaxtrain.io import throughput
-
-CACHE_MAX_BYTES = 4 * 2**30  # Least recently used entries are evicted beyond this.
-
-
-def enable_cache(cache_dir: str) -> str | None:
-  """Points JAX's persistent compilation cache at `cache_dir` ("" = off); returns the path used.
-
-  Must run before the first compile of the process to take effect for it; it
-  may run again (e.g. several runs in one process) and then resets JAX's cache
-  object so the new directory is used. JAX writes entries without a lock unless
-  the cache has a size limit, so a limit is set: reads and writes then take a
-  file lock, and concurrent runs (or test processes) can share the directory.
-  """
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
-  path = str(Path(os.path.expanduser(cache_dir)).absolute()) if cache_dir else None
-  current = jax.config.jax_compilation_cache_dir
-  if path == current and bool(path) == jax.config.jax_enable_compilation_cache:
-    return path
-  if path:
-    try:
-      Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError:
-      path = None  # An unwritable cache must not stop a run: compile without it.
-  jax.config.update("jax_compilation_cache_dir", path)
-  if jax.config.jax_compilation_cache_max_size == -1:  # -1: JAX's default (no limit, no lock).
-    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
-  jax.config.update("jax_enable_compilation_cache", bool(path))
-  compilation_cache.reset_cache()
-  return path
-
-
-def memory_bytes(compiled) -> dict[str, int] | None:
-  """Per-device bytes of a compiled program: arguments, outputs, temporaries, code, total."""
-  try:
-    stats = compiled.memory_analysis()
-  except Exception:  # Not implemented on every backend.
-    return None
-  if stats is None:
-    return None
-  out = {
-      "arguments": int(stats.argument_size_in_bytes),
-      "outputs": int(stats.output_size_in_bytes),
-      "aliased": int(stats.alias_size_in_bytes),  # Donated inputs reused as outputs.
-      "temporaries": int(stats.temp_size_in_bytes),
-      "code": int(stats.generated_code_size_in_bytes),
-  }
-  out["total"] = (out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
-                  + out["code"])
-  return out
-
-
-def device_memory_bytes(device, override_gb: float) -> int | None:
-  """Memory of one device: the override (GB) if > 0, else `device.memory_stats()['bytes_limit']`."""
-  if override_gb > 0:
-    return int(override_gb * 1e9)
-  try:
-    stats = device.memory_stats()
-  except Exception:  # CPU and some backends report nothing.
-    return None
-  return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+from jaxtrain.core import multistep
+from jaxtrain.io import compilation, throughput
+from jaxtrain.jobs import checks, setup
 
 
 def report(config, programs: dict[str, tuple[Any, tuple]]) -> dict[str, Any]:
@@ -96,7 +35,7 @@ def report(config, programs: dict[str, tuple[Any, tuple]]) -> dict[str, Any]:
     compiled = fn.lower(*throughput.abstract(args)).compile()
     leaves = [x for x in jax.tree.leaves(args) if getattr(x, "sharding", None) is not None]
     device = next(iter(leaves[0].sharding.device_set)) if leaves else jax.devices()[0]
-    result["programs"][name] = {"memory_bytes": memory_bytes(compiled),
+    result["programs"][name] = {"memory_bytes": compilation.memory_bytes(compiled),
                                 "flops": throughput.cost_flops(compiled),
                                 "devices": throughput.num_devices(args)}
   step = result["programs"]["train_step"]
@@ -105,7 +44,7 @@ def report(config, programs: dict[str, tuple[Any, tuple]]) -> dict[str, Any]:
   result["device_kind"] = device.device_kind
   needed = max((p["memory_bytes"] or {}).get("total", 0) for p in result["programs"].values())
   result["memory_per_device_bytes"] = needed
-  limit = device_memory_bytes(device, config.compile.device_memory_gb)
+  limit = compilation.device_memory_bytes(device, config.compile.device_memory_gb)
   result["device_memory_bytes"] = limit
   if limit is not None and needed > limit:
     worst = max(result["programs"], key=lambda n: (result["programs"][n]["memory_bytes"] or {})
@@ -139,13 +78,24 @@ def format_report(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def run(config, workdir) -> dict[str, Any]:
-  """`--mode=compile`: the report for `config`; writes nothing under `workdir`.
+def run(config, workdir=None) -> dict[str, Any]:
+  """`--mode=compile`: the report for `config`; writes nothing (`workdir` is accepted
+  for symmetry with the other modes).
 
-  `train.run` builds and compiles as a real run would; it is pointed at a
-  scratch directory so that no config snapshot, log or checkpoint is written.
+  Raises:
+    UserError: a bad config, or a program that does not fit the device.
   """
-  del workdir  # Accepted for symmetry with the other modes; nothing is written there.
-  from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
-  with tempfile.TemporaryDirectory(prefix="jaxtrain_compile_") as scratch:
-    return train.run(config, scratch, compile_only=True)
+  del workdir
+  checks.validate_single_run(config)
+  compilation.enable_cache(config.compile.cache_dir)  # Before the first compile.
+  s = setup.build(config)
+  prog = setup.programs(s)
+  state = jax.eval_shape(prog.create, s.train_data.sample_batch(), jax.random.PRNGKey(config.seed))
+  acc, guard, order, data_args = setup.initial_args(s)
+  programs = {"train_step": (prog.train, (state, acc, guard, order, *data_args))}
+  k = config.train.steps_per_call
+  if k > 1:
+    many_data = (data_args if s.train_data.kind == "device" else
+                 (multistep.stack_batches([data_args[0]] * k), None))
+    programs["train_steps_per_call"] = (prog.train_many, (state, acc, guard, order, *many_data))
+  return report(config, programs)

@@ -1,15 +1,13 @@
-"""The training loop: build -> restore -> step -> periodic actions -> save.
+"""One training run: check -> workdir -> build -> programs -> start -> loop -> record.
 
-Read top to bottom; each section is labelled. All side effects of a run
-(files, checkpoints, progress output) live here; what it calls is pure.
+Read `run` top to bottom; each section is labelled. The loop does not decide
+when to log, evaluate, save or stop: it asks `cadence`. What runs on the device
+is pure (`jaxtrain.core`); the side effects of a run (files, checkpoints,
+progress output) happen here and in the I/O layer this module calls.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,22 +16,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxtrain.io import checkpoint as checkpoint_lib
 from jaxtrain import config as config_lib
-from jaxtrain.jobs import compile as compile_lib
-from jaxtrain import errors, models
-from jaxtrain.core import multistep, optim
-from jaxtrain.io import preemption, profiling, provenance
-from jaxtrain.core import step as step_lib
-from jaxtrain.io import throughput as throughput_lib, writers
-from jaxtrain.core import metrics as metrics_lib
+from jaxtrain import errors
+from jaxtrain.core import metrics, multistep, optim, state as state_lib
+from jaxtrain.io import checkpoint, compilation, preemption, profiling, throughput, writers
+from jaxtrain.jobs import cadence, checks, setup, transfer, workdir as workdir_lib
 from jaxtrain.parallel import distributed, sharding
-from jaxtrain.core import state as state_lib
-from jaxtrain.core import ema as ema_lib, lora
-from jaxtrain.jobs import transfer
-from jaxtrain.data import catalog, pipeline
-
-TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate", "count")
 
 
 class NonFiniteError(errors.JaxtrainError):
@@ -41,52 +29,9 @@ class NonFiniteError(errors.JaxtrainError):
   exit_code = errors.EXIT_NONFINITE
 
 
-def prepare_workdir(workdir: str | Path) -> Path:
-  """Creates `workdir` if needed; raises `UserError` if it cannot be written."""
-  path = Path(workdir).expanduser()
-  if path.exists() and not path.is_dir():
-    raise errors.UserError(f"--workdir {path} is a file, not a directory; "
-                           "pass a directory path (it is created if missing)")
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".jaxtrain_write_test.{os.getpid()}"  # Processes of one run share it.
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise errors.UserError(f"--workdir {path} is not writable ({e.strerror}); "
-                           "choose a directory you can write to") from None
-  return path
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-  """Flattened keys whose values differ between two config dicts."""
-  def norm(d):
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in config_lib.flatten(d).items()}
-  a, b = norm(old), norm(new)
-  # The mesh says where arrays live, not what is computed: a run may resume on other devices.
-  return sorted(k for k in set(a) | set(b)
-                if a.get(k) != b.get(k) and not k.startswith("mesh."))
-
-
-def _snapshot_config(config: ml_collections.ConfigDict, workdir: Path, resuming: bool,
-                     allow_config_change: bool) -> None:
-  path = workdir / "config.json"
-  new = json.loads(config.to_json())
-  if resuming and path.exists():
-    diff = config_differences(json.loads(path.read_text()), new)
-    if diff and not allow_config_change:
-      raise errors.UserError(
-          f"{workdir} holds a run with a different config (keys: {', '.join(diff)}); "
-          "use a new --workdir (or, for a single run, pass --allow_config_change to resume "
-          "with the new values)")
-  # Rewritten on every (re)start: a crash mid-write must not leave it empty.
-  if distributed.is_main():
-    writers.write_text_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
-        stop_after_steps: int | None = None, allow_config_change: bool = False,
-        compile_only: bool = False) -> dict[str, Any]:
+        stop_after_steps: int | None = None, allow_config_change: bool = False
+        ) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the contents of final.json.
 
   Args:
@@ -95,305 +40,278 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     stop_after_steps: stop after this step (saving a checkpoint), as a
       preempted job would; running again continues from there.
     allow_config_change: resume even if config.json in `workdir` differs.
-    compile_only: build the state's shapes (nothing allocated), compile the train
-      step and return `compile.report(...)` instead of training (--mode=compile).
 
   Raises:
     UserError: bad config, workdir, dataset or checkpoint (before compiling).
+    NonFiniteError: train.nan_policy stopped the run (final.json is written first).
   """
   wall_start = time.perf_counter()
-  # --- Config and workdir: every check that can fail does so before device work.
-  config_lib.validate(config)
-  catalog.check_splits(config.data)
-  sharding.check_single_run(config)  # Mesh sizes vs devices and batch size.
-  workdir = prepare_workdir(workdir)
+  # --- Check: everything that can fail does so before device work.
+  checks.validate_single_run(config)
   c = config
-  compile_lib.enable_cache(c.compile.cache_dir)  # Before the first compile.
-  num_steps = c.train.num_steps
+  workdir = workdir_lib.prepare(workdir)
+  compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
 
-  # --- Input.
-  _, data_info = catalog.open_split(c.data.name, c.data.train_split, c.data.data_dir)
-  # e.g. per-token labels need a token model: said before anything compiles.
-  models.zoo.check_for_data(c.model, data_info.input_shape, data_info.label_shape)
-  train_data, info = pipeline.create_train_data(c.data, c.seed)
-  eval_inputs, eval_labels = pipeline.load_eval_arrays(c.data)
-  eval_batches = list(  # Placed on the mesh below.
-      pipeline.eval_batches(eval_inputs, eval_labels, c.data.eval_batch_size))
+  # --- Build: data, model, optimizer, hyperparameters, placement; the compiled steps.
+  s = setup.build(c)
+  prog = setup.programs(s)
+  eval_batches = [s.placement.eval_batch(b) for b in s.eval_batches()]
 
-  # --- Model, optimizer, state.
-  model = models.build(c.model, info.num_classes, info.input_shape, precision=c.precision)
-  model = lora.maybe_wrap(model, c.model)  # model.lora_rank > 0: adapters only are trained.
-  tx, schedule = optim.build(c.optim, num_steps)
-  hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
-  hparams.update(ema_lib.hparams(c.train))  # train.ema_decay > 0: EMA params in the state.
-  create = jax.jit(lambda batch, rng: state_lib.create(model, tx, batch, hparams, rng))
+  # --- Start: the latest checkpoint, else init_from, else the fresh state.
+  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
+                                 async_save=c.checkpoint.async_save)
+  acc, guard, order, data_args = setup.initial_args(s)
+  feed = _Feed(s, data_args)
+  state, acc, guard, loop_state = _start(s, prog, ckpts, feed, acc, guard, workdir,
+                                         allow_config_change)
+  start_step = step = int(state.step)
 
-  # --- Mesh: where each array lives (config.mesh, jaxtrain/parallel/sharding.py).
-  placement = sharding.Placement.for_run(c, tx, jax.eval_shape(
-      create, train_data.sample_batch(), jax.random.PRNGKey(c.seed)))
-  create = jax.jit(create, out_shardings=placement.state)
-  eval_batches = [placement.eval_batch(b) for b in eval_batches]
-  state = (jax.eval_shape if compile_only else lambda f, *a: f(*a))(
-      create, train_data.sample_batch(), jax.random.PRNGKey(c.seed))
+  # --- Loop: dispatch, then ask the cadence what else this step does.
+  cad = cadence.Cadence(c, stop_after_steps)
+  best = cadence.Best(c.checkpoint.best_metric, loop_state)
+  stopper = cadence.EarlyStopping(c.early_stopping, loop_state)
+  records = _Records(workdir, c, start_step)
+  profiler = profiling.Profiler(workdir, c.profile.start_step, c.profile.num_steps)
+  rate = _Rate()
+  status, last_eval, session_start = "completed", {}, time.perf_counter()
+  with preemption.PreemptionGuard() as preempt:
+    while step < c.train.num_steps:
+      n = cad.call_size(step)  # K steps per call unless the host is needed sooner.
+      args = feed.args(n)
+      if step == start_step:  # FLOPs per step for the log, from the one-step program.
+        records.throughput.set_step(prog.train, (state, acc, guard, order, *feed.one_step(args)))
+      profiler.before_call(step)
+      state, acc, guard, order = (prog.train if n == 1 else prog.train_many)(
+          state, acc, guard, order, *args)
+      step += n
+      rate.count(n)
+      profiler.after_call(step, state)
+      records.throughput.measure()  # Once, in the first interval (with the compile).
+      # The last log step's metrics reach the host only now, after this call is
+      # queued, so the device never waits for the host.
+      host_guard = records.flush()
+      if host_guard is not None and _nonfinite(c.train, host_guard):
+        status = "nonfinite"
+        break
+      # A requested stop (stop_after_steps, SIGTERM, SIGINT) saves a checkpoint but adds
+      # no record or evaluation: a resumed run's records equal an uninterrupted run's.
+      if preempt.requested:
+        status = "preempted"
+      is_last = cad.is_stop(step) or status == "preempted"
+      is_log, is_eval, is_save = cad.is_log(step), cad.is_eval(step), cad.is_save(step) or is_last
+      if is_save and _nonfinite(c.train, jax.device_get(guard)):  # Never save past a bad step.
+        status = "nonfinite"
+        break
+      if is_log:  # Steps/s of steps done, not queued (with K per call the host runs ahead).
+        jax.block_until_ready(acc)
+      t_pause = time.perf_counter()  # Evaluations and saves are not counted in steps/s.
+      steps_per_sec = rate.per_sec(t_pause)
+      eval_values: dict[str, float] = {}
+      if is_eval:
+        eval_values = last_eval = setup.evaluate(prog.eval, state, eval_batches)
+        is_save |= best.update(step, eval_values)  # So the best checkpoint exists on disk.
+        if stopper.update(eval_values):
+          status, is_last, is_save, is_log = "early_stopped", True, True, True
+      if is_log:
+        records.defer(step, acc, jax.tree.map(jnp.copy, guard), steps_per_sec, eval_values)
+        acc = setup.fresh_sums(s)
+        rate.restart(t_pause)
+      elif is_eval:
+        records.write(step, eval_values)
+      if is_save:
+        # This step's record reaches disk before its checkpoint can commit: a crash in
+        # between would otherwise resume after the record and never write it.
+        records.flush()
+        loop_state["elapsed_sec"] += time.perf_counter() - session_start
+        session_start = time.perf_counter()
+        # The partial metric sums are saved too: the next record averages the same
+        # steps whether or not the run was interrupted in between.
+        ckpts.save(step, workdir_lib.bundle(state, acc, guard), loop_state, feed.iterator,
+                   score=best.score(eval_values) if eval_values else None)
+      rate.pause(time.perf_counter() - t_pause)
+      if is_last:
+        if status == "completed" and step < c.train.num_steps:
+          status = "stopped"
+        break
 
-  def new_acc():
-    return placement.replicate({k: jnp.zeros((), jnp.float32) for k in TRAIN_METRICS})
+  # --- Record: the last evaluation, the best one, timings, the parameters' digest.
+  profiler.stop(state)
+  records.flush()
+  if not last_eval:  # Resumed a finished run, or stopped early: evaluate now.
+    last_eval = setup.evaluate(prog.eval, state, eval_batches)
+  ckpts.close()
+  if step > start_step:  # A rerun of a finished run adds no training time.
+    loop_state["elapsed_sec"] += time.perf_counter() - session_start
+  records.close()
+  return _write_final(s, workdir, status, state, guard, last_eval, best, loop_state, ckpts,
+                      len(prog.traces), time.perf_counter() - wall_start)
 
-  # --- Checkpoints: restore the latest if there is one.
-  ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
-                                     async_save=c.checkpoint.async_save)
-  grain_iterator = train_data.iterator if train_data.kind == "grain" else None
-  loop_state = {"best_score": None, "best_step": None, "best_eval": {},
-                "stop_best": None, "evals_since_best": 0, "elapsed_sec": 0.0}
+
+def _write_final(s: setup.Setup, workdir: Path, status: str, state, guard, last_eval, best,
+                 loop_state, ckpts, compiles: int, wall_sec: float) -> dict[str, Any]:
+  """Writes WORKDIR/final.json (and, for LoRA, the merged export); returns it.
+
+  Raises:
+    NonFiniteError: after writing, when train.nan_policy stopped the run.
+  """
+  c = s.config
+  final = {
+      "status": status,
+      "step": int(state.step),
+      "final": last_eval,
+      "best": best.record(),
+      "train_time_sec": loop_state["elapsed_sec"],
+      "wall_time_sec": wall_sec,
+      "params_sha256": state_lib.params_sha256(sharding.to_host(state.params)),
+      "num_params": state_lib.num_params(state.params),
+      "train_step_compiles": compiles,
+      "checkpoint_steps": ckpts.all_steps(),
+      "skipped_steps": int(jax.device_get(guard)["skipped"]),
+  }
+  if c.model.lora_rank > 0 and status != "nonfinite":  # Adapters merged: a plain run.
+    final["lora_merged_workdir"] = str(transfer.export_merged(c, state, workdir / "merged", final))
+  workdir_lib.write_json(workdir / "final.json", final)
+  if status == "nonfinite":
+    raise _nonfinite_error(c.train, jax.device_get(guard), ckpts)
+  return final
+
+
+def _start(s: setup.Setup, prog: setup.Programs, ckpts, feed: "_Feed", acc, guard,
+           workdir: Path, allow_config_change: bool):
+  """(state, metric sums, guard, loop state) to start from, on the mesh.
+
+  The latest checkpoint when there is one (with the data iterator's position);
+  else a fresh state, with `init_from`'s arrays when set. Writes config.json
+  (refusing a resumed run whose config changed) and provenance.json.
+  """
+  c = s.config
+  state = prog.create(s.train_data.sample_batch(), jax.random.PRNGKey(c.seed))
+  loop_state = cadence.new_loop_state()
   latest = ckpts.latest_step()
-  if latest is None and c.init_from.workdir and not compile_only:
-    # A new run starting from another run's parameters (a resumed one has its own).
+  if latest is None and c.init_from.workdir:  # A resumed run has parameters of its own.
     state = transfer.init_state(c.init_from, state, workdir)
-  _snapshot_config(c, workdir, latest is not None, allow_config_change)
-  acc, guard = new_acc(), placement.replicate(step_lib.new_guard())
+  workdir_lib.snapshot_config(c, workdir, resuming=latest is not None,
+                              allow_config_change=allow_config_change)
   if latest is not None:
-    restored, loop_state = ckpts.restore(
-        latest, {"train_state": state, "metric_sums": acc, "guard": guard}, grain_iterator)
+    restored, loop_state = ckpts.restore(latest, workdir_lib.bundle(state, acc, guard),
+                                         feed.iterator)
     state, acc, guard = restored["train_state"], restored["metric_sums"], restored["guard"]
     if allow_config_change:
       # Hyperparameters are state leaves: without this the resumed run would keep the
       # checkpoint's values and silently ignore the new config's (e.g. a lower learning rate).
       state = state.replace(
           opt_state=optim.set_hparams(state.opt_state, optim.hparams_of(c.optim)),
-          hparams={k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()})
-  if not compile_only:  # Restored or transferred arrays onto the mesh (no-op if there).
-    state = jax.device_put(state, placement.state)
-  start_step = 0 if compile_only else int(state.step)
-  if distributed.is_main():  # Logs and records: process 0 only.
-    (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
-
-  # --- Compiled steps. State and metric sums are donated: updated in place.
-  traces = []  # One entry per trace of the train step; more than one = a recompile.
-
-  def train_one(state, acc, guard, order, data, data_key):
-    traces.append(1)
-    if train_data.kind == "device":
-      order = pipeline.refresh_order(order, data_key, state.step, train_data.num_examples,
-                                     c.data.batch_size)
-      data = pipeline.device_batch(data, order, state.step, c.data.batch_size)
-      data = placement.constrain_batch(data)  # Split over data/fsdp like a loaded batch.
-    state, acc, guard = step_lib.guarded_train_step(model, tx, schedule, c.train.nan_policy,
-                                                    state, acc, guard, data)
-    return state, acc, guard, order
-
-  train_fn = placement.jit_train(train_one, train_data.kind)  # Donates state, sums, guard, order.
-  # train.steps_per_call = K > 1: K steps per dispatch in a lax.scan (see multistep.py).
-  steps_per_call = c.train.steps_per_call
-  train_many = placement.jit_train(multistep.repeat(
-      train_one, steps_per_call, stacked_data=train_data.kind == "grain",
-      unroll=multistep.scan_unroll(c.train.scan_unroll, c.model.name, jax.default_backend())),
-      train_data.kind, stacked=True)
-  eval_fn = placement.jit_eval(functools.partial(step_lib.eval_step, model))
-
-  order = None  # Device pipeline: the epoch's permutation, recomputed once per epoch.
-  if train_data.kind == "device":
-    data_args = placement.replicate((train_data.arrays, train_data.data_key))
-    order = placement.replicate(pipeline.new_epoch_order(train_data.num_examples))
-  else:
-    data_args = (train_data.sample_batch(), None)  # Shapes only; the loop reads batches.
-  if compile_only:
-    programs = {"train_step": (train_fn, (state, acc, guard, order, *data_args))}
-    if steps_per_call > 1:
-      many_data = (data_args if train_data.kind == "device" else
-                   (multistep.stack_batches([data_args[0]] * steps_per_call), None))
-      programs["train_steps_per_call"] = (train_many, (state, acc, guard, order, *many_data))
-    ckpts.close()  # Opened on a scratch workdir (compile.run); nothing was saved.
-    return compile_lib.report(c, programs)
-
-  def evaluate(state, prefix: str = "eval/") -> dict[str, float]:
-    sums = None
-    for batch in eval_batches:
-      batch_sums = eval_fn(state, batch)
-      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-    values = metrics_lib.compute(sums, prefix=prefix)
-    if state.ema_params is not None and prefix == "eval/":  # train.ema_decay > 0
-      values.update(evaluate(ema_lib.as_params(state), prefix="eval/ema_"))
-    return values
+          hparams={k: jnp.asarray(v, jnp.float32) for k, v in s.recipe.hparams.items()})
+  state = jax.device_put(state, s.placement.state)  # Restored or transferred arrays: placed.
+  workdir_lib.write_provenance(workdir)
+  return state, acc, guard, loop_state
 
 
-  # --- Writers (process 0 only; the others' writers drop everything).
-  null = None if distributed.is_main() else distributed.NullWriter()
-  metrics_log = null or writers.MetricsLog(workdir, start_step)
-  tensorboard = null or writers.TensorBoard(
-      workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
-      ["eval/accuracy", "eval/loss"])
-  progress = null or writers.Progress(num_steps, start_step)
+class _Feed:
+  """The data arguments of each dispatch: the device-resident split, or Grain batches
+  read now (this process's rows of each global batch)."""
 
-  best_metric, best_mode = c.checkpoint.best_metric, config_lib.mode_of(c.checkpoint.best_metric)
-  stop_metric, stop_mode = c.early_stopping.metric, config_lib.mode_of(c.early_stopping.metric)
+  def __init__(self, s: setup.Setup, data_args: tuple):
+    self.data, self.placement, self.data_args = s.train_data, s.placement, data_args
+    self.iterator = self.data.iterator if self.data.kind == "grain" else None  # Checkpointed.
+    self._first_batch = None
 
-  def score_of(eval_metrics, metric, mode):  # Higher is better; NaN stays NaN.
-    value = eval_metrics[metric]
-    return value if mode == "max" else -value
+  def args(self, n: int) -> tuple:
+    if self.data.kind == "device":
+      return self.data_args
+    batches = [next(self.data) for _ in range(n)]
+    self._first_batch = batches[0] if n > 1 else None
+    stacked = batches[0] if n == 1 else multistep.stack_batches(batches)
+    return (self.placement.put_batch(stacked, stacked=n > 1), None)
 
-  def write_record(step, values):
-    metrics_log.write(step, values)
-    tensorboard.write(step, values)
-    progress.update(step, values)
+  def one_step(self, args: tuple) -> tuple:
+    """The data arguments of a one-step call (for the FLOPs of one step)."""
+    if self._first_batch is None:  # The device split, or a one-step call already.
+      return args
+    return (self.placement.put_batch(self._first_batch, stacked=False), None)
 
-  def flush(pending):
-    p_step, p_acc, p_guard, p_rate, p_eval = pending
-    p_guard = jax.device_get(p_guard)
-    write_record(p_step, {**metrics_lib.compute(p_acc, prefix="train/"),
-                          "train/skipped_steps": int(p_guard["skipped"]),
-                          "steps_per_sec": p_rate, **throughput.values(p_rate), **p_eval})
-    return p_guard
 
-  def nonfinite(guard) -> bool:
-    """Whether train.nan_policy says stop, given the (host) guard counters."""
-    if c.train.nan_policy == "stop":
-      return int(guard["first_nonfinite_step"]) >= 0
-    if c.train.nan_policy == "skip":
-      return int(guard["streak"]) >= c.train.max_consecutive_skips
-    return False
+class _Rate:
+  """Steps per second over a log interval, not counting pauses (evaluations, saves)."""
 
-  # --- Loop.
-  throughput = throughput_lib.Throughput(c.data.batch_size,
-                                         c.throughput.peak_tflops_per_device)
-  profiler = profiling.Profiler(workdir, c.profile.start_step, c.profile.num_steps)
-  pending = None  # (step, sums, guard, steps/s, eval values) on device: fetched one step late.
-  last_eval: dict[str, float] = {}
-  status = "completed"
-  step = start_step
-  t_interval, steps_interval, paused_sec = time.perf_counter(), 0, 0.0
-  session_start = time.perf_counter()
-  with preemption.PreemptionGuard() as preempt:
-    while step < num_steps:
-      # K steps per call where the host needs nothing in between (log, eval,
-      # save and stop steps end a call), single steps otherwise.
-      n = multistep.call_size(step, steps_per_call, multistep.next_stop(
-          step, (c.train.log_every_steps, c.train.eval_every_steps, c.checkpoint.every_steps),
-          (num_steps, stop_after_steps)))
-      if train_data.kind == "grain":
-        batches = [next(train_data) for _ in range(n)]
-        data_args = (batches[0] if n == 1 else multistep.stack_batches(batches), None)
-        data_args = (placement.put_batch(data_args[0], stacked=n > 1), None)  # This process's rows.
-      if step == start_step:  # FLOPs per step for the log, from the one-step program.
-        one_step_data = data_args if n == 1 or train_data.kind == "device" else (
-            placement.put_batch(batches[0], stacked=False), None)
-        throughput.set_step(train_fn, (state, acc, guard, order, *one_step_data))
-      profiler.before_call(step)
-      state, acc, guard, order = (train_fn if n == 1 else train_many)(
-          state, acc, guard, order, *data_args)
-      step += n
-      steps_interval += n
-      profiler.after_call(step, state)
-      throughput.measure()  # Once, in the first interval (with the compile), not later.
+  def __init__(self):
+    self.restart(time.perf_counter())
 
-      # Metrics of the last log step are pulled to the host only now, after the
-      # next step is queued, so the device never waits for the host.
-      if pending is not None:
-        host_guard = flush(pending)
-        pending = None
-        if nonfinite(host_guard):
-          status = "nonfinite"
-          break
+  def restart(self, now: float) -> None:
+    self.start, self.steps, self.paused = now, 0, 0.0
 
-      # A requested stop (stop_after_steps, SIGTERM, SIGINT) saves a checkpoint
-      # but adds no log record or evaluation, so the resumed run's records are
-      # exactly those of an uninterrupted run.
-      is_end = step == num_steps
-      if preempt.requested:
-        status = "preempted"
-      is_last = is_end or step == stop_after_steps or status == "preempted"
-      is_log = step % c.train.log_every_steps == 0 or is_end
-      is_eval = step % c.train.eval_every_steps == 0 or is_end
-      is_save = step % c.checkpoint.every_steps == 0 or is_last
-      if is_save and nonfinite(jax.device_get(guard)):  # Never checkpoint past a bad step.
-        status = "nonfinite"
-        break
-      if is_log:
-        # The interval's steps/s counts them as done, not as queued: with several
-        # steps per call the host can otherwise run a whole interval ahead of the device.
-        jax.block_until_ready(acc)
-      t_pause = time.perf_counter()  # Eval and saves are not counted in steps/s.
-      rate = steps_interval / max(t_pause - t_interval - paused_sec, 1e-9)
+  def count(self, n: int) -> None:
+    self.steps += n
 
-      eval_values: dict[str, float] = {}
-      if is_eval:
-        eval_values = last_eval = evaluate(state)
-        score = score_of(eval_values, best_metric, best_mode)
-        if math.isfinite(score) and (loop_state["best_score"] is None
-                                     or score > loop_state["best_score"]):
-          loop_state.update(best_score=score, best_step=step, best_eval=eval_values)
-          is_save = True  # So the best checkpoint exists on disk.
-        stop_score = score_of(eval_values, stop_metric, stop_mode)
-        previous = loop_state.get("stop_best")
-        if math.isfinite(stop_score) and (
-            previous is None or stop_score > previous + c.early_stopping.min_delta):
-          loop_state.update(stop_best=stop_score, evals_since_best=0)
-        else:
-          loop_state["evals_since_best"] += 1
-        if 0 < c.early_stopping.patience <= loop_state["evals_since_best"]:
-          status, is_last, is_save, is_log = "early_stopped", True, True, True
-      if is_log:
-        pending = (step, acc, jax.tree.map(jnp.copy, guard), rate, eval_values)
-        acc = new_acc()
-        t_interval, steps_interval, paused_sec = t_pause, 0, 0.0
-      elif is_eval:
-        write_record(step, eval_values)
-      if is_save:
-        # This step's log record goes to disk before its checkpoint can commit:
-        # a crash in between would resume after the record and never write it.
-        if pending is not None:
-          flush(pending)
-          pending = None
-        loop_state["elapsed_sec"] += time.perf_counter() - session_start
-        session_start = time.perf_counter()
-        # The partial metric sums are saved too: the next log record averages
-        # the same steps whether or not the run was interrupted in between.
-        ckpts.save(step, {"train_state": state, "metric_sums": acc, "guard": guard}, loop_state,
-                   grain_iterator,
-                   score=score_of(eval_values, best_metric, best_mode) if eval_values else None)
-      paused_sec += time.perf_counter() - t_pause
-      if is_last:
-        if status == "completed" and step < num_steps:
-          status = "stopped"
-        break
+  def pause(self, seconds: float) -> None:
+    self.paused += seconds
 
-  profiler.stop(state)
-  if pending is not None:
-    flush(pending)
-  if not last_eval:  # Resumed a finished run, or stopped early: evaluate now.
-    last_eval = evaluate(state)
-  ckpts.close()
-  if step > start_step:  # A rerun of a finished run adds no training time.
-    loop_state["elapsed_sec"] += time.perf_counter() - session_start
-  metrics_log.close()
-  tensorboard.close()
-  progress.close()
+  def per_sec(self, now: float) -> float:
+    return self.steps / max(now - self.start - self.paused, 1e-9)
 
-  # --- Final record.
-  final = {
-      "status": status,
-      "step": int(state.step),
-      "final": last_eval,
-      "best": {"metric": best_metric, "step": loop_state["best_step"], **loop_state["best_eval"]},
-      "train_time_sec": loop_state["elapsed_sec"],
-      "wall_time_sec": time.perf_counter() - wall_start,
-      "params_sha256": state_lib.params_sha256(sharding.to_host(state.params)),
-      "num_params": state_lib.num_params(state.params),
-      "train_step_compiles": len(traces),
-      "checkpoint_steps": ckpts.all_steps(),
-      "skipped_steps": int(jax.device_get(guard)["skipped"]),
-  }
-  if c.model.lora_rank > 0 and status != "nonfinite":  # Adapters merged: a plain run.
-    final["lora_merged_workdir"] = str(transfer.export_merged(c, state, workdir / "merged", final))
-  if distributed.is_main():
-    (workdir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
-  if status == "nonfinite":
-    g = jax.device_get(guard)
-    where = (f"at step {int(g['first_nonfinite_step']) + 1}" if c.train.nan_policy == "stop"
-             else f"in {int(g['streak'])} consecutive steps")
-    raise NonFiniteError(
-        f"non-finite loss or gradient {where} (train.nan_policy={c.train.nan_policy}); no "
-        f"bad update was applied or saved; "
-        + (f"last checkpoint: step {ckpts.latest_step()} in {ckpts.directory}; "
-           if ckpts.latest_step() is not None else "no checkpoint was written; ")
-        + "lower optim.learning_rate or set optim.clip_norm, then rerun in a new --workdir")
-  return final
+
+class _Records:
+  """Where a single run's numbers go: metrics.jsonl, TensorBoard and the terminal
+  (process 0; the other processes' writers drop everything).
+
+  A log step's train metrics stay on the device until `flush`, called after the
+  next dispatch (`defer` keeps them until then).
+  """
+
+  def __init__(self, workdir: Path, c, start_step: int):
+    null = None if distributed.is_main() else distributed.NullWriter()
+    self.log = null or writers.MetricsLog(workdir, start_step)
+    self.tensorboard = null or writers.TensorBoard(
+        workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
+        ["eval/accuracy", "eval/loss"])
+    self.progress = null or writers.Progress(c.train.num_steps, start_step)
+    self.throughput = throughput.Throughput(c.data.batch_size,
+                                            c.throughput.peak_tflops_per_device)
+    self._pending = None
+
+  def write(self, step: int, values: dict[str, Any]) -> None:
+    self.log.write(step, values)
+    self.tensorboard.write(step, values)
+    self.progress.update(step, values)
+
+  def defer(self, step, acc, guard, steps_per_sec, eval_values) -> None:
+    self._pending = (step, acc, guard, steps_per_sec, eval_values)
+
+  def flush(self):
+    """Writes the deferred record; returns its guard counters (host), or None."""
+    if self._pending is None:
+      return None
+    step, acc, guard, steps_per_sec, eval_values = self._pending
+    self._pending = None
+    guard = jax.device_get(guard)
+    self.write(step, {**metrics.compute(acc, prefix="train/"),
+                      "train/skipped_steps": int(guard["skipped"]),
+                      "steps_per_sec": steps_per_sec, **self.throughput.values(steps_per_sec),
+                      **eval_values})
+    return guard
+
+  def close(self) -> None:
+    self.log.close()
+    self.tensorboard.close()
+    self.progress.close()
+
+
+def _nonfinite(train_config, guard) -> bool:
+  """Whether train.nan_policy says stop, given the (host) guard counters."""
+  if train_config.nan_policy == "stop":
+    return int(guard["first_nonfinite_step"]) >= 0
+  if train_config.nan_policy == "skip":
+    return int(guard["streak"]) >= train_config.max_consecutive_skips
+  return False
+
+
+def _nonfinite_error(train_config, guard, ckpts) -> NonFiniteError:
+  where = (f"at step {int(guard['first_nonfinite_step']) + 1}"
+           if train_config.nan_policy == "stop" else f"in {int(guard['streak'])} consecutive steps")
+  latest = ckpts.latest_step()
+  return NonFiniteError(
+      f"non-finite loss or gradient {where} (train.nan_policy={train_config.nan_policy}); no "
+      f"bad update was applied or saved; "
+      + (f"last checkpoint: step {latest} in {ckpts.directory}; " if latest is not None
+         else "no checkpoint was written; ")
+      + "lower optim.learning_rate or set optim.clip_norm, then rerun in a new --workdir")

@@ -30,9 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtrain import config as config_lib
 from jaxtrain import errors
-from jaxtrain.core import lora
+from jaxtrain.core import lora, state as state_lib
 from jaxtrain.core.param_groups import path_str
+from jaxtrain.jobs import setup, workdir as workdir_lib
 
 _STEP_WORDS = ("latest", "best")
 
@@ -63,10 +65,10 @@ def parse_rename(specs) -> list[tuple[re.Pattern, str]]:
   return out
 
 
-def check_config(config) -> None:
-  """Raises `UserError` for a bad `init_from` section or EMA decay. Checks that
-  the source workdir exists."""
-  ic = config.init_from
+def check_config(init_config) -> None:
+  """Raises `UserError` for a bad `init_from` section. Checks that the source
+  workdir exists."""
+  ic = init_config
   _regexes("init_from.include", ic.include)
   _regexes("init_from.exclude", ic.exclude)
   parse_rename(ic.rename)
@@ -74,9 +76,6 @@ def check_config(config) -> None:
   if step not in _STEP_WORDS and not (step.isdigit()):
     raise errors.UserError(f"init_from.step={ic.step!r} must be 'latest' (or 0), 'best' or "
                            "a step number")
-  if config.train.ema_decay < 0 or not config.train.ema_decay < 1:
-    raise errors.UserError(f"train.ema_decay={config.train.ema_decay} must be in [0, 1) "
-                           "(0 = off; e.g. 0.99)")
   if not ic.workdir:
     if ic.include or ic.exclude or ic.rename:
       raise errors.UserError("init_from.include/exclude/rename are set but "
@@ -193,9 +192,8 @@ def load(init_config, params, model_state, *, read: bool = True
     UserError: the checkpoint does not fit (every problem listed), or cannot be read.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
   source_dir = Path(init_config.workdir).expanduser().absolute()  # Orbax wants absolute paths.
-  source_config = evaluate.load_config(source_dir)
+  source_config = config_lib.load_snapshot(source_dir)
   step = _resolve_step(source_dir / "checkpoints", str(init_config.step))
   item = source_dir / "checkpoints" / str(step) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
@@ -298,40 +296,21 @@ def export_merged(config, state, directory: Path, final: dict) -> Path:
   init_from), so `--mode=eval --workdir=DIR` and `init_from.workdir=DIR` treat
   it like any run. The optimizer state is fresh.
   """
-  from jaxtrain.io import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from jaxtrain import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxtrain.core import optim, step as step_lib  # pylint: disable=g-import-not-at-top
-  from jaxtrain.jobs import train
-  from jaxtrain.core import state as state_lib  # pylint: disable=g-import-not-at-top
   base = copy.deepcopy(config)
-  defaults = config_lib.base_config()
   with base.unlocked():
     base.model.lora_rank = 0
     base.optim.freeze, base.optim.lr_multipliers = (), ()
     base.train.ema_decay = 0.0
-    base.init_from = defaults.init_from
+    base.init_from = config_lib.base_config().init_from
   params, model_state = lora.merge(state.params, state.model_state, lora.scale_of(config.model))
-  tx, _ = optim.build(base.optim, base.train.num_steps)
+  tx, _ = setup.optimizer(base)
   merged = state_lib.TrainState(
       step=state.step, params=params, model_state=model_state, opt_state=tx.init(params),
       hparams={k: v for k, v in state.hparams.items() if k != "ema_decay"}, rng=state.rng)
-  directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / "config.json").write_text(
-      json.dumps(json.loads(base.to_json()), indent=2, sort_keys=True) + "\n")
   merged = jax.device_get(merged)
-  ckpts = checkpoint_lib.Checkpoints(directory / "checkpoints", keep=1, async_save=False)
-  for old in ckpts.all_steps():  # A rerun replaces an earlier export.
-    ckpts.manager.delete(old)
-  acc = {k: np.zeros((), np.float32) for k in train.TRAIN_METRICS}
-  loop_state = {"best_score": None, "best_step": None, "best_eval": {}, "stop_best": None,
-                "evals_since_best": 0, "elapsed_sec": 0.0}
-  ckpts.save(int(merged.step), {"train_state": merged, "metric_sums": acc,
-                                "guard": jax.device_get(step_lib.new_guard())}, loop_state)
-  ckpts.close()
+  directory = Path(directory)
   record = {"status": final.get("status"), "step": int(merged.step),
             "merged_from": str(directory.parent.absolute()), "lora_final": final.get("final"),
             "params_sha256": state_lib.params_sha256(merged.params),
             "num_params": state_lib.num_params(merged.params)}
-  (directory / "final.json").write_text(json.dumps(record, indent=2) + "\n")
-  return directory
+  return workdir_lib.export_run(directory, base, merged, record)

@@ -20,6 +20,8 @@ from jaxtrain import errors
 from jaxtrain.models import cnn, layers, mlp, rnn, zoo
 
 NAMES = ("mlp", "cnn", "gru", "lstm") + zoo.NAMES
+# The top-level `precision` key: "bf16" computes in bfloat16 (parameters stay float32).
+PRECISIONS = ("f32", "bf16")
 MODEL_HPARAMS = ("dropout_rate",)
 
 
@@ -59,6 +61,7 @@ def check_config(model_config) -> None:
   """Raises `UserError` for an unknown model name or a bad model field."""
   if model_config.name not in NAMES:
     raise errors.unknown_choice("model.name", model_config.name, NAMES)
+  errors.check_in_range("model.dropout_rate", model_config.dropout_rate, 0.0, 1.0)
   if model_config.activation not in layers.ACTIVATIONS:
     raise errors.unknown_choice("model.activation", model_config.activation, layers.ACTIVATIONS)
   for key in ("hidden_sizes", "features"):
@@ -70,6 +73,12 @@ def check_config(model_config) -> None:
     if model_config[key] <= 0:
       raise errors.UserError(f"model.{key}={model_config[key]!r} must be > 0")
   zoo.check_config(model_config)  # resnet, vit, transformer fields.
+
+
+def check_precision(precision: str) -> None:
+  """Raises `UserError` unless `precision` (the config's top-level key) is known."""
+  if precision not in PRECISIONS:
+    raise errors.unknown_choice("precision", precision, PRECISIONS)
 
 
 def build(model_config, num_classes: int, input_shape: tuple[int, ...],

@@ -39,7 +39,7 @@ AXES = ("data", "fsdp", "model", "pop")
 BATCH_AXES = ("data", "fsdp")  # The batch dimension is split over both.
 
 
-# --- Config checks that need no devices (called by config.validate).
+# --- Config checks that need no devices (called by jobs/checks.validate).
 
 def parse_spec(text: str, where: str) -> PartitionSpec:
   """'fsdp,model' -> P('fsdp', 'model'); 'None' or '' for an unsharded dimension;

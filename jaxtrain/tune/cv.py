@@ -19,8 +19,7 @@ workdir holding a run with another config is refused.
 
 from __future__ import annotations
 
-import copy
-import json
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain.io import checkpoint as checkpoint_lib
-from jaxtrain import config as config_lib
-from jaxtrain import errors, models
-from jaxtrain.core import lora, optim
-from jaxtrain.io import preemption, writers
-from jaxtrain.jobs import train, transfer
+from jaxtrain import errors
+from jaxtrain.core import metrics
 from jaxtrain.data import catalog, pipeline, subset
+from jaxtrain.io import checkpoint, preemption, writers
+from jaxtrain.jobs import cadence, checks, setup, transfer, workdir as workdir_lib
 from jaxtrain.tune import folds as folds_lib
-from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
 
 METRICS = ("accuracy", "loss")
@@ -52,7 +48,7 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 
 def validate(config: ml_collections.ConfigDict) -> int:
   """Raises a one-line `UserError` before any compile; returns the training split's size."""
-  config_lib.validate(config)
+  checks.validate(config)
   cv = config.eval.cross_validation
   k, fraction = cv.folds, cv.holdout_fraction
   if k and fraction:
@@ -127,97 +123,48 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     UserError: bad config, folds, workdir, dataset or checkpoint (before compiling).
   """
   wall_start = time.perf_counter()
-  # --- Config and workdir.
+  # --- Check: the config and its folds, before anything is compiled.
   validate(config)
   c = config
-  workdir = train.prepare_workdir(workdir)
-  ckpts = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
-                                     async_save=c.checkpoint.async_save)
+  workdir = workdir_lib.prepare(workdir)
+
+  # --- Build: the training split on the device; folds are index sets into it.
+  s = setup.build(c, data_pipeline="device", placement=False)
+  folds = _Folds(c, s.train_data)
+  prog = _programs(s, folds)
+
+  # --- Start: the latest checkpoint, else every fold from the same state (init_from's).
+  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
+                                 async_save=c.checkpoint.async_save)
   latest = ckpts.latest_step()
-  train._snapshot_config(c, workdir, latest is not None, allow_config_change=False)  # pylint: disable=protected-access
-
-  # --- Input: the training split on the device; folds are index sets into it.
-  data_config = copy.deepcopy(c.data)
-  with data_config.unlocked():
-    data_config.pipeline = "device"
-  train_data, info = pipeline.create_train_data(data_config, c.seed)
-  n = train_data.num_examples
-  held = folds_lib.held_out_masks(
-      n, c.seed, c.eval.cross_validation.folds, c.eval.cross_validation.holdout_fraction,
-      np.asarray(train_data.arrays["labels"]) if c.eval.cross_validation.stratified else None)
-  train_index, counts = folds_lib.train_indices(held)
-  size = len(counts)
-  # Each member its own data order over its examples; fold 0's is the single run's.
-  data_keys = jnp.stack([jax.random.fold_in(train_data.data_key, p) for p in range(size)])
-  inputs, labels = (np.asarray(train_data.arrays["inputs"]),
-                    np.asarray(train_data.arrays["labels"]))
-  eval_batches = []
-  for start, batch in zip(range(0, n, c.data.eval_batch_size),
-                          pipeline.eval_batches(inputs, labels, c.data.eval_batch_size)):
-    width = len(batch["labels"])
-    held_b = np.zeros((size, width), bool)
-    held_b[:, :min(width, n - start)] = held[:, start:start + width]
-    eval_batches.append(jax.device_put((batch, held_b)))
-
-  # --- Model, optimizer, population: every member starts from the same state.
-  model = lora.maybe_wrap(  # model.lora_rank > 0: every fold trains adapters only.
-      models.build(c.model, info.num_classes, info.input_shape, precision=c.precision), c.model)
-  tx, schedule = optim.build(c.optim, c.train.num_steps)
-  hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
-  rngs = jnp.stack([jax.random.PRNGKey(c.seed)] * size)
-  sample = train_data.sample_batch()
-  if c.init_from.workdir:  # Checked against the model's shapes before anything compiles.
-    copies, record = transfer.load(
-        c.init_from, *phase_lib.member_shapes(model, tx, sample, hparams))
-    transfer.write_record(workdir, record)
-  pop = jax.jit(lambda r: pop_lib.create(model, tx, sample, hparams, r))(rngs)
-  if c.init_from.workdir:  # Every fold starts from the copied arrays.
-    pop = transfer.init_population(copies, pop)
-  acc = pop_lib.new_metric_sums(size)
-  orders = folds_lib.new_orders(counts)
-  train_index = jnp.asarray(train_index)
-
-  traces = []
-  fold_train = folds_lib.make_train_fn(model, tx, schedule, c.data.batch_size, counts)
-
-  def train_fn(*args):
-    traces.append(1)
-    return fold_train(*args)
-
-  train_fn = jax.jit(train_fn, donate_argnums=(0, 1, 2))
-  eval_fn = jax.jit(folds_lib.make_eval_fn(model))
-
-  def evaluate(pop) -> list[dict[str, float]]:
-    sums = None
-    for batch, held_b in eval_batches:
-      batch_sums = eval_fn(pop, batch, held_b)
-      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-    return pop_lib.compute_member_metrics(sums, "cv/")
-
-  # --- Resume: the population and partial metric sums of the latest checkpoint.
+  workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
+  pop, acc = _initial_population(s, folds, prog, workdir)
+  orders = folds_lib.new_orders(folds.counts)
   step, last, train_sec = 0, [], 0.0
   if latest is not None:
     restored, loop = ckpts.restore(latest, {"population": pop, "metric_sums": acc})
     pop, acc = restored["population"], restored["metric_sums"]
     step, last, train_sec = loop["step"], loop["last"], loop["train_sec"]
 
-  # --- Loop: every member steps together; evaluations score each on its fold.
+  # --- Loop: every fold steps together; evaluations score each on its held-out fold.
   metrics_log = writers.MetricsLog(workdir, step if latest is not None else -1)
   status, t_interval = "completed", time.perf_counter()
   with preemption.PreemptionGuard() as preempt:
     while step < c.train.num_steps:
-      pop, acc, orders = train_fn(pop, acc, orders, train_data.arrays, train_index, data_keys)
+      pop, acc, orders = prog.train(pop, acc, orders, s.train_data.arrays, folds.train_index,
+                                    folds.data_keys)
       step += 1
-      if step % c.train.eval_every_steps == 0 or step == c.train.num_steps:
+      if cadence.itstime(step, c.train.eval_every_steps, c.train.num_steps):
         train_metrics = pop_lib.compute_member_metrics(acc, "train/")
-        acc = pop_lib.new_metric_sums(size)
-        last = evaluate(pop)
+        acc = metrics.new_sums((folds.size,))
+        last = pop_lib.compute_member_metrics(
+            metrics.sum_batches(lambda b: prog.eval(pop, *b), folds.eval_batches), "cv/")
         record = {k: [m[k] for m in train_metrics] for k in train_metrics[0]}
         record.update(_fold_stats(last))
         metrics_log.write(step, record)
       stopping = bool(preempt.requested) or (
           stop_after_steps is not None and step >= stop_after_steps)
-      if step % c.checkpoint.every_steps == 0 or step == c.train.num_steps or stopping:
+      if cadence.itstime(step, c.checkpoint.every_steps, c.train.num_steps) or stopping:
         train_sec += time.perf_counter() - t_interval  # Checkpoint writes not counted.
         ckpts.save(step, {"population": pop, "metric_sums": acc},
                    {"step": step, "last": last, "train_sec": train_sec})
@@ -230,23 +177,91 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   if status != "completed":
     return {"status": status, "step": step}
 
-  # --- Result.
+  # --- Record: per-fold metrics, their mean and standard deviation.
   cv = c.eval.cross_validation
   result = {
       "status": status,
       "folds": cv.folds, "holdout_fraction": cv.holdout_fraction,
-      "train_split": f"{c.data.name}:{c.data.train_split}", "examples": n,
+      "train_split": f"{c.data.name}:{c.data.train_split}", "examples": folds.num_examples,
       "step": step,
       **_fold_stats(last),
-      "per_fold": [{"fold": p, "train_examples": counts[p],
-                    "held_out_examples": int(held[p].sum()), **last[p]} for p in range(size)],
+      "per_fold": [{"fold": p, "train_examples": folds.counts[p],
+                    "held_out_examples": int(folds.held[p].sum()), **last[p]}
+                   for p in range(folds.size)],
       "std_ddof": 0,
-      "train_step_compiles": len(traces),
+      "train_step_compiles": len(prog.traces),
       "train_time_sec": train_sec,
       "wall_time_sec": time.perf_counter() - wall_start,
   }
-  writers.write_text_atomic(workdir / "cv.json", json.dumps(result, indent=2) + "\n")
+  workdir_lib.write_json(workdir / "cv.json", result)
   return result
+
+
+class _Folds:
+  """Which examples each member trains on and is scored on, as device arrays."""
+
+  def __init__(self, c, train_data: pipeline.DeviceData):
+    cv = c.eval.cross_validation
+    self.num_examples = n = train_data.num_examples
+    labels = np.asarray(train_data.arrays["labels"])
+    self.held = folds_lib.held_out_masks(n, c.seed, cv.folds, cv.holdout_fraction,
+                                         labels if cv.stratified else None)
+    train_index, self.counts = folds_lib.train_indices(self.held)
+    self.train_index = jnp.asarray(train_index)
+    self.size = len(self.counts)
+    # Each member its own data order over its examples; fold 0's is the single run's.
+    self.data_keys = jnp.stack([jax.random.fold_in(train_data.data_key, p)
+                                for p in range(self.size)])
+    # Eval batches are slices of the training split, each with every member's held-out mask.
+    inputs = np.asarray(train_data.arrays["inputs"])
+    self.eval_batches = []
+    for start, batch in zip(range(0, n, c.data.eval_batch_size),
+                            pipeline.eval_batches(inputs, labels, c.data.eval_batch_size)):
+      width = len(batch["labels"])
+      held_b = np.zeros((self.size, width), bool)
+      held_b[:, :min(width, n - start)] = self.held[:, start:start + width]
+      self.eval_batches.append(jax.device_put((batch, held_b)))
+
+
+@dataclasses.dataclass
+class _Programs:
+  create: Any  # rngs [P, 2] -> population
+  train: Any  # (pop, acc, orders, data, train_index, data_keys) -> (pop, acc, orders)
+  eval: Any  # (pop, batch, held_out) -> metric sums [P]
+  traces: list
+
+
+def _programs(s: setup.Setup, folds: _Folds) -> _Programs:
+  """The jitted fold programs (one compile each for any number of folds)."""
+  r, c = s.recipe, s.config
+  traces = []
+  fold_train = folds_lib.make_train_fn(r.model, r.tx, r.schedule, c.data.batch_size,
+                                       folds.counts)
+
+  def train_fn(*args):
+    traces.append(1)
+    return fold_train(*args)
+
+  sample = s.train_data.sample_batch()
+  return _Programs(
+      create=jax.jit(lambda rngs: pop_lib.create(r.model, r.tx, sample, r.hparams, rngs)),
+      train=jax.jit(train_fn, donate_argnums=(0, 1, 2)),
+      eval=jax.jit(folds_lib.make_eval_fn(r.model)),
+      traces=traces)
+
+
+def _initial_population(s: setup.Setup, folds: _Folds, prog: _Programs, workdir: Path):
+  """(population, metric sums): every fold from the config's seed, or from init_from's
+  arrays (checked against the model's shapes before anything compiles)."""
+  c = s.config
+  if c.init_from.workdir:
+    shapes = s.recipe.shapes(s.train_data.sample_batch())
+    copies, record = transfer.load(c.init_from, shapes.params, shapes.model_state)
+    transfer.write_record(workdir, record)
+  pop = prog.create(jnp.stack([jax.random.PRNGKey(c.seed)] * folds.size))
+  if c.init_from.workdir:
+    pop = transfer.init_population(copies, pop)
+  return pop, metrics.new_sums((folds.size,))
 
 
 def _fold_stats(per_fold: list[dict[str, float]]) -> dict[str, Any]:

@@ -3,17 +3,13 @@ TensorBoard hparams entry per member."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from jaxtrain.io import checkpoint as checkpoint_lib
 from jaxtrain.core import state as state_lib
-from jaxtrain.core import step as step_lib
 from jaxtrain.io import writers
-from jaxtrain.jobs import train
+from jaxtrain.jobs import transfer, workdir as workdir_lib
 from jaxtrain.tune.phase import member_config
 
 
@@ -38,32 +34,17 @@ def write_member_hparams(workdir: Path, members, metric: str) -> None:
 
 
 def export_member(config, member: dict, state, directory: Path, schedule) -> None:
-  """Writes one member as a normal single-run workdir (config, checkpoint, final.json)."""
+  """Writes one member as a normal single-run workdir (config, checkpoint, final.json),
+  with the hyperparameter schedule its lineage followed (schedule.json)."""
   single = member_config(config, member["settings"])
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / "config.json").write_text(
-      json.dumps(json.loads(single.to_json()), indent=2, sort_keys=True) + "\n")
-  (directory / "schedule.json").write_text(json.dumps(schedule, indent=2) + "\n")
   state = jax.device_get(state)
-  ckpts = checkpoint_lib.Checkpoints(directory / "checkpoints", keep=1, async_save=False)
-  for old in ckpts.all_steps():  # A better member replaces an earlier export.
-    ckpts.manager.delete(old)
-  acc = {k: np.zeros((), np.float32) for k in train.TRAIN_METRICS}
-  guard = jax.device_get(step_lib.new_guard())
   step = int(state.step)
-  loop_state = {"best_score": None, "best_step": None, "best_eval": {}, "stop_best": None,
-                "evals_since_best": 0, "elapsed_sec": 0.0}
-  ckpts.save(step, {"train_state": state, "metric_sums": acc, "guard": guard}, loop_state)
-  ckpts.close()
   final = {"status": "completed", "step": step, "final": member["last_eval"],
            "best": {"metric": config.tune.metric, "step": step, **member["last_eval"]},
            "params_sha256": state_lib.params_sha256(state.params),
            "num_params": state_lib.num_params(state.params), "member": member["id"],
            "settings": member["settings"]}
   if single.model.lora_rank > 0:  # As a single LoRA run: the adapters merged, a plain run.
-    from jaxtrain.jobs import transfer  # pylint: disable=g-import-not-at-top
     final["lora_merged_workdir"] = str(transfer.export_merged(
         single, state, directory / "merged", final))
-  (directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")
-
-
+  workdir_lib.export_run(directory, single, state, final, {"schedule.json": schedule})

@@ -1,17 +1,18 @@
 """The tuning loop: populations of settings trained by one compiled step each.
 
-`run(config, workdir)` reads `config.tune`, turns the search space into
+`run(config, workdir)` has the shape of a single run (`jaxtrain.jobs.train`):
+check -> workdir -> build -> start -> loop -> record. The search space becomes
 *phases* (one per group of members sharing static settings; Bayesian search
-adds a phase per round), and trains each phase's population with the same
-readable loop: step -> evaluate every `train.eval_every_steps` -> let the
-strategy act (PBT exploit/explore, successive-halving culls and refills,
-per-member early stopping) -> checkpoint. All side effects live here; the
+adds a phase per round); each phase's population (`phase.Phase`: its model and
+compiled programs) trains from step 0 to `train.num_steps`, evaluated every
+`train.eval_every_steps`, when the strategy acts (PBT exploit/explore,
+successive-halving culls and refills, per-member early stopping) and the
+cadence says whether to checkpoint. All side effects live here; the
 population engine (`population.py`) is pure.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -22,19 +23,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxtrain.io import checkpoint as checkpoint_lib
-from jaxtrain.jobs import compile as compile_lib
 from jaxtrain import config as config_lib
 from jaxtrain import errors
-from jaxtrain.io import preemption, provenance, writers
-from jaxtrain.jobs import train, transfer
-from jaxtrain.data import catalog, pipeline
+from jaxtrain.data import catalog
+from jaxtrain.io import checkpoint, compilation, preemption, writers
+from jaxtrain.jobs import cadence, checks, evaluate, setup, transfer, workdir as workdir_lib
+from jaxtrain.tune import export, strategies
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
-from jaxtrain.tune import export, strategies
 from jaxtrain.tune import space as space_lib
-from jaxtrain.tune.phase import Phase, apply_settings, member_config  # noqa: F401 (API)
+from jaxtrain.tune.phase import Phase, member_config  # noqa: F401 (API)
 
 STRATEGIES = ("grid", "random", "pbt", "halving", "bayes")
 
@@ -44,13 +43,13 @@ STRATEGIES = ("grid", "random", "pbt", "halving", "bayes")
 
 def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
   """Checks `config.tune` on top of the usual config checks; returns the space."""
-  config_lib.validate(config)
+  checks.validate(config)
   t = config.tune
   if t.strategy not in STRATEGIES:
     raise errors.unknown_choice("tune.strategy", t.strategy, STRATEGIES)
   if t.population_size <= 0:
     raise errors.UserError(f"tune.population_size={t.population_size} must be > 0")
-  config_lib.check_rankable("tune.metric", t.metric, config)
+  checks.check_rankable("tune.metric", t.metric, config)
   if t.execution not in pop_lib.EXECUTIONS:
     raise errors.unknown_choice("tune.execution", t.execution, pop_lib.EXECUTIONS)
   if t.steps_per_call <= 0 or config.train.eval_every_steps % t.steps_per_call:
@@ -97,17 +96,227 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
         "tune.strategy='pbt' needs at least one dimension PBT can change during training: "
         + ", ".join(sorted(space_lib.DYNAMIC_KEYS)))
   for d in dims:
-    trial = copy.deepcopy(config)
     for value in ([d.low, d.high] if d.kind != "choice" else list(d.choices)):
-      apply_settings(trial, {d.key: value})
       try:
-        config_lib.validate(trial)
+        checks.validate(config_lib.with_settings(config, {d.key: value}))
       except errors.UserError as e:
         raise errors.UserError(f"tune.space.{d.key} allows {value!r}, which fails: {e}") from None
   return dims
 
 
-# --- Phases: which members train together. ---
+# --- The loop. ---
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
+        stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) the search in `workdir`; returns the result summary.
+
+  The result (also WORKDIR/tune/result.json) holds the best member's settings
+  and score and a table with one row per member. The best member is exported
+  to WORKDIR/best/ as a normal single-run workdir (`--mode=eval` and
+  fine-tuning use it like any run). `stop_after_steps` stops at the first
+  evaluation at or after that many population steps (counted over all
+  phases), with a checkpoint, as a preempted job would; running again resumes.
+
+  Raises:
+    UserError: bad config, search space, workdir or dataset (before compiling).
+  """
+  wall_start = time.perf_counter()
+  # --- Check: the config and its search space, before anything is compiled.
+  dims = validate(config)
+  c = config
+  workdir = workdir_lib.prepare(workdir)
+  compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
+  tune_dir = workdir / "tune"
+  tune_dir.mkdir(exist_ok=True)
+
+  # --- Build: the data, on the device (each member gathers its own batches in jit).
+  s = setup.build(c, data_pipeline="device", placement=False)
+  eval_batches = [jax.device_put(b) for b in s.eval_batches()]
+
+  # --- Start: the loop state of the latest checkpoint, else a plan of phases.
+  ckpts = checkpoint.Checkpoints(tune_dir / "checkpoints", keep=c.checkpoint.keep,
+                                 async_save=c.checkpoint.async_save)
+  latest = ckpts.latest_step()
+  workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
+  workdir_lib.write_provenance(workdir)
+  study = strategies.open_study(c, tune_dir) if c.tune.strategy == "bayes" else None
+  loop = ckpts.restore_loop(latest) if latest is not None else _new_loop()
+  if loop["phases"] is None:
+    loop["phases"] = [] if study is not None else _plan_initial(c, dims, strategies.rng_for(c.seed, 0))
+  if c.init_from.workdir:  # Every planned model must fit the checkpoint: one line, before compiling.
+    for planned in loop["phases"]:  # One per static setting (Bayes: checked per round, in Phase).
+      phase_lib.check_init_from(c, {k: v for k, v in planned[0].items() if k != "__trial__"},
+                                s.info, s.train_data.sample_batch())
+  records = _Records(workdir, c, loop, resumed=latest is not None)
+
+  # --- Loop: phase by phase; within a phase, evaluation interval by interval.
+  status, clock = "completed", _Clock()
+  with preemption.PreemptionGuard() as preempt:
+    while _next_phase(c, dims, loop, study):
+      resuming = latest is not None and bool(loop["members"])
+      if not resuming:
+        _start_members(loop, records.lineage)
+      phase = Phase(c, loop["members"][0]["settings"], s.info, s.train_data, eval_batches,
+                    [d for d in dims if d.dynamic], len(loop["members"]))
+      if phase.init_record is not None:
+        transfer.write_record(workdir, phase.init_record)
+      pop, acc = phase.initial_state(loop["members"])
+      if resuming:
+        pop, acc = phase.restore(ckpts, latest, pop, acc)
+      latest, stopping = None, False
+      while loop["step"] < c.train.num_steps and not stopping:
+        pop, acc = _train_interval(c, phase, pop, acc, loop, records)
+        clock.trained = True
+        if loop["step"] < c.train.num_steps:
+          pop, acc = strategies.act(c, phase, pop, acc, loop, [m["score"] for m in loop["members"]],
+                                    records.lineage, dims, phase.dynamic_dims)
+        else:
+          _finish_phase(c, phase, pop, loop, records.lineage, study, tune_dir)
+        # SIGTERM/SIGINT take effect at the end of the current evaluation interval.
+        stopping = bool(preempt.requested) or (
+            stop_after_steps is not None and loop["global_step"] >= stop_after_steps)
+        if cadence.itstime(loop["step"], c.checkpoint.every_steps, c.train.num_steps) or stopping:
+          clock.save(ckpts, loop, records.lineage, pop, acc)
+      records.compiles[loop["phase"]] = phase.compiles
+      records.executions[loop["phase"]] = phase.execution
+      if loop["step"] < c.train.num_steps or stopping:  # Stopped inside or at the end of a
+        status = "preempted" if preempt.requested else "stopped"  # phase (its checkpoint
+        break  # is the resume point).
+      loop["phase"] += 1
+      loop["members"] = []
+
+  # --- Record: the result table, the best member on the test split, the figures.
+  ckpts.close()
+  records.close()
+  clock.stop(loop)
+  result = {"status": status, **_result(c, loop, records.compiles, records.executions,
+                                        time.perf_counter() - wall_start)}
+  if status == "completed" and c.data.test_split and loop.get("best"):
+    # Members were compared on data.eval_split; the winner alone meets the test split.
+    test_config = config_lib.load_snapshot(workdir / "best")
+    test_config.data.eval_split = c.data.test_split
+    test = evaluate.run(workdir / "best", test_config)
+    result["best_test"] = {k: v for k, v in test.items() if k.startswith("eval/")}
+  (tune_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+  try:
+    from jaxtrain.tune import plots  # pylint: disable=g-import-not-at-top
+    plots.write(workdir, loop, lineage_lib.read(tune_dir / "lineage.jsonl"), c.tune.metric)
+  except ImportError:  # matplotlib is optional for tuning itself.
+    pass
+  return result
+
+
+def _new_loop() -> dict[str, Any]:
+  """The loop state (checkpointed as JSON) of a search that has not started."""
+  return {"phase": 0, "phases": None, "rounds": 0, "next_member_id": 0, "event": 0, "step": 0,
+          "members": [], "done": [], "rungs": {}, "elapsed_sec": 0.0, "lineage_count": 0,
+          "global_step": 0, "best": None}
+
+
+def _next_phase(c, dims, loop, study) -> bool:
+  """Whether a phase is left to train; Bayesian search asks Optuna for the next round."""
+  if loop["phase"] < len(loop["phases"]):
+    return True
+  if study is None or loop["rounds"] >= c.tune.bayes.rounds:
+    return False
+  loop["phases"].extend(_group(strategies.ask_round(study, dims, c, loop)))
+  loop["rounds"] += 1
+  return True
+
+
+def _start_members(loop, lineage) -> None:
+  """The members of the current phase, from its planned settings (lineage: init)."""
+  loop["members"], loop["step"] = [], 0
+  for s in loop["phases"][loop["phase"]]:
+    trial = s.get("__trial__")
+    s = {k: v for k, v in s.items() if k != "__trial__"}
+    loop["members"].append(strategies.new_member(loop, s, step=0, trial=trial))
+    lineage.write(event="init", member=loop["members"][-1]["id"], parent=None, step=0,
+                  phase=loop["phase"], before=None, after=s, score=None, trial=trial)
+
+
+def _train_interval(c, phase: Phase, pop, acc, loop, records: "_Records"):
+  """Trains every active member train.eval_every_steps steps, then evaluates and logs."""
+  members = loop["members"]
+  t0 = time.perf_counter()
+  active = phase.active(members)
+  for _ in range(c.train.eval_every_steps // c.tune.steps_per_call):
+    pop, acc = phase.train(pop, acc, active)
+  loop["step"] += c.train.eval_every_steps
+  loop["global_step"] += c.train.eval_every_steps
+  train_metrics = pop_lib.compute_member_metrics(acc, "train/")
+  seconds = time.perf_counter() - t0
+  acc = phase.fresh_sums(len(members))
+  eval_metrics = phase.evaluate(pop)
+  mode = config_lib.mode_of(c.tune.metric)
+  for m, e in zip(members, eval_metrics):
+    if m["active"]:
+      m["last_eval"], m["score"] = e, cadence.signed(e[c.tune.metric], mode)
+      m["history"].append([loop["step"], m["score"]])
+  records.evaluation(c, loop, members, train_metrics, eval_metrics, seconds, phase.execution)
+  return pop, acc
+
+
+class _Clock:
+  """Training time across sessions (loop['elapsed_sec']), and the checkpoint saves."""
+
+  def __init__(self):
+    self.start, self.trained = time.perf_counter(), False
+
+  def save(self, ckpts, loop, lineage, pop, acc) -> None:
+    loop["elapsed_sec"] += time.perf_counter() - self.start
+    self.start = time.perf_counter()
+    loop["lineage_count"] = lineage.count  # Lineage events past a checkpoint are redone.
+    ckpts.save(loop["global_step"], {"population": pop, "metric_sums": acc}, loop)
+
+  def stop(self, loop) -> None:
+    if self.trained:  # A rerun of a finished search adds no training time.
+      loop["elapsed_sec"] += time.perf_counter() - self.start
+
+
+class _Records:
+  """Where a search's numbers go: metrics.jsonl, TensorBoard, tune/lineage.jsonl."""
+
+  def __init__(self, workdir: Path, c, loop, resumed: bool):
+    self.lineage = lineage_lib.Lineage(workdir / "tune" / "lineage.jsonl",
+                                       keep=loop["lineage_count"])
+    self.log = writers.MetricsLog(workdir, loop["global_step"] if resumed else -1)
+    self.tensorboard = writers.TensorBoard(
+        workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
+        [f"best/{c.tune.metric}"])
+    self.compiles: dict[int, int] = {}
+    self.executions: dict[int, str] = {}  # 'vmap' or 'map' per phase (tune.execution=auto).
+
+  def evaluation(self, c, loop, members, train_metrics, eval_metrics, seconds,
+                 execution: str) -> None:
+    """One metrics.jsonl record (per-member lists) and the TensorBoard scalars."""
+    active = sum(m["active"] for m in members)
+    record = {"phase": loop["phase"], "phase_step": loop["step"], "execution": execution,
+              "steps_per_sec": c.train.eval_every_steps / seconds,
+              "member_steps_per_sec": c.train.eval_every_steps * active / seconds,
+              "member_ids": [m["id"] for m in members]}
+    record.update({k: [m[k] for m in train_metrics] for k in train_metrics[0]})
+    record.update({k: [m[k] for m in eval_metrics] for k in eval_metrics[0]})
+    scores = [m["score"] if m["score"] is not None else math.nan for m in members]
+    finite = [i for i, s in enumerate(scores) if not math.isnan(s)]
+    if finite:
+      best = max(finite, key=lambda i: scores[i])
+      record[f"best/{c.tune.metric}"] = eval_metrics[best][c.tune.metric]
+      record["best/member"] = members[best]["id"]
+    self.log.write(loop["global_step"], record)
+    scalars = {k: v for k, v in record.items() if isinstance(v, float)}
+    for m, e in zip(members, eval_metrics):
+      scalars.update({f"members/{m['id']:04d}/{k}": v for k, v in e.items()})
+    self.tensorboard.write(loop["global_step"], scalars)
+
+  def close(self) -> None:
+    self.lineage.close()
+    self.log.close()
+    self.tensorboard.close()
+
+
+# --- Phases: which members train together, and what a finished phase records. ---
 
 
 def _plan_initial(config, dims, rng: np.random.Generator) -> list[list[dict[str, Any]]]:
@@ -138,7 +347,7 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, study, tune_dir: Path) ->
       if value is None or math.isnan(value):
         study.tell(m["trial"], state=optuna.trial.TrialState.FAIL)
       else:
-        study.tell(m["trial"], strategies.signed_score(value, config_lib.mode_of(c.tune.metric)))
+        study.tell(m["trial"], cadence.signed(value, config_lib.mode_of(c.tune.metric)))
   scores = [m["score"] if m["score"] is not None and not math.isnan(m["score"]) else -math.inf
             for m in members]
   best = int(np.argmax(scores))
@@ -152,191 +361,12 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, study, tune_dir: Path) ->
                   lineage_lib.schedule_of(events, members[best]["id"]))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
-        stop_after_steps: int | None = None) -> dict[str, Any]:
-  """Runs (or resumes) the search in `workdir`; returns the result summary.
-
-  The result (also WORKDIR/tune/result.json) holds the best member's settings
-  and score and a table with one row per member. The best member is exported
-  to WORKDIR/best/ as a normal single-run workdir (`--mode=eval` and
-  fine-tuning use it like any run). `stop_after_steps` stops at the first
-  evaluation at or after that many population steps (counted over all
-  phases), with a checkpoint, as a preempted job would; running again resumes.
-
-  Raises:
-    UserError: bad config, search space, workdir or dataset (before compiling).
-  """
-  wall_start = time.perf_counter()
-  # --- Config and workdir.
-  dims = validate(config)
-  c = config
-  workdir = train.prepare_workdir(workdir)
-  compile_lib.enable_cache(c.compile.cache_dir)  # Before the first compile.
-  tune_dir = workdir / "tune"
-  tune_dir.mkdir(exist_ok=True)
-  dynamic_dims = [d for d in dims if d.dynamic]
-  score_mode = config_lib.mode_of(c.tune.metric)
-
-  # --- Input: the device-resident path (each member gathers its batches in jit).
-  data_config = copy.deepcopy(c.data)
-  with data_config.unlocked():
-    data_config.pipeline = "device"
-  train_data, info = pipeline.create_train_data(data_config, c.seed)
-  eval_inputs, eval_labels = pipeline.load_eval_arrays(c.data)
-  eval_batches = [jax.device_put(b) for b in
-                  pipeline.eval_batches(eval_inputs, eval_labels, c.data.eval_batch_size)]
-
-  # --- Checkpoints and the loop state that survives restarts.
-  ckpts = checkpoint_lib.Checkpoints(tune_dir / "checkpoints", keep=c.checkpoint.keep,
-                                     async_save=c.checkpoint.async_save)
-  latest = ckpts.latest_step()
-  train._snapshot_config(c, workdir, latest is not None, allow_config_change=False)  # pylint: disable=protected-access
-  (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
-  study = strategies.open_study(c, tune_dir) if c.tune.strategy == "bayes" else None
-  loop = {"phase": 0, "phases": None, "rounds": 0, "next_member_id": 0, "event": 0, "step": 0,
-          "members": [], "done": [], "rungs": {}, "elapsed_sec": 0.0, "lineage_count": 0,
-          "global_step": 0, "best": None}
-  if latest is not None:
-    loop = ckpts.restore_loop(latest)
-  if loop["phases"] is None:
-    loop["phases"] = [] if study is not None else _plan_initial(c, dims, strategies.rng_for(c.seed, 0))
-  if c.init_from.workdir:  # Every planned model must fit the checkpoint: one line, before compiling.
-    for planned in loop["phases"]:  # One per static setting (Bayes: checked per round, in Phase).
-      phase_lib.check_init_from(c, {k: v for k, v in planned[0].items() if k != "__trial__"},
-                                info, train_data.sample_batch())
-  lineage = lineage_lib.Lineage(tune_dir / "lineage.jsonl", keep=loop["lineage_count"])
-  metrics_log = writers.MetricsLog(workdir, loop["global_step"] if latest is not None else -1)
-  tensorboard = writers.TensorBoard(
-      workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)), [f"best/{c.tune.metric}"])
-  compiles: dict[int, int] = {}
-  executions: dict[int, str] = {}  # 'vmap' or 'map' per phase (tune.execution=auto decides).
-  status = "completed"
-  session_start = time.perf_counter()
-  trained_here = False
-
-  # --- Phases: each is one population trained from step 0 to train.num_steps.
-  with preemption.PreemptionGuard() as preempt:
-    while True:
-      if loop["phase"] == len(loop["phases"]):
-        if study is None or loop["rounds"] >= c.tune.bayes.rounds:
-          break
-        loop["phases"].extend(_group(strategies.ask_round(study, dims, c, loop)))
-        loop["rounds"] += 1
-      resuming = latest is not None and bool(loop["members"])
-      if not resuming:
-        loop["members"], loop["step"] = [], 0
-        for s in loop["phases"][loop["phase"]]:
-          trial = s.get("__trial__")
-          s = {k: v for k, v in s.items() if k != "__trial__"}
-          loop["members"].append(strategies.new_member(loop, s, step=0, trial=trial))
-          lineage.write(event="init", member=loop["members"][-1]["id"], parent=None, step=0,
-                        phase=loop["phase"], before=None, after=s, score=None, trial=trial)
-      members = loop["members"]
-      phase = Phase(c, members[0]["settings"], info, train_data, eval_batches, dynamic_dims,
-                     len(members))
-      if phase.init_record is not None:
-        transfer.write_record(workdir, phase.init_record)
-      pop, acc = phase.initial_state(members)
-      if resuming:
-        restored = ckpts.restore(latest, {"population": pop, "metric_sums": acc})[0]
-        pop, acc = phase._put(restored["population"]), phase._put(restored["metric_sums"])  # pylint: disable=protected-access
-      latest = None
-
-      stopping = False
-      while loop["step"] < c.train.num_steps:
-        members = loop["members"]
-        t0 = time.perf_counter()
-        active = phase.active(members)
-        for _ in range(c.train.eval_every_steps // c.tune.steps_per_call):
-          pop, acc = phase.train(pop, acc, active)
-        trained_here = True
-        loop["step"] += c.train.eval_every_steps
-        loop["global_step"] += c.train.eval_every_steps
-        train_metrics = pop_lib.compute_member_metrics(acc, "train/")
-        seconds = time.perf_counter() - t0
-        acc = phase._put(pop_lib.new_metric_sums(len(members)))  # pylint: disable=protected-access
-        eval_metrics = phase.evaluate(pop)
-        for m, e in zip(members, eval_metrics):
-          if m["active"]:
-            m["last_eval"], m["score"] = e, strategies.signed_score(e[c.tune.metric], score_mode)
-            m["history"].append([loop["step"], m["score"]])
-        _log_evaluation(c, loop, members, train_metrics, eval_metrics, seconds, metrics_log,
-                        tensorboard, phase.execution)
-        if loop["step"] < c.train.num_steps:
-          pop, acc = strategies.act(c, phase, pop, acc, loop, [m["score"] for m in members], lineage, dims,
-                          dynamic_dims)
-        finishing = loop["step"] >= c.train.num_steps
-        if finishing:
-          _finish_phase(c, phase, pop, loop, lineage, study, tune_dir)
-        # SIGTERM/SIGINT take effect at the end of the current evaluation interval.
-        stopping = bool(preempt.requested) or (
-            stop_after_steps is not None and loop["global_step"] >= stop_after_steps)
-        if loop["step"] % c.checkpoint.every_steps == 0 or finishing or stopping:
-          loop["elapsed_sec"] += time.perf_counter() - session_start
-          session_start = time.perf_counter()
-          loop["lineage_count"] = lineage.count
-          ckpts.save(loop["global_step"], {"population": pop, "metric_sums": acc}, loop)
-        if stopping and not finishing:
-          break
-      compiles[loop["phase"]] = phase.compiles
-      executions[loop["phase"]] = phase.execution
-      if loop["step"] < c.train.num_steps or stopping:  # Stopped inside or at the end of
-        status = "preempted" if preempt.requested else "stopped"  # a phase (its checkpoint
-        break  # is the resume point).
-      loop["phase"] += 1
-      loop["members"] = []
-
-  ckpts.close()
-  lineage.close()
-  metrics_log.close()
-  tensorboard.close()
-  if trained_here:  # A rerun of a finished search adds no training time.
-    loop["elapsed_sec"] += time.perf_counter() - session_start
-  result = {"status": status, **_result(c, loop, compiles, executions, time.perf_counter() - wall_start)}
-  if status == "completed" and c.data.test_split and loop.get("best"):
-    # Members were compared on data.eval_split; the winner alone meets the test split.
-    from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
-    test_config = evaluate.load_config(workdir / "best")
-    test_config.data.eval_split = c.data.test_split
-    test = evaluate.run(workdir / "best", test_config)
-    result["best_test"] = {k: v for k, v in test.items() if k.startswith("eval/")}
-  (tune_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-  try:
-    from jaxtrain.tune import plots  # pylint: disable=g-import-not-at-top
-    plots.write(workdir, loop, lineage_lib.read(tune_dir / "lineage.jsonl"), c.tune.metric)
-  except ImportError:  # matplotlib is optional for tuning itself.
-    pass
-  return result
-
-
 def _group(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
   groups: dict[tuple, list] = {}
   for s in settings:
     key = space_lib.static_part({k: v for k, v in s.items() if k != "__trial__"})
     groups.setdefault(key, []).append(s)
   return [groups[k] for k in sorted(groups, key=repr)]
-
-
-def _log_evaluation(c, loop, members, train_metrics, eval_metrics, seconds, metrics_log,
-                    tensorboard, execution: str) -> None:
-  active = sum(m["active"] for m in members)
-  record = {"phase": loop["phase"], "phase_step": loop["step"], "execution": execution,
-            "steps_per_sec": c.train.eval_every_steps / seconds,
-            "member_steps_per_sec": c.train.eval_every_steps * active / seconds,
-            "member_ids": [m["id"] for m in members]}
-  record.update({k: [m[k] for m in train_metrics] for k in train_metrics[0]})
-  record.update({k: [m[k] for m in eval_metrics] for k in eval_metrics[0]})
-  scores = [m["score"] if m["score"] is not None else math.nan for m in members]
-  finite = [i for i, s in enumerate(scores) if not math.isnan(s)]
-  if finite:
-    best = max(finite, key=lambda i: scores[i])
-    record[f"best/{c.tune.metric}"] = eval_metrics[best][c.tune.metric]
-    record["best/member"] = members[best]["id"]
-  metrics_log.write(loop["global_step"], record)
-  scalars = {k: v for k, v in record.items() if isinstance(v, float)}
-  for m, e in zip(members, eval_metrics):
-    scalars.update({f"members/{m['id']:04d}/{k}": v for k, v in e.items()})
-  tensorboard.write(loop["global_step"], scalars)
 
 
 def _result(c, loop, compiles, executions, wall_sec) -> dict[str, Any]:

@@ -7,7 +7,6 @@ step, eval step, exploit/explore and refill, reused for every event.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -16,48 +15,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import models
-from jaxtrain.core import ema as ema_lib, lora, optim
-from jaxtrain.jobs import transfer
-from jaxtrain.parallel import sharding
-from jaxtrain.core import state as state_lib
+from jaxtrain import config as config_lib
+from jaxtrain.core import ema as ema_lib, metrics
 from jaxtrain.data import pipeline
+from jaxtrain.jobs import setup, transfer
+from jaxtrain.parallel import sharding
 from jaxtrain.tune import execution as execution_lib
 from jaxtrain.tune import population as pop_lib
 
 
-def apply_settings(config: ml_collections.ConfigDict, settings: dict[str, Any]) -> None:
-  for key, value in settings.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    default = node[leaf]
-    if isinstance(default, tuple):
-      value = tuple(value)  # Settings that went through JSON come back as lists.
-    elif isinstance(default, float):
-      value = float(value)
-    elif isinstance(default, int) and not isinstance(default, bool):
-      value = int(value)
-    node[leaf] = value
-
-
 def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
   """The plain single-run config of a member with `settings` (tune.strategy='none')."""
-  out = copy.deepcopy(config)
+  out = config_lib.with_settings(config, settings)
   with out.unlocked():
-    apply_settings(out, settings)
     out.tune.strategy = "none"
     out.tune.space = ml_collections.ConfigDict()  # A single run searches nothing.
     out.mesh.pop = 1  # ...and has no member axis.
   return out
-
-
-def member_shapes(model, tx, sample_batch, base_hparams):
-  """One member's (params, model_state) as ShapeDtypeStructs (traced, not compiled)."""
-  member = jax.eval_shape(lambda: state_lib.create(
-      model, tx, sample_batch, base_hparams, jax.random.PRNGKey(0)))
-  return member.params, member.model_state
 
 
 def check_init_from(config, settings: dict[str, Any], info, sample_batch) -> dict:
@@ -68,12 +42,8 @@ def check_init_from(config, settings: dict[str, Any], info, sample_batch) -> dic
     UserError: the checkpoint does not fit (every problem listed).
   """
   c = member_config(config, settings)
-  model = lora.maybe_wrap(models.build(c.model, info.num_classes, info.input_shape,
-                                       precision=c.precision), c.model)
-  tx, _ = optim.build(c.optim, c.train.num_steps)
-  hparams = {"dropout_rate": c.model.dropout_rate, "label_smoothing": c.loss.label_smoothing}
-  return transfer.load(c.init_from, *member_shapes(model, tx, sample_batch, hparams),
-                       read=False)[1]
+  shapes = setup.recipe(c, info).shapes(sample_batch)
+  return transfer.load(c.init_from, shapes.params, shapes.model_state, read=False)[1]
 
 
 def execution_for(config, model_name: str) -> str:
@@ -94,19 +64,15 @@ class Phase:
     self.dynamic_keys = [d.key for d in dynamic_dims]
     self.data = train_data.arrays
     self.eval_batches = eval_batches
-    force_dropout = "model.dropout_rate" in self.dynamic_keys
-    self.model = lora.maybe_wrap(  # model.lora_rank > 0: members train adapters only.
-        models.build(c.model, info.num_classes, info.input_shape,
-                     force_dropout=force_dropout, precision=c.precision), c.model)
-    self.tx, schedule = optim.build(c.optim, c.train.num_steps)
-    self.base_hparams = {"dropout_rate": c.model.dropout_rate,
-                         "label_smoothing": c.loss.label_smoothing,
-                         **ema_lib.hparams(c.train)}  # train.ema_decay > 0: each member's EMA.
+    # Dropout layers in every member when the rate is searched (some members may draw 0).
+    r = setup.recipe(c, info, force_dropout="model.dropout_rate" in self.dynamic_keys)
+    self.model, self.tx, self.base_hparams = r.model, r.tx, r.hparams
+    schedule = r.schedule
     self.sample_batch = train_data.sample_batch()
     # init_from: every member (and every refill) starts from the same copied arrays.
+    shapes = r.shapes(self.sample_batch)
     self.init_copies, self.init_record = (
-        transfer.load(c.init_from, *member_shapes(self.model, self.tx, self.sample_batch,
-                                                   self.base_hparams))
+        transfer.load(c.init_from, shapes.params, shapes.model_state)
         if c.init_from.workdir else ({}, None))
     self.execution = execution_for(config, c.model.name)
     self.traces = []
@@ -183,7 +149,16 @@ class Phase:
       pop = self._set_dynamic(pop, self.dynamic_values(members))
     self.data_keys = self._put(self._data_keys(members))
     self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
-    return self._put(pop), self._put(pop_lib.new_metric_sums(len(members)))
+    return self._put(pop), self._put(metrics.new_sums((len(members),)))
+
+  def fresh_sums(self, size: int):
+    """Zero metric sums for `size` members, placed like the population."""
+    return self._put(metrics.new_sums((size,)))
+
+  def restore(self, ckpts, step: int, pop, acc):
+    """The population and metric sums of checkpoint `step` (shaped like `pop`, `acc`)."""
+    restored = ckpts.restore(step, {"population": pop, "metric_sums": acc})[0]
+    return self._put(restored["population"]), self._put(restored["metric_sums"])
 
   def active(self, members) -> jax.Array | None:
     if all(m["active"] for m in members):
@@ -199,17 +174,14 @@ class Phase:
     """Per-member eval metrics; with train.ema_decay > 0 the members' EMA
     parameters too (eval/ema_*), as a single run does."""
     def member_metrics(states, prefix):
-      sums = None
-      for batch in self.eval_batches:
-        batch_sums = self._eval(states, batch)
-        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+      sums = metrics.sum_batches(lambda batch: self._eval(states, batch), self.eval_batches)
       return pop_lib.compute_member_metrics(sums, prefix)
 
-    metrics = member_metrics(pop, "eval/")
+    values = member_metrics(pop, "eval/")
     if pop.ema_params is not None:
-      for m, ema in zip(metrics, member_metrics(ema_lib.as_params(pop), "eval/ema_")):
+      for m, ema in zip(values, member_metrics(ema_lib.as_params(pop), "eval/ema_")):
         m.update(ema)
-    return metrics
+    return values
 
   def exploit(self, pop, scores: list[float], rng: jax.Array):
     scores_arr = jnp.asarray([s if s is not None else math.nan for s in scores], jnp.float32)
@@ -222,7 +194,7 @@ class Phase:
     fresh = self.initial_state(members)[0]
     mask_arr = self._put(jnp.asarray(mask))
     pop = self._select(mask_arr, fresh, pop)
-    acc = self._select(mask_arr, pop_lib.new_metric_sums(len(members)), acc)
+    acc = self._select(mask_arr, metrics.new_sums((len(members),)), acc)
     return self._put(pop), self._put(acc)
 
 

@@ -175,11 +175,6 @@ def make_eval_fn(model) -> Callable:
                   in_axes=(0, None))
 
 
-def new_metric_sums(population_size: int) -> dict[str, jax.Array]:
-  return {k: jnp.zeros((population_size,), jnp.float32)
-          for k in ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate", "count")}
-
-
 def compute_member_metrics(sums: dict[str, Any], prefix: str) -> list[dict[str, float]]:
   """Host-side per-member means from metric sums with a leading member axis."""
   sums = jax.device_get(sums)

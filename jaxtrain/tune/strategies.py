@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxtrain.jobs import cadence
 from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import space as space_lib
 from jaxtrain.tune.phase import Phase
@@ -25,11 +26,6 @@ from jaxtrain.tune.phase import Phase
 def rng_for(seed: int, *counters: int) -> np.random.Generator:
   """A host RNG derived from (seed, counters): no RNG state to checkpoint."""
   return np.random.default_rng([seed, *counters])
-
-
-def signed_score(value: float, mode: str) -> float:
-  """Higher is better; NaN stays NaN (never best)."""
-  return value if mode == "max" else -value
 
 
 def new_member(loop: dict, settings: dict[str, Any], step: int, trial: int | None = None) -> dict:
@@ -52,12 +48,8 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
     for m in members:
       if not m["active"]:
         continue
-      s = m["score"]
-      if s is not None and not math.isnan(s) and (
-          m["best_score"] is None or s > m["best_score"] + c.tune.early_stopping.min_delta):
-        m["best_score"], m["evals_since_best"] = s, 0
-      else:
-        m["evals_since_best"] += 1
+      m["best_score"], m["evals_since_best"] = cadence.patience_step(
+          m["best_score"], m["evals_since_best"], m["score"], c.tune.early_stopping.min_delta)
       if m["evals_since_best"] >= c.tune.early_stopping.patience:
         m["active"] = False
         lineage.write(event="stop", member=m["id"], parent=None, step=step,

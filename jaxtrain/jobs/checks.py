@@ -1,0 +1,74 @@
+"""Validation of a whole config, before anything is compiled or written.
+
+The schema (keys and types) is `jaxtrain.config`'s; every component checks the
+values it owns (`models.check_config`, `optim.check_config`, ...). This module
+sits above them all and calls each, so a mistake anywhere is one `UserError`
+line that names the key and the fix. Nothing is compiled or downloaded.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxtrain import config as config_lib
+from jaxtrain import errors, models
+from jaxtrain.analysis import options as analysis_options
+from jaxtrain.core import ema, lora, losses, multistep, optim, step
+from jaxtrain.data import catalog, pipeline
+from jaxtrain.io import compilation, profiling, throughput
+from jaxtrain.jobs import cadence, transfer
+from jaxtrain.parallel import sharding
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line `UserError` for anything wrong with `config`.
+
+  Checks the schema (unknown or missing keys, wrong types), value ranges, and
+  that every named component (dataset, model, activation, optimizer, schedule,
+  metric) exists.
+  """
+  config_lib.check_schema(config)
+  pipeline.check_config(config.data)
+  cadence.check_config(config)
+  optim.check_config(config.optim)
+  models.check_config(config.model)
+  losses.check_config(config.loss)
+  if config.optim.schedule.warmup_steps >= config.train.num_steps:
+    raise errors.UserError(
+        f"optim.schedule.warmup_steps={config.optim.schedule.warmup_steps} must be "
+        f"smaller than train.num_steps={config.train.num_steps}")
+  step.check_config(config.train)
+  models.check_precision(config.precision)
+  multistep.check_config(config.train)
+  compilation.check_config(config.compile)
+  throughput.check_config(config.throughput)
+  profiling.check_config(config.profile)
+  for key in ("checkpoint.best_metric", "early_stopping.metric"):
+    check_rankable(key, config_lib.flatten(config)[key], config)
+  lora.check_config(config.model)
+  ema.check_config(config.train)
+  transfer.check_config(config.init_from)
+  sharding.check_config(config.mesh)  # Sizes against devices: sharding.make_mesh.
+  analysis_options.check_config(config.eval)
+
+
+def check_rankable(key: str, metric: str, config) -> None:
+  """Raises `UserError` unless `metric` is rankable and this config reports it."""
+  if metric not in config_lib.RANKABLE_METRICS:
+    raise errors.unknown_choice(key, metric, config_lib.RANKABLE_METRICS)
+  if metric.startswith("eval/ema_") and not config.train.ema_decay > 0:
+    raise errors.UserError(
+        f"{key}={metric!r} needs train.ema_decay > 0 (the average is evaluated only then); "
+        "set train.ema_decay (e.g. 0.99) or rank by eval/accuracy or eval/loss")
+  if metric == "eval/bits_per_char" and config.model.name != "transformer":
+    raise errors.UserError(
+        f"{key}={metric!r} is reported for language models only (model.name='transformer', "
+        f"not {config.model.name!r}); rank by eval/loss")
+
+
+def validate_single_run(config: ml_collections.ConfigDict) -> None:
+  """`validate`, plus what a single run needs of the machine: the dataset's splits
+  exist, and the mesh fits the devices and the batch size."""
+  validate(config)
+  catalog.check_splits(config.data)
+  sharding.check_single_run(config)

@@ -1,0 +1,183 @@
+"""The build recipe, written once: config -> data, model, optimizer, hyperparameters, placement.
+
+Every mode builds through here: a single run (`train.run`), `--mode=eval`,
+`--mode=compile`, every tuning phase and cross-validation.
+
+- `recipe(config, info)`: the model (LoRA-wrapped when `model.lora_rank > 0`),
+  the optimizer and its schedule, and the hyperparameters that live in the
+  state (EMA decay included when `train.ema_decay > 0`). The only place a model
+  or an optimizer is built.
+- `build(config)`: the recipe plus the data (train pipeline, eval arrays) and,
+  for a single run, where every array lives on the mesh (`Placement`).
+- `programs(setup)`: the jitted single-run steps (create, train one step,
+  train K steps per call, eval), with donation and shardings applied here, not
+  inside the pure steps.
+- `evaluate(...)`: the eval metrics of a state (and of its EMA parameters).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from jaxtrain import models
+from jaxtrain.core import ema, lora, metrics, multistep, optim, state as state_lib, step
+from jaxtrain.data import catalog, pipeline
+from jaxtrain.parallel import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """One model as a config makes it: the model, its optimizer and its hyperparameters."""
+  model: models.Model
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  hparams: dict[str, float]  # Model/loss-side hyperparameters held in the state.
+
+  def create(self, sample_batch: dict, rng: jax.Array) -> state_lib.TrainState:
+    """A fresh state (pure: jit it, or `jax.eval_shape` it)."""
+    return state_lib.create(self.model, self.tx, sample_batch, self.hparams, rng)
+
+  def shapes(self, sample_batch: dict) -> state_lib.TrainState:
+    """The state's shapes and dtypes (traced, nothing compiled or allocated)."""
+    return jax.eval_shape(lambda: self.create(sample_batch, jax.random.PRNGKey(0)))
+
+
+def hparams(config) -> dict[str, float]:
+  """The hyperparameters that are state leaves (tunable without recompiling)."""
+  return {"dropout_rate": config.model.dropout_rate,
+          "label_smoothing": config.loss.label_smoothing,
+          **ema.hparams(config.train)}  # train.ema_decay > 0: the average lives in the state.
+
+
+def optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer (hyperparameters injected as state) and its schedule shape."""
+  return optim.build(config.optim, config.train.num_steps)
+
+
+def recipe(config, info: catalog.DatasetInfo, *, force_dropout: bool = False) -> Recipe:
+  """The model, optimizer and hyperparameters of `config` for a dataset like `info`.
+
+  `force_dropout`: dropout layers even where `model.dropout_rate` is 0 (a tuner
+  searching the rate needs them in every member).
+  """
+  model = models.build(config.model, info.num_classes, info.input_shape,
+                       force_dropout=force_dropout, precision=config.precision)
+  model = lora.maybe_wrap(model, config.model)  # model.lora_rank > 0: adapters only are trained.
+  tx, schedule = optimizer(config)
+  return Recipe(model, tx, schedule, hparams(config))
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a job builds from its config before it compiles."""
+  config: Any
+  info: catalog.DatasetInfo
+  train_data: pipeline.DeviceData | pipeline.GrainData
+  eval_inputs: np.ndarray
+  eval_labels: np.ndarray
+  recipe: Recipe
+  placement: sharding.Placement | None  # Single runs; populations place their members.
+
+  def eval_batches(self) -> list[dict[str, np.ndarray]]:
+    """The eval split in fixed-shape, padded batches (on the host)."""
+    return list(pipeline.eval_batches(self.eval_inputs, self.eval_labels,
+                                      self.config.data.eval_batch_size))
+
+
+def build(config, *, data_pipeline: str | None = None, placement: bool = True) -> Setup:
+  """Data, recipe and (with `placement`) the mesh placement of a single run.
+
+  `data_pipeline` overrides `data.pipeline` (the tuner and cross-validation keep
+  the split on the device). Raises `UserError` before anything is compiled.
+  """
+  c = config
+  # e.g. per-token labels need a token model: said before the data is read.
+  _, info = catalog.open_split(c.data.name, c.data.train_split, c.data.data_dir)
+  models.zoo.check_for_data(c.model, info.input_shape, info.label_shape)
+  data_config = c.data
+  if data_pipeline is not None:
+    data_config = copy.deepcopy(c.data)
+    with data_config.unlocked():
+      data_config.pipeline = data_pipeline
+  train_data, info = pipeline.create_train_data(data_config, c.seed)
+  eval_inputs, eval_labels = pipeline.load_eval_arrays(c.data)
+  r = recipe(c, info)
+  placed = None
+  if placement:  # Validates config.mesh against the devices and the batch size.
+    placed = sharding.Placement.for_run(
+        c, r.tx, jax.eval_shape(r.create, train_data.sample_batch(), jax.random.PRNGKey(c.seed)))
+  return Setup(c, info, train_data, eval_inputs, eval_labels, r, placed)
+
+
+@dataclasses.dataclass
+class Programs:
+  """The jitted steps of a single run. Train steps take and return
+  `(state, metric sums, guard, epoch order)` (all donated) plus the data arguments."""
+  create: Callable  # (sample_batch, rng) -> state, placed on the mesh
+  train: Callable  # one step
+  train_many: Callable  # train.steps_per_call steps in one dispatch (lax.scan)
+  eval: Callable  # (state, batch) -> metric sums
+  traces: list  # One entry per trace of the train step; more than one = a recompile.
+
+
+def programs(s: Setup) -> Programs:
+  """The single-run programs of `s` (its placement must be set)."""
+  c, r, placement, data = s.config, s.recipe, s.placement, s.train_data
+  traces = []
+
+  def train_one(state, acc, guard, order, batch_or_split, data_key):
+    traces.append(1)
+    if data.kind == "device":  # The batch is gathered from the split on device.
+      order = pipeline.refresh_order(order, data_key, state.step, data.num_examples,
+                                     c.data.batch_size)
+      batch_or_split = pipeline.device_batch(batch_or_split, order, state.step, c.data.batch_size)
+      batch_or_split = placement.constrain_batch(batch_or_split)  # Split like a loaded batch.
+    state, acc, guard = step.guarded_train_step(r.model, r.tx, r.schedule, c.train.nan_policy,
+                                                state, acc, guard, batch_or_split)
+    return state, acc, guard, order
+
+  unroll = multistep.scan_unroll(c.train.scan_unroll, c.model.name, jax.default_backend())
+  many = multistep.repeat(train_one, c.train.steps_per_call, stacked_data=data.kind == "grain",
+                          unroll=unroll)
+  return Programs(
+      create=jax.jit(r.create, out_shardings=placement.state),
+      train=placement.jit_train(train_one, data.kind),
+      train_many=placement.jit_train(many, data.kind, stacked=True),
+      eval=placement.jit_eval(functools.partial(step.eval_step, r.model)),
+      traces=traces)
+
+
+def initial_args(s: Setup) -> tuple[dict, dict, Any, tuple]:
+  """(metric sums, guard, epoch order, data arguments) a single run starts with,
+  replicated on the mesh. The data arguments are the split and its key for the
+  device pipeline; for Grain, a sample batch (shapes only: the loop reads batches)."""
+  placement, data = s.placement, s.train_data
+  acc = fresh_sums(s)
+  guard = placement.replicate(step.new_guard())
+  if data.kind == "device":
+    order = placement.replicate(pipeline.new_epoch_order(data.num_examples))
+    return acc, guard, order, placement.replicate((data.arrays, data.data_key))
+  return acc, guard, None, (data.sample_batch(), None)
+
+
+def fresh_sums(s: Setup) -> dict:
+  """Zero metric sums of a single run, replicated on its mesh."""
+  return s.placement.replicate(metrics.new_sums())
+
+
+def evaluate(eval_fn: Callable, state, batches, prefix: str = "eval/") -> dict[str, float]:
+  """Means of `eval_fn(state, batch)` sums over `batches`; with `train.ema_decay > 0`
+  the EMA parameters too, as eval/ema_*."""
+  values = metrics.compute(metrics.sum_batches(functools.partial(eval_fn, state), batches),
+                           prefix=prefix)
+  if state.ema_params is not None and prefix == "eval/":
+    values.update(evaluate(eval_fn, ema.as_params(state), batches, prefix="eval/ema_"))
+  return values

@@ -1,0 +1,111 @@
+"""A run's directory: preparing it, its config snapshot and provenance, its final
+record, and writing a trained state out as a single-run workdir.
+
+    WORKDIR/config.json       the resolved config (resume and --mode=eval read it)
+    WORKDIR/provenance.json   command line, commit, versions, devices
+    WORKDIR/final.json        the result of a single run
+    WORKDIR/checkpoints/      {train_state, metric_sums, guard} + the loop state
+
+Used by single runs, the tuner, cross-validation and the exports (a tuning
+run's best member, a LoRA run merged into its base).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxtrain import config as config_lib
+from jaxtrain import errors
+from jaxtrain.core import metrics, step
+from jaxtrain.io import checkpoint, provenance, writers
+from jaxtrain.jobs import cadence
+from jaxtrain.parallel import distributed
+
+
+def prepare(workdir: str | Path) -> Path:
+  """Creates `workdir` if needed; raises `UserError` if it cannot be written."""
+  path = Path(workdir).expanduser()
+  if path.exists() and not path.is_dir():
+    raise errors.UserError(f"--workdir {path} is a file, not a directory; "
+                           "pass a directory path (it is created if missing)")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".jaxtrain_write_test.{os.getpid()}"  # Processes of one run share it.
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise errors.UserError(f"--workdir {path} is not writable ({e.strerror}); "
+                           "choose a directory you can write to") from None
+  return path
+
+
+def config_json(config: ml_collections.ConfigDict) -> str:
+  """The config snapshot's text: every key, sorted, as WORKDIR/config.json holds it."""
+  return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n"
+
+
+def snapshot_config(config: ml_collections.ConfigDict, workdir: Path, *, resuming: bool,
+                    allow_config_change: bool = False) -> None:
+  """Writes WORKDIR/config.json; when `resuming`, first refuses a config that differs
+  from the recorded one (unless `allow_config_change`)."""
+  path = workdir / "config.json"
+  if resuming and path.exists():
+    diff = config_lib.differences(json.loads(path.read_text()), json.loads(config.to_json()))
+    if diff and not allow_config_change:
+      raise errors.UserError(
+          f"{workdir} holds a run with a different config (keys: {', '.join(diff)}); "
+          "use a new --workdir (or, for a single run, pass --allow_config_change to resume "
+          "with the new values)")
+  # Rewritten on every (re)start: a crash mid-write must not leave it empty.
+  if distributed.is_main():
+    writers.write_text_atomic(path, config_json(config))
+
+
+def write_provenance(workdir: Path) -> None:
+  """WORKDIR/provenance.json: what ran, where and from which code (process 0)."""
+  if distributed.is_main():
+    (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+  """A record such as final.json, written whole or not at all (process 0)."""
+  if distributed.is_main():
+    writers.write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+def bundle(state, metric_sums, guard) -> dict[str, Any]:
+  """What a single run's checkpoint holds besides the loop state."""
+  return {"train_state": state, "metric_sums": metric_sums, "guard": guard}
+
+
+def fresh_bundle(state) -> dict[str, Any]:
+  """`bundle` of `state` with empty metric sums and guard (host arrays)."""
+  return bundle(state, jax.device_get(metrics.new_sums()), jax.device_get(step.new_guard()))
+
+
+def export_run(directory: Path, config: ml_collections.ConfigDict, state,
+               final: dict[str, Any], extra_files: dict[str, Any] | None = None) -> Path:
+  """Writes `state` as a single-run workdir that `--mode=eval`, `init_from` and
+  `jaxtrain.train.run` treat like any run: config.json, one checkpoint (fresh
+  metric sums and loop state), the `extra_files` (name -> JSON value) and
+  final.json. A rerun replaces an earlier export."""
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(config_json(config))
+  for name, value in (extra_files or {}).items():
+    (directory / name).write_text(json.dumps(value, indent=2) + "\n")
+  state = jax.device_get(state)
+  ckpts = checkpoint.Checkpoints(directory / "checkpoints", keep=1, async_save=False)
+  for old in ckpts.all_steps():
+    ckpts.manager.delete(old)
+  ckpts.save(int(np.asarray(state.step)), fresh_bundle(state), cadence.new_loop_state())
+  ckpts.close()
+  (directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+  return directory
