@@ -4,8 +4,12 @@ Two tiny digits runs, trained once per module, differ only in the learning rate.
 """
 
 import json
+import shutil
 import struct
+import warnings
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -85,6 +89,185 @@ def test_robustness_at_zero_is_clean_accuracy_and_attacks_hurt(report):
   assert fgsm[0] > fgsm[1] > fgsm[2] and pgd[0] > pgd[1] > pgd[2]
   assert pgd[2] <= fgsm[2] + 0.02  # Iterated attack at least about as strong.
   assert pgd[2] < zero_noise - 0.2
+
+
+@pytest.fixture(scope="module")
+def restored(two_runs):
+  """The lr 1e-2 run's latest checkpoint, its eval split and its jitted logits."""
+  from jaxtrain.analysis import report as report_lib
+  from jaxtrain.data import pipeline
+  workdir = two_runs / f"lr_{RATES[0]}"
+  run = evaluate.restore(workdir)
+  inputs, labels = pipeline.load_eval_arrays(run.config.data)
+  logits_fn = jax.jit(lambda state, x: report_lib.logits_fn_of(run.recipe.model, state)(x))
+  return workdir, run, inputs, labels, lambda x: np.asarray(logits_fn(run.state, x))
+
+
+def _noisy_split(inputs, labels, sigma, key, low, high, batch_size):
+  """The whole split with the report's Gaussian noise, batched as the report batches it."""
+  from jaxtrain.analysis import report as report_lib, robustness
+  noisy = jax.jit(robustness.gaussian_noise)
+  out = []
+  for batch in report_lib._batches({"inputs": inputs, "labels": labels}, batch_size):  # pylint: disable=protected-access
+    x = noisy(batch["inputs"], sigma, key, low, high, batch["index"])
+    out.append(np.asarray(x)[batch["mask"] > 0])
+  return np.concatenate(out)
+
+
+def test_noise_and_its_accuracy_do_not_depend_on_the_eval_batch_size(restored):
+  from jaxtrain.analysis import report as report_lib
+  workdir, run, inputs, labels, _ = restored
+  inputs, labels = inputs[:200], labels[:200]  # Batch size 1 is one dispatch per example.
+  key = jax.random.PRNGKey(7)
+  low, high = float(inputs.min()), float(inputs.max())
+  noisy = {b: _noisy_split(inputs, labels, 0.4, key, low, high, b) for b in (1, 7, 128, 1000)}
+  for b in (7, 128, 1000):
+    np.testing.assert_array_equal(noisy[b], noisy[1], err_msg=f"eval batch size {b}")
+  assert not np.array_equal(noisy[1], inputs)
+  eval_config = _report_config(workdir, **{"eval.noise_levels": (0.4, 1.0),
+                                                "eval.adversarial_epsilons": ()}).eval
+  accuracy = {b: report_lib.evaluate_robustness(run.recipe.model, run.state, inputs, labels,
+                                                eval_config, b, seed=0)["noise"]["accuracy"]
+              for b in (1, 7, 128, 1000)}
+  assert accuracy[1] == accuracy[7] == accuracy[128] == accuracy[1000]
+  assert accuracy[1][0] > accuracy[1][1]
+
+
+def test_noise_is_iid_gaussian_per_example():
+  """Every example's noise is its own N(0, sigma^2) draw: no draw repeats every
+  B examples (one key per batch did that), none is shared, the values are normal."""
+  from scipy import stats
+  sigma, n = 0.4, 1500
+  zeros = np.zeros((n, 8, 8), np.float32)
+  noise = _noisy_split(zeros, np.zeros(n, np.int32), sigma, jax.random.PRNGKey(3),
+                       -np.inf, np.inf, 128).reshape(n, -1).astype(np.float64)
+  values = noise.ravel()
+  assert abs(values.mean()) < 4 * sigma / np.sqrt(values.size)
+  assert values.std() == pytest.approx(sigma, rel=0.02)
+  assert stats.kstest(values / sigma, "norm").pvalue > 1e-3
+  assert len(np.unique(noise, axis=0)) == n
+  # Examples i and i + lag are uncorrelated, for lags within and across batches.
+  for lag in (1, 7, 127, 128, 256):
+    products = (noise[:-lag] * noise[lag:]).mean(1) / sigma**2
+    assert abs(products.mean()) < 5 / np.sqrt(noise.shape[1] * (n - lag)), lag
+
+
+@pytest.mark.parametrize("classes", [(), (5, 6, 7, 8, 9)], ids=["all", "classes_5to9"])
+def test_report_scores_match_sklearn_on_the_models_logits(restored, tmp_path, classes):
+  """metrics.json against sklearn on the checkpoint's own logits. With data.classes
+  the split has 5 of the 10 classes; this model (trained on all 10) may still
+  predict some of the others (test_metrics makes sure of such a class)."""
+  from scipy import special
+  from sklearn import metrics as skm
+  from sklearn.exceptions import UndefinedMetricWarning
+  workdir, _, _, _, logits_of = restored
+  workdir = Path(shutil.copytree(workdir, tmp_path / "run"))  # Leave the shared run alone.
+  config = _report_config(workdir, **{"data.eval_batch_size": 128,
+                                      "eval.noise_levels": (), "eval.adversarial_epsilons": (),
+                                      "eval.attribution_examples": ()})
+  config.data.classes = classes
+  evaluate.run(workdir, config, report=True)
+  cls = json.loads((workdir / "report" / "metrics.json").read_text())["classification"]
+  from jaxtrain.data import pipeline
+  inputs, labels = pipeline.load_eval_arrays(config.data)
+  logits = logits_of(inputs)
+  probs, pred = special.softmax(logits.astype(np.float64), -1), logits.argmax(-1)
+  assert cls["count"] == len(labels) and set(labels) == set(classes or range(10))
+  assert cls["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred), abs=1e-9)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UndefinedMetricWarning)
+    for average in ("macro", "weighted"):
+      p, r, f, _ = skm.precision_recall_fscore_support(labels, pred, average=average)
+      assert [cls[f"{average}_{k}"] for k in ("precision", "recall", "f1")] == pytest.approx(
+          [p, r, f], abs=1e-9), average
+    p, r, f, support = skm.precision_recall_fscore_support(labels, pred)
+  present = sorted(set(labels) | set(pred))
+  per = cls["per_class"]
+  assert per["present"] == [c in present for c in range(10)]
+  np.testing.assert_allclose([[per[k][c] for c in present] for k in ("precision", "recall", "f1")],
+                             [p, r, f], atol=1e-9)
+  assert [per["support"][c] for c in present] == support.tolist()
+  assert cls["brier"] == pytest.approx(skm.brier_score_loss(labels, probs, labels=range(10)),
+                                       rel=1e-5)
+  if classes:  # sklearn's multiclass AUROC is nan with absent classes: its per-class mean.
+    auroc = np.mean([skm.roc_auc_score(labels == c, probs[:, c]) for c in classes])
+    assert cls["macro_f1"] > 0.5 and per["support"][:5] == [0] * 5
+  else:
+    auroc = skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro")
+  assert cls["auroc"] == pytest.approx(auroc, abs=1e-6)
+  text = (workdir / "report" / "report.md").read_text()
+  assert f"| auroc | {cls['auroc']:.4f} |" in text and f"| brier | {cls['brier']:.4f} |" in text
+  rows = [line.split(" | ")[0].strip("| ") for line in text.splitlines()
+          if line.startswith("| ") and line.count("|") == 6 and "precision" not in line]
+  assert rows == [str(c) for c in present]
+  assert ("neither occur in the split nor are predicted" in text) == (len(present) < 10)
+
+
+def test_auroc_is_null_when_undefined_or_too_large(restored, monkeypatch):
+  from jaxtrain.analysis import report as report_lib
+  workdir, run, inputs, labels, _ = restored
+  eval_config = _report_config(workdir).eval
+  one_class = labels == 5
+  cls = report_lib.evaluate_metrics(run.recipe.model, run.state, inputs[one_class],
+                                    labels[one_class], eval_config, 128, None)["classification"]
+  assert cls["auroc"] is None and "fewer than two classes" in cls["auroc_skipped"]
+  monkeypatch.setattr(report_lib, "MAX_AUROC_SCORES", len(labels) * 10 - 1)
+  cls = report_lib.evaluate_metrics(run.recipe.model, run.state, inputs, labels, eval_config,
+                                    128, None)["classification"]
+  assert cls["auroc"] is None and "scores" in cls["auroc_skipped"]
+  assert "skipped: more than" in report_lib.markdown(
+      {"workdir": "w", "step": 1, "checkpoint": "latest", "split": "test",
+       "classification": cls, "figures": {"confusion_matrix": "c.png",
+                                          "reliability": "r.png"}})
+
+
+def _drawn(monkeypatch, plot, *args):
+  """The matplotlib Figure `plot(*args)` saves, drawn (so text has its extent)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from jaxtrain.analysis import plots
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+  plot(*args)
+  (fig,) = figures
+  FigureCanvasAgg(fig).draw()
+  return fig
+
+
+def _assert_no_overlap(labels):
+  boxes = [t.get_window_extent() for t in labels if t.get_text()]
+  for i, a in enumerate(boxes):
+    for b in boxes[i + 1:]:
+      assert not a.overlaps(b), "tick labels overlap"
+
+
+@pytest.mark.parametrize("num_classes", [3, 10, 37, 100])
+def test_confusion_matrix_labels_every_class(monkeypatch, tmp_path, num_classes):
+  from jaxtrain.analysis import plots
+  confusion = np.random.default_rng(0).integers(0, 9, (num_classes, num_classes))
+  fig = _drawn(monkeypatch, plots.confusion_matrix, confusion.tolist(), tmp_path / "c.png")
+  ax = fig.axes[0]
+  names = [str(c) for c in range(num_classes)]
+  assert [t.get_text() for t in ax.get_xticklabels()] == names
+  assert [t.get_text() for t in ax.get_yticklabels()] == names
+  _assert_no_overlap(ax.get_xticklabels())
+  _assert_no_overlap(ax.get_yticklabels())
+
+
+@pytest.mark.parametrize("names", [["heavy", "light"], [str(i) for i in range(10)],
+                                   [f"a long slice name, number {i}" for i in range(8)] + ["x"],
+                                   [f"s{i:02d}" for i in range(40)]])
+def test_slice_plot_draws_overall_accuracy_and_readable_ticks(monkeypatch, tmp_path, names):
+  from jaxtrain.analysis import plots
+  table = [{"slice": n, "count": 3, "accuracy": 0.5 + 0.01 * i} for i, n in enumerate(names)]
+  fig = _drawn(monkeypatch, plots.slice_accuracy, table, "group", tmp_path / "s.png", 0.625)
+  ax = fig.axes[0]
+  lines = [line for line in ax.get_lines() if list(line.get_ydata()) == [0.625, 0.625]]
+  assert len(lines) == 1, "no overall-accuracy line"
+  assert any("overall" in t.get_text() for t in fig.legends[0].get_texts())
+  labels = ax.get_xticklabels()
+  assert len({t.get_text() for t in labels}) == len(names)  # Still tell slices apart.
+  _assert_no_overlap(labels)
+  _assert_no_overlap(labels + [ax.xaxis.label])
 
 
 def test_integrated_gradients_are_complete(report):

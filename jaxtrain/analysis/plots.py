@@ -7,10 +7,18 @@ figures keep working. Each function writes one PNG and returns its path.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+
+# The confusion matrix labels every class up to this many (the figure is at most 14").
+MAX_TICKED = 100
+# Slice names are wrapped to two lines of this many characters in the plot, longer
+# ones cut in the middle (report.md has them whole).
+SLICE_LINE = 20
 
 
 def _figure(width: float, height: float):
@@ -24,7 +32,11 @@ def _save(fig, path: Path) -> Path:
 
 
 def confusion_matrix(confusion: Sequence[Sequence[int]], path: Path) -> Path:
-  """Counts per (true, predicted) class; rows normalized for the colours."""
+  """Counts per (true, predicted) class; rows normalized for the colours.
+
+  Every class gets its tick label (up to MAX_TICKED classes; beyond that the
+  axes choose which to label).
+  """
   counts = np.asarray(confusion)
   num_classes = counts.shape[0]
   rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
@@ -38,6 +50,13 @@ def confusion_matrix(confusion: Sequence[Sequence[int]], path: Path) -> Path:
       for j in range(num_classes):
         ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                 color="white" if rates[i, j] > 0.5 else "black")
+  if num_classes <= MAX_TICKED:
+    # imshow's default locator labels every other class once there are ~10.
+    fontsize = 10 if num_classes <= 20 else max(5, 10 - num_classes // 15)
+    names = [str(c) for c in range(num_classes)]
+    ax.set_xticks(range(num_classes), names, fontsize=fontsize,
+                  rotation=90 if num_classes > 20 else 0)
+    ax.set_yticks(range(num_classes), names, fontsize=fontsize)
   ax.set_xlabel("predicted class")
   ax.set_ylabel("true class")
   ax.set_title("Confusion matrix")
@@ -88,13 +107,36 @@ def robustness_curves(robustness: dict, path: Path) -> Path:
   return _save(fig, path)
 
 
-def slice_accuracy(table: list[dict], key: str, path: Path) -> Path:
-  """One bar per slice: accuracy, with the overall accuracy as a line."""
+def _two_lines(name: str) -> str:
+  """`name` in at most two lines of SLICE_LINE characters (cut in the middle if longer)."""
+  if len(name) > 2 * SLICE_LINE:
+    name = name[:SLICE_LINE] + "\u2026" + name[-(SLICE_LINE - 1):]
+  lines = textwrap.wrap(name, SLICE_LINE) or [name]
+  if len(lines) > 2:  # Word breaks made a third line: break anywhere instead.
+    lines = [name[:SLICE_LINE], name[SLICE_LINE:]]
+  return "\n".join(lines)
+
+
+def slice_accuracy(table: list[dict], key: str, path: Path,
+                   overall: float | None = None) -> Path:
+  """One bar per slice: accuracy, with the overall accuracy (if given) as a line.
+
+  Tick labels are vertical when a name is long or there are many slices, so
+  that neighbours never overlap; long names are wrapped (see `_two_lines`).
+  """
   names = [str(r["slice"]) for r in table]
-  fig = _figure(max(4, 0.4 * len(names) + 2), 3.5)
+  shown = [_two_lines(n) for n in names]
+  longest = max((len(line) for n in shown for line in n.split("\n")), default=0)
+  fig = _figure(max(4, 0.4 * len(names) + 2), 3.5 + 0.07 * longest)
   ax = fig.add_subplot()
-  ax.bar(range(len(names)), [r["accuracy"] for r in table], edgecolor="black")
-  ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 12 else 0)
+  ax.bar(range(len(names)), [r["accuracy"] for r in table], edgecolor="black",
+         label="slice accuracy")
+  # 0.4" per bar holds about 5 horizontal characters, or two vertical lines.
+  vertical = len(names) > 12 or longest > 5
+  ax.set_xticks(range(len(names)), shown, rotation=90 if vertical else 0)
+  if overall is not None:
+    ax.axhline(overall, color="tab:red", linestyle="--", label=f"overall ({overall:.3f})")
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8)  # Off the bars.
   ax.set_xlabel(key)
   ax.set_ylabel("accuracy")
   ax.set_ylim(0, 1.02)

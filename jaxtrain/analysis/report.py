@@ -30,6 +30,31 @@ from jaxtrain.analysis import attribution, plots, robustness
 from jaxtrain.analysis import slices as slices_lib
 
 REPORT_DIR = "report"
+# The AUROC ranks every example's score of every class, so the report keeps all
+# logits on the host (and their float64 softmax); above this many (examples x
+# classes, 128 MiB of float32) it is skipped.
+MAX_AUROC_SCORES = 2**25
+
+
+def roc_auc_ovr(labels_N, logits_NxC) -> float:
+  """Macro one-vs-rest AUROC over the classes present in `labels_N` (host).
+
+  Each present class c is scored by scikit-learn's binary `roc_auc_score(labels == c,
+  p_c)` on the float64 softmax (near-certain predictions stay distinct), and the
+  classes are averaged. With every class present this is `roc_auc_score(y, probs,
+  multi_class="ovr", average="macro")`; unlike it, classes the model has but the
+  split lacks (data.classes) are skipped instead of refused. NaN when fewer than two
+  classes occur.
+  """
+  from sklearn import metrics as sk_metrics  # pylint: disable=g-import-not-at-top
+  labels = np.asarray(labels_N).reshape(-1)
+  z = np.asarray(logits_NxC, np.float64).reshape(len(labels), -1)
+  probs = np.exp(z - z.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  present = np.unique(labels)
+  if len(present) < 2:
+    return float("nan")
+  return float(np.mean([sk_metrics.roc_auc_score(labels == c, probs[:, c]) for c in present]))
 
 
 def logits_fn_of(model: models.Model, state):
@@ -50,7 +75,12 @@ def is_token_input(info, inputs: np.ndarray) -> bool:
 
 
 def _batches(arrays: dict[str, np.ndarray], batch_size: int):
-  """Fixed-size batches of every array, the last zero-padded, with a `mask`."""
+  """Fixed-size batches of every array, the last zero-padded.
+
+  Each batch also has `mask` (1 for real examples, 0 for padding) and `index`
+  (int32: each row's position in the split, which is what per-example
+  randomness is keyed on, so that it does not depend on the batch size).
+  """
   n = len(next(iter(arrays.values())))
   batch_size = min(batch_size, n)
   for start in range(0, n, batch_size):
@@ -59,6 +89,7 @@ def _batches(arrays: dict[str, np.ndarray], batch_size: int):
     batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) if pad else v
              for k, v in batch.items()}
     batch["mask"] = (np.arange(batch_size) < batch_size - pad).astype(np.float32)
+    batch["index"] = np.arange(start, start + batch_size, dtype=np.int32)
     yield batch
 
 
@@ -84,14 +115,38 @@ def evaluate_metrics(model, state, inputs, labels, eval_config, batch_size,
     if num_slices:
       out.update(metrics_lib.slice_sums(logits, batch["labels"], batch["slice_ids"],
                                         num_slices, batch["mask"]))
-    return out
+    return out, logits.astype(jnp.float32)
 
   arrays = {"inputs": inputs, "labels": labels}
   if slices:
     arrays["slice_ids"] = slices.ids
-  sums = _sum_over_batches(sums_fn, state, _batches(arrays, batch_size))
-  result = {"classification": metrics_lib.compute_classification_report(
-      {k: v for k, v in sums.items() if not k.startswith("slice_")}, eval_config.top_k)}
+  sums, kept = None, []  # kept: every batch's logits (on device until the end).
+  for batch in _batches(arrays, batch_size):
+    batch_sums, logits = sums_fn(state, batch)
+    sums = batch_sums if sums is None else metrics_lib.merge(sums, batch_sums)
+    if kept is not None and labels.size * logits.shape[-1] <= MAX_AUROC_SCORES:
+      kept.append((logits, int(batch["mask"].sum())))
+    else:
+      kept = None
+  sums = jax.device_get(sums)
+  # The AUROC is computed on the host from the gathered logits: it ranks all
+  # examples' scores at once, which sums over batches cannot give.
+  all_logits = None
+  if kept is not None:
+    all_logits = np.concatenate([np.asarray(x)[:real] for x, real in jax.device_get(kept)])
+    all_logits = all_logits.reshape(-1, all_logits.shape[-1])
+  cls = metrics_lib.compute_classification_report(
+      {k: v for k, v in sums.items() if not k.startswith("slice_")}, eval_config.top_k)
+  if all_logits is not None:
+    cls["auroc"] = roc_auc_ovr(labels, all_logits)
+  if all_logits is None:
+    cls["auroc"] = None
+    cls["auroc_skipped"] = (f"more than {MAX_AUROC_SCORES} scores (examples x classes) "
+                            "to rank on the host")
+  elif math.isnan(cls["auroc"]):  # null, not NaN, keeps metrics.json standard JSON.
+    cls["auroc"] = None
+    cls["auroc_skipped"] = "undefined: fewer than two classes in the labels"
+  result = {"classification": cls}
   if slices:
     table = []
     for i, name in enumerate(slices.names):
@@ -126,7 +181,7 @@ def evaluate_robustness(model, state, inputs, labels, eval_config, batch_size,
     return accuracy
 
   noise = accuracy_fn(lambda f, b, level, key: robustness.gaussian_noise(
-      b["inputs"], level, key, low, high))
+      b["inputs"], level, key, low, high, b["index"]))
   fgsm = accuracy_fn(lambda f, b, eps, key: robustness.fgsm(
       f, b["inputs"], b["labels"], eps, low, high))
   pgd = accuracy_fn(lambda f, b, eps, key: robustness.pgd(
@@ -186,7 +241,7 @@ def write(workdir: str | Path, config, model: models.Model, state, inputs: np.nd
                                                      out_dir / "reliability.png")
   if slices:
     figures["slices"] = plots.slice_accuracy(result["slices"]["table"], slices.key,
-                                             out_dir / "slices.png")
+                                             out_dir / "slices.png", cls["accuracy"])
   skipped = None
   if is_token_input(info, inputs):
     skipped = ("skipped: the inputs are integer token ids; noise, FGSM/PGD and gradient "
@@ -238,7 +293,9 @@ def markdown(result: dict[str, Any]) -> str:
   figures = result["figures"]
   lines = ["# Evaluation report", "",
            f"Workdir `{result['workdir']}`, checkpoint step {result['step']} "
-           f"({result['checkpoint']}), split `{result['split']}`, {cls['count']} examples.", "",
+           f"({result['checkpoint']}), split `{result['split']}`, {cls['count']} examples"
+           + (", scored with the EMA parameters" if result.get("weights") == "ema" else "")
+           + ".", "",
            "All numbers are in `metrics.json`. Figures:", ""]
   lines += [f"- `{name}`" for name in figures.values()] + ["", "Tables:", ""]
   contents_at = len(lines)  # The list of tables goes here once they are all written.
@@ -246,17 +303,28 @@ def markdown(result: dict[str, Any]) -> str:
   number = iter(range(1, 100))  # Tables are numbered in order of appearance.
   lines += ["## Metrics", "", f"Table {next(number)}: overall metrics.", ""]
   lines += _table(["metric", "value"], [[k, _f(cls[k])] for k in (
-      "accuracy", top_k, "nll", "ece", "macro_precision", "macro_recall", "macro_f1",
-      "weighted_precision", "weighted_recall", "weighted_f1")])
+      "accuracy", top_k, "nll", "brier", "ece", "auroc", "macro_precision", "macro_recall",
+      "macro_f1", "weighted_precision", "weighted_recall", "weighted_f1")])
   per = cls["per_class"]
+  lines += ["Brier: mean over examples of the sum over classes of (p_c - onehot_c)^2 (0 to 2). "
+            "AUROC: one-vs-rest, macro mean over the classes present in the labels"
+            + (f" (skipped: {cls['auroc_skipped']})" if "auroc_skipped" in cls else "")
+            + ". Macro means: over the classes that occur as a label or a prediction; "
+            "weighted means: the same, weighted by support (scikit-learn's defaults).", ""]
   lines += [f"Table {next(number)}: per-class scores.", ""]
   lines += _table(["class", "precision", "recall", "F1", "support"],
-                  [[i, _f(p), _f(r), _f(f), s] for i, (p, r, f, s) in enumerate(
-                      zip(per["precision"], per["recall"], per["f1"], per["support"]))])
+                  [[c, _f(p), _f(r), _f(f), s] for c, (present, p, r, f, s) in enumerate(zip(
+                      per["present"], per["precision"], per["recall"], per["f1"],
+                      per["support"])) if present])
+  absent = per["present"].count(False)
+  if absent:
+    lines += [f"{absent} of the model's {len(per['present'])} classes neither occur in the "
+              "split nor are predicted; they are left out of the table and of the means.", ""]
   lines += [f"![confusion matrix]({figures['confusion_matrix']})", "",
             f"![reliability diagram]({figures['reliability']})", "",
-            f"Expected calibration error {_f(cls['ece'])} over "
-            f"{len(cls['reliability']['count'])} equal-width confidence bins.", ""]
+            f"Expected calibration error {_f(cls['ece'])}: top-label confidence in "
+            f"{len(cls['reliability']['count'])} equal-width bins, each (lo, hi], the "
+            "count-weighted mean |accuracy - confidence| of the bins.", ""]
   if "slices" in result:
     s = result["slices"]
     lines += [f"## Slices by `{s['key']}`", "", f"Table {next(number)}: metrics per slice.", ""]

@@ -44,6 +44,21 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, eps: jax.Array,
 
 
 def gaussian_noise(x: jax.Array, sigma: jax.Array, key: jax.Array,
-                   low: jax.Array, high: jax.Array) -> jax.Array:
-  return jnp.clip(x + sigma * jax.random.normal(key, x.shape, x.dtype), low, high)
+                   low: jax.Array, high: jax.Array, index_B: jax.Array) -> jax.Array:
+  """x plus i.i.d. N(0, sigma^2) noise, clipped to [low, high].
+
+  Args:
+    x: a batch of inputs [B, ...].
+    sigma: the noise standard deviation.
+    key: the key of this noise level.
+    low, high: the value range the noisy inputs are clipped to.
+    index_B: each example's index in the split (int [B]).
+
+  Example b's noise comes from fold_in(key, index_B[b]): it depends on the
+  example, not on its batch or its position there, so every batch size gives
+  the same noisy split (one key per batch would repeat a draw every B examples).
+  """
+  def draw(index):
+    return jax.random.normal(jax.random.fold_in(key, index), x.shape[1:], x.dtype)
+  return jnp.clip(x + sigma * jax.vmap(draw)(index_B), low, high)
 

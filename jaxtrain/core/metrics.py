@@ -104,9 +104,12 @@ def classification_report_sums(logits_BxC: jax.Array, labels_B: jax.Array,
     num_bins: equal-width confidence bins on [0, 1] for calibration.
 
   Returns:
-    {"count", "correct", "top_k_correct", "nll": scalars;
+    {"count", "correct", "top_k_correct", "nll", "brier": scalars;
      "confusion": [C, C] (row = true class, column = predicted);
      "bin_count", "bin_confidence", "bin_correct": [num_bins]}.
+    "brier" sums sum_c (p_c - onehot_c)^2 over examples (the multiclass Brier
+    score before the mean; over all C outputs, so probability put on a class
+    absent from the split counts as error).
   """
   logits_BxC, labels_B, mask_B = _flatten_examples(logits_BxC, labels_B, mask_B)
   num_classes = logits_BxC.shape[-1]
@@ -117,7 +120,9 @@ def classification_report_sums(logits_BxC: jax.Array, labels_B: jax.Array,
   _, top_BxK = jax.lax.top_k(logp_BxC, k)
   top_correct_B = jnp.any(top_BxK == labels_B[:, None], -1).astype(jnp.float32)
   nll_B = -jnp.take_along_axis(logp_BxC, labels_B[:, None], -1)[:, 0]
-  true_BxC = jax.nn.one_hot(labels_B, num_classes) * mask_B[:, None]
+  onehot_BxC = jax.nn.one_hot(labels_B, num_classes)
+  brier_B = jnp.sum((jnp.exp(logp_BxC) - onehot_BxC) ** 2, -1)
+  true_BxC = onehot_BxC * mask_B[:, None]
   # Sums as dots at full precision: accelerators may run f32 matmuls in TF32.
   confusion_CxC = _dot(true_BxC.T, jax.nn.one_hot(pred_B, num_classes))
   confidence_B = jnp.exp(jnp.max(logp_BxC, -1))
@@ -129,6 +134,7 @@ def classification_report_sums(logits_BxC: jax.Array, labels_B: jax.Array,
       "correct": jnp.sum(correct_B * mask_B),
       "top_k_correct": jnp.sum(top_correct_B * mask_B),
       "nll": jnp.sum(nll_B * mask_B),
+      "brier": jnp.sum(brier_B * mask_B),
       "confusion": confusion_CxC,
       "bin_count": jnp.sum(in_bin_BxN, 0),
       "bin_confidence": _dot(confidence_B, in_bin_BxN),
@@ -137,35 +143,62 @@ def classification_report_sums(logits_BxC: jax.Array, labels_B: jax.Array,
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-  """num / den with 0 where den is 0 (sklearn's zero_division=0)."""
+  """num / den with 0 where den is 0 (what sklearn's default zero_division="warn" gives)."""
   num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
   return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
 def per_class_scores(confusion_CxC) -> dict[str, Any]:
-  """Precision, recall, F1 and support per class, macro and support-weighted means."""
+  """Precision, recall, F1 and support per class, and their macro and weighted means.
+
+  Takes a [C, C] confusion matrix (row = true class, column = predicted).
+  Only the classes present, as a true or as a predicted label, are scored:
+  with data.classes most of a model's outputs never occur, and averaging their
+  zeros in would say nothing about the model. This is sklearn's
+  `precision_recall_fscore_support` with its defaults (labels = the union of
+  y_true and y_pred; an undefined ratio, e.g. the precision of a class never
+  predicted, is 0 as zero_division="warn" makes it).
+
+  Returns {"per_class": {"present", "precision", "recall", "f1", "support"},
+  "macro_precision", ..., "weighted_f1"}. The per-class lists have one entry
+  per class id (C); `present[c]` says whether class c occurs, and an absent
+  class's precision, recall and F1 are None. Macro = the plain mean over the
+  present classes, weighted = their mean weighted by support (true examples).
+  """
   confusion = np.asarray(confusion_CxC, np.float64)
+  support, predicted = confusion.sum(1), confusion.sum(0)
+  present = (support > 0) | (predicted > 0)
   true_positive = np.diag(confusion)
-  support = confusion.sum(1)
-  precision = _ratio(true_positive, confusion.sum(0))
+  precision = _ratio(true_positive, predicted)
   recall = _ratio(true_positive, support)
-  f1 = _ratio(2 * precision * recall, precision + recall)
-  weights = support / max(support.sum(), 1.0)
-  out: dict[str, Any] = {"per_class": {"precision": precision.tolist(),
-                                       "recall": recall.tolist(), "f1": f1.tolist(),
-                                       "support": support.astype(int).tolist()}}
+  # sklearn's F1, 2 TP / (2 TP + FP + FN): the harmonic mean, 0 when TP is 0.
+  f1 = _ratio(2 * true_positive, predicted + support)
+  out: dict[str, Any] = {"per_class": {
+      "present": present.tolist(),
+      **{name: [float(v) if p else None for v, p in zip(values, present)]
+         for name, values in (("precision", precision), ("recall", recall), ("f1", f1))},
+      "support": support.astype(int).tolist()}}
+  total = support.sum()
   for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
-    out[f"macro_{name}"] = float(values.mean())
-    out[f"weighted_{name}"] = float((values * weights).sum())
+    out[f"macro_{name}"] = float(values[present].mean()) if present.any() else float("nan")
+    # Absent classes have support 0: they weigh nothing here.
+    out[f"weighted_{name}"] = float((values * support).sum() / total) if total else float("nan")
   return out
 
 
 def compute_classification_report(sums: dict, top_k: int = 5) -> dict[str, Any]:
   """Host-side numbers from merged `classification_report_sums`.
 
-  Returns accuracy, top_{k}_accuracy, nll (mean negative log-likelihood), ece
-  (expected calibration error: bin-weighted mean |accuracy - confidence|),
-  macro/weighted precision, recall and F1, the confusion matrix, per-class
+  Args:
+    sums: merged `classification_report_sums`.
+    top_k: k of the top-k accuracy (capped at the number of classes).
+
+  Returns accuracy, top_{k}_accuracy, nll (mean negative log-likelihood),
+  brier (mean over examples of sum_c (p_c - onehot_c)^2, in [0, 2]), ece
+  (expected calibration error: top-label confidence in equal-width
+  right-closed bins, the count-weighted mean |accuracy - confidence| of the
+  bins), macro/weighted precision, recall and F1 (see `per_class_scores`),
+  the confusion matrix, per-class
   scores and the reliability-diagram data (per-bin count, accuracy, confidence).
   """
   sums = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
@@ -180,6 +213,7 @@ def compute_classification_report(sums: dict, top_k: int = 5) -> dict[str, Any]:
       "accuracy": float(sums["correct"]) / count,
       f"top_{k}_accuracy": float(sums["top_k_correct"]) / count,
       "nll": float(sums["nll"]) / count,
+      "brier": float(sums["brier"]) / count,
       "ece": float(np.sum(bin_count * np.abs(bin_accuracy - bin_confidence))) / count,
   }
   scores = per_class_scores(sums["confusion"])
