@@ -85,19 +85,38 @@ def base_config() -> ml_collections.ConfigDict:
   # matches lora_targets (re.search); the base weights are frozen. 0 = off.
   c.model.lora_rank = 0
   c.model.lora_alpha = 1.0  # Adapter scale = lora_alpha / lora_rank.
+  # The default adapts dense and attention kernels only; for convolutions add them, e.g.
+  # r"(^|/)(Dense[^/]*|Conv[^/]*|\w*conv|head)/kernel$". final.json lists what was adapted.
   c.model.lora_targets = r"(^|/)(Dense[^/]*|query|key|value|out|mlp_in|mlp_out|head)/kernel$"
+  # Parameters trained whole instead of frozen (peft's modules_to_save), regexes on paths
+  # like 'head/kernel'. Parameters that init_from leaves fresh (init_from.exclude, e.g. a
+  # new head) are always trained whole: a frozen random layer is useless.
+  c.model.lora_train_full = ()
+  # True: BatchNorm running statistics keep the base model's values during LoRA training;
+  # False (default, as peft): they update as in the base model.
+  c.model.lora_freeze_batch_stats = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
   c.optim.learning_rate = 1e-3  # Peak value; the schedule scales it.
   c.optim.weight_decay = 0.0  # adamw: decoupled; others: L2 added to the gradient.
+  # Which parameters weight decay applies to: "all" (optax's default, so also biases and
+  # normalisation scales) or "matrices" (2+ dimensions: kernels and embeddings, the usual
+  # practice). Under adam the L2 term goes through Adam's normalisation; adamw's does not.
+  c.optim.weight_decay_mask = "all"
   c.optim.momentum = 0.9  # momentum
   c.optim.nesterov = False  # momentum
   c.optim.b1 = 0.9  # adam, adamw
   c.optim.b2 = 0.999  # adam, adamw
   c.optim.eps = 1e-8  # adam, adamw
   c.optim.clip_norm = 0.0  # Global-norm clipping; 0 = off.
-  c.optim.accumulate_steps = 1  # Gradient accumulation via optax.MultiSteps.
+  # Gradient accumulation (optax.MultiSteps): one optimizer update per k micro-steps,
+  # like a k times larger batch. train.num_steps and every *_every_steps count
+  # micro-steps (num_steps must be a multiple of k); the schedule's steps (warmup,
+  # transition, boundaries) count optimizer updates; EMA moves once per update.
+  # Dropout draws new masks per micro-batch and BatchNorm statistics take one
+  # momentum step per micro-batch, as with any small batch.
+  c.optim.accumulate_steps = 1
   # Parameter groups (jaxtrain/core/param_groups.py), regexes searched in '/'-joined
   # parameter paths such as 'Conv_0/kernel': frozen leaves get no update and no
   # optimizer state; 'regex=factor' scales the learning rate (first match wins).
@@ -105,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.lr_multipliers = ()
   c.optim.schedule = ml_collections.ConfigDict()
   c.optim.schedule.name = "constant"
-  c.optim.schedule.warmup_steps = 0  # Linear warmup from 0, for every schedule.
+  c.optim.schedule.warmup_steps = 0  # Linear warmup from 0, for every schedule (in updates).
   c.optim.schedule.end_factor = 0.0  # warmup_cosine, linear: final lr / peak lr.
   c.optim.schedule.decay_rate = 0.5  # exponential
   c.optim.schedule.transition_steps = 1000  # exponential
@@ -203,9 +222,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from.include = ()  # Regexes on paths like 'params/Conv_0/kernel'; () = all.
   c.init_from.exclude = ()  # e.g. ('params/Dense_1/',) to keep a new head fresh.
   c.init_from.rename = ()  # 'old_regex=new' applied to checkpoint paths (re.sub).
+  c.init_from.use_ema = False  # True: start from the source's EMA parameters (train.ema_decay > 0).
   # evaluation reports, slices, robustness, attributions (jaxtrain/analysis/),
   c.eval = ml_collections.ConfigDict()
   c.eval.report = True  # --mode=eval also writes WORKDIR/report/ (figures, tables, report.md).
+  # True: --mode=eval, its report and the merged LoRA export use the EMA parameters
+  # (train.ema_decay > 0) instead of the raw ones; eval.json and the report say which.
+  c.eval.use_ema = False
   c.eval.top_k = 5  # Top-k accuracy.
   c.eval.calibration_bins = 15  # Equal-width confidence bins for ECE / reliability diagram.
   c.eval.slice_key = ""  # "" (none) | "label" | a dataset feature | "module:function".

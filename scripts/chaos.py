@@ -14,7 +14,7 @@ compares the interrupted run with the reference:
   train  final.json (params_sha256, status, step, final and best metrics),
          every record of metrics.jsonl, and the checkpoint steps kept on disk;
   tune   best/final.json (params_sha256 ...), tune/lineage.jsonl line by line,
-         metrics.jsonl, tune/result.json, best/eval.json, and the steps kept
+         metrics.jsonl, tune/result.json, best/test.json, and the steps kept
          in tune/checkpoints and best/checkpoints.
 
 Timing fields (steps_per_sec, ..._time_sec) and per-process counts (compiles)
@@ -300,7 +300,7 @@ def compare(mode: str, ref: Path, got: Path) -> dict:
         "identical": a == b, "events": len(a), "chaos_events": len(b),
         "first_difference": first if first is not None or len(a) == len(b) else min(len(a), len(b))}
     out["tune/result.json"] = compare_json(ref / "tune/result.json", got / "tune/result.json")
-    out["best/eval.json"] = compare_json(ref / "best/eval.json", got / "best/eval.json")
+    out["best/test.json"] = compare_json(ref / "best/test.json", got / "best/test.json")
   return out
 
 

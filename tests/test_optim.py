@@ -1,5 +1,6 @@
 """Optimizers: injected hyperparameters, schedules, accumulation."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,3 +129,71 @@ def test_gradient_accumulation_averages_micro_batches():
   u2, state = tx.update({"w": jnp.array([3.0, 2.0])}, state, params)
   np.testing.assert_allclose(np.asarray(u2["w"]), [-0.2, -0.1], rtol=1e-6)
   assert int(optim.update_count(state)) == 1
+
+
+def _final_params(workdir):
+  """Parameters and EMA parameters of a finished run's last checkpoint (host arrays)."""
+  from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
+  state = evaluate.restore(workdir).state
+  return jax.device_get(state.params), jax.device_get(state.ema_params)
+
+
+def test_accumulation_equals_the_k_times_larger_batch_ema_included(tmp_path):
+  """4 accumulated micro-batches of 32 = one batch of 128 (device pipeline, MLP, no
+  dropout or BatchNorm): same examples per update, same updates, EMA once per update."""
+  from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  common = {"data.train_split": "train[:1280]",  # 1280 = 10 x 128: the epochs line up.
+            "data.pipeline": "device", "train.ema_decay": 0.9, "optim.learning_rate": 1e-2,
+            "optim.schedule.name": "warmup_cosine", "optim.schedule.warmup_steps": 3}
+  micro = tiny_config(**common, **{"data.batch_size": 32, "optim.accumulate_steps": 4,
+                                   "train.num_steps": 40, "train.eval_every_steps": 20,
+                                   "train.log_every_steps": 20, "checkpoint.every_steps": 40})
+  big = tiny_config(**common, **{"data.batch_size": 128, "train.num_steps": 10,
+                                 "train.eval_every_steps": 5, "train.log_every_steps": 5,
+                                 "checkpoint.every_steps": 10})
+  train.run(micro, tmp_path / "micro")
+  train.run(big, tmp_path / "big")
+  (p_micro, e_micro), (p_big, e_big) = (_final_params(tmp_path / "micro"),
+                                        _final_params(tmp_path / "big"))
+  chex.assert_trees_all_close(p_micro, p_big, rtol=2e-5, atol=2e-6)
+  chex.assert_trees_all_close(e_micro, e_big, rtol=2e-5, atol=2e-6)
+  # The check can fail: without accumulation the 32-example run moves elsewhere.
+  alone = tiny_config(**common, **{"data.batch_size": 32, "train.num_steps": 10,
+                                   "train.eval_every_steps": 5, "checkpoint.every_steps": 10})
+  train.run(alone, tmp_path / "alone")
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_close(_final_params(tmp_path / "alone")[0], p_big, rtol=2e-5,
+                                atol=2e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optim.accumulate_steps": 4, "train.num_steps": 42},
+     "train.num_steps=42 is not a multiple of optim.accumulate_steps=4: the last 2 "
+     "micro-steps would never make an update; use 40 or 44"),
+    ({"optim.accumulate_steps": 4, "train.num_steps": 40, "optim.schedule.warmup_steps": 20},
+     "optim.schedule.warmup_steps=20 must be smaller than the run's 10 optimizer updates "
+     "(train.num_steps=40 / optim.accumulate_steps=4; schedules count updates)"),
+])
+def test_accumulation_units_are_checked_before_compiling(overrides, message, compiles):
+  from jaxtrain import errors  # pylint: disable=g-import-not-at-top
+  from jaxtrain.jobs import checks  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.UserError) as e:
+    checks.validate(tiny_config(**overrides))
+  assert str(e.value) == message and compiles == []
+
+
+def test_weight_decay_mask_matches_optax_adamw_with_a_mask():
+  c = base_config().optim
+  c.name, c.learning_rate, c.weight_decay, c.weight_decay_mask = "adamw", 1e-2, 0.1, "matrices"
+  tx, _ = optim.build(c, 10)
+  reference = optax.adamw(1e-2, weight_decay=0.1, mask=lambda p: jax.tree.map(
+      lambda x: x.ndim >= 2, p))
+  got, _ = _run(tx)
+  want, _ = _run(reference)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+  c.weight_decay_mask = "all"  # The default decays the bias too: a different result.
+  everything, _ = _run(optim.build(c, 10)[0])
+  assert not np.allclose(np.asarray(everything["b"]), np.asarray(got["b"]))
+  np.testing.assert_allclose(np.asarray(everything["w"]), np.asarray(got["w"]), rtol=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxtrain.io import writers
-from jaxtrain.jobs import train
+from jaxtrain.jobs import evaluate, train
 from tests.conftest import tiny_config
 
 
@@ -306,3 +306,17 @@ def test_resume_with_allow_config_change_uses_the_new_hyperparameters(tmp_path):
   rates = {r["step"]: r["train/learning_rate"] for r in writers.read_metrics(tmp_path)
            if "train/learning_rate" in r}
   assert rates[60] == pytest.approx(1e-2) and rates[80] == pytest.approx(1e-3)
+
+
+def test_step_best_is_the_best_evaluation_when_scores_tie(tmp_path):
+  """Every evaluation ties (a learning rate too small to change a prediction) and
+  checkpoints come every 15 steps, evaluations every 10: best is the first
+  evaluation, that checkpoint is kept, and --step=best evaluates it."""
+  config = tiny_config(**{"optim.learning_rate": 1e-9, "train.eval_every_steps": 10,
+                          "checkpoint.every_steps": 15, "checkpoint.keep": 1})
+  result = train.run(config, tmp_path)
+  accuracies = {r["eval/accuracy"] for r in writers.read_metrics(tmp_path)
+                if "eval/accuracy" in r}
+  assert len(accuracies) == 1  # The premise: all evaluations tie.
+  assert result["best"]["step"] == 10 and 10 in result["checkpoint_steps"]
+  assert evaluate.run(tmp_path, step="best")["step"] == 10

@@ -4,6 +4,7 @@ lora.py, data/subset.py)."""
 
 import json
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import recipe_for, tiny_config
+from jaxtrain import config as config_lib
 from jaxtrain import errors, models
 from jaxtrain.core import ema, lora, optim, param_groups, step as step_lib
 from jaxtrain.data import pipeline, subset
@@ -311,6 +313,95 @@ def test_lora_run_trains_only_adapters_and_exports_a_merged_run(tmp_path):
   for path, value in got.items():  # Merged on other devices: last-bit differences.
     np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
   assert jax.tree.all(jax.tree.map(np.array_equal, state.params, fresh.params))
+
+
+def _trained_state(workdir):
+  return evaluate.restore(workdir).state
+
+
+def test_lora_trains_a_fresh_head_whole_and_freezes_the_copied_base(source_run, tmp_path):
+  """peft's modules_to_save: the head init_from.exclude leaves at its random init is
+  trained whole (frozen it would stay random); the copied base stays bitwise frozen."""
+  config = _tiny_cnn(**{"model.lora_rank": 2, "optim.learning_rate": 3e-2})
+  config.init_from.workdir = str(source_run)
+  config.init_from.exclude = ("params/Dense_1/",)  # The head: fresh.
+  fresh = _fresh_cnn_state(config)
+  result = train.run(config, tmp_path / "lora")
+  assert result["lora"]["trained_full"] == ["Dense_1/bias", "Dense_1/kernel"]
+  assert "Dense_1/kernel" not in result["lora"]["adapted"]
+  assert "Dense_0/kernel" in result["lora"]["adapted"]
+  state = _trained_state(tmp_path / "lora")
+  head = np.asarray(state.params["Dense_1"]["kernel"])
+  assert head.shape == np.asarray(fresh.params["Dense_1"]["kernel"]).shape
+  assert not np.array_equal(head, np.asarray(fresh.params["Dense_1"]["kernel"]))  # Trained.
+  base = _checkpoint_arrays(source_run)
+  np.testing.assert_array_equal(np.asarray(state.model_state[lora.BASE]["Dense_0"]["kernel"]),
+                                base["params/Dense_0/kernel"])  # Frozen, copied.
+  # Named modules train whole too (model.lora_train_full), without init_from.
+  named = tiny_config(**{"model.lora_rank": 2, "model.lora_train_full": ("Dense_0/bias",),
+                         "train.num_steps": 2, "train.eval_every_steps": 2,
+                         "checkpoint.every_steps": 2})
+  assert train.run(named, tmp_path / "named")["lora"]["trained_full"] == ["Dense_0/bias"]
+
+
+def test_lora_can_freeze_batch_statistics(source_run, tmp_path):
+  stats = {}
+  for freeze in (False, True):
+    config = _tiny_cnn(**{"model.lora_rank": 2, "model.lora_freeze_batch_stats": freeze})
+    config.init_from.workdir = str(source_run)
+    train.run(config, tmp_path / str(freeze))
+    stats[freeze] = jax.device_get(_trained_state(tmp_path / str(freeze)).model_state["batch_stats"])
+  base = _checkpoint_arrays(source_run)
+  frozen = stats[True]["BatchNorm_0"]["mean"]
+  np.testing.assert_array_equal(frozen, base["batch_stats/BatchNorm_0/mean"])
+  assert not np.array_equal(stats[False]["BatchNorm_0"]["mean"], frozen)
+
+
+def test_use_ema_scores_exports_and_starts_from_the_average(tmp_path):
+  config = tiny_config(**{"train.ema_decay": 0.9, "train.num_steps": 40,
+                          "checkpoint.every_steps": 20})
+  result = train.run(config, tmp_path / "run")
+  raw = evaluate.run(tmp_path / "run")
+  assert raw["weights"] == "raw" and raw["eval/accuracy"] == result["final"]["eval/accuracy"]
+  ema_config = config_lib.load_snapshot(tmp_path / "run")
+  ema_config.eval.use_ema = True
+  averaged = evaluate.run(tmp_path / "run", ema_config)
+  assert averaged["weights"] == "ema"
+  assert averaged["eval/accuracy"] == result["final"]["eval/ema_accuracy"]
+  assert averaged["eval/loss"] == pytest.approx(result["final"]["eval/ema_loss"], rel=1e-6)
+  # init_from.use_ema: the new run starts from the average.
+  start = tiny_config(**{"train.num_steps": 1, "checkpoint.every_steps": 1,
+                         "optim.learning_rate": 1e-9})
+  start.init_from.workdir, start.init_from.use_ema = str(tmp_path / "run"), True
+  fresh = _fresh_mlp_state(start)
+  state = transfer.init_state(start.init_from, fresh)
+  ema_params = jax.device_get(_trained_state(tmp_path / "run").ema_params)
+  chex.assert_trees_all_equal(jax.device_get(state.params), ema_params)
+  # Without an average to use, both are one line.
+  no_ema = tiny_config(**{"eval.use_ema": True})
+  with pytest.raises(errors.UserError, match="eval.use_ema=True needs train.ema_decay > 0"):
+    train.run(no_ema, tmp_path / "no_ema")
+  train.run(tiny_config(**{"train.num_steps": 2, "train.eval_every_steps": 2,
+                           "checkpoint.every_steps": 2}), tmp_path / "plain")
+  start.init_from.workdir = str(tmp_path / "plain")
+  with pytest.raises(errors.UserError, match="kept no EMA"):
+    transfer.init_state(start.init_from, fresh)
+
+
+def test_merged_lora_export_takes_the_ema_with_use_ema(tmp_path):
+  config = tiny_config(**{"model.lora_rank": 2, "train.ema_decay": 0.9, "eval.use_ema": True,
+                          "train.num_steps": 20, "optim.learning_rate": 3e-2})
+  result = train.run(config, tmp_path / "lora")
+  merged = json.loads((tmp_path / "lora" / "merged" / "final.json").read_text())
+  assert merged["weights"] == "ema"
+  assert evaluate.run(tmp_path / "lora" / "merged")["eval/accuracy"] == (
+      result["final"]["eval/ema_accuracy"])
+
+
+def _fresh_mlp_state(config):
+  r = recipe_for(config, (64,))
+  batch = {"inputs": np.zeros((2, 64), np.float32), "labels": np.zeros(2, np.int32)}
+  return jax.jit(lambda: r.create(batch, jax.random.PRNGKey(7)))()
 
 
 # --- Class filtering and few-shot subsets.

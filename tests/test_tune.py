@@ -10,13 +10,14 @@ import pytest
 from jaxtrain import config as config_lib
 from jaxtrain import errors
 from jaxtrain.core import metrics, optim
-from jaxtrain.io import writers
-from jaxtrain.jobs import setup, train
 from jaxtrain.data import pipeline
+from jaxtrain.io import checkpoint, writers
+from jaxtrain.jobs import evaluate, setup, train
 from jaxtrain.tune import lineage as lineage_lib
-from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import loop as tune_run
+from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import space as space_lib
+from jaxtrain.tune import strategies
 from tests.conftest import tiny_config
 
 
@@ -333,6 +334,34 @@ def test_explore_keeps_choice_dimensions_on_their_choices():
     assert np.any(v == allowed), v
 
 
+def test_explore_moves_a_choice_to_a_neighbouring_choice():
+  """As Ray Tune's PBT: one index up or down (multiplying 0.5 by 1.25 and snapping
+  back never left 0.5)."""
+  dims = [space_lib.parse_dimension("optim.momentum", "choice(0.5, 0.9, 0.99)")]
+  start = jnp.full((64,), 0.5, jnp.float32)
+  out = np.asarray(pop_lib.explore({"optim.momentum": start}, jnp.ones((64,), bool),
+                                   jax.random.PRNGKey(0), dims, factors=(0.8, 1.25),
+                                   resample_probability=0.0)["optim.momentum"])
+  assert set(out.tolist()) == {np.float32(0.5), np.float32(0.9)}  # Clipped at the end, or up one.
+  middle = np.asarray(pop_lib.explore({"optim.momentum": jnp.full((64,), 0.9, jnp.float32)},
+                                      jnp.ones((64,), bool), jax.random.PRNGKey(1), dims,
+                                      factors=(0.8, 1.25), resample_probability=0.0)
+                      ["optim.momentum"])
+  assert set(middle.tolist()) == {np.float32(0.5), np.float32(0.99)}
+
+
+def test_truncation_never_exploits_among_equal_scores():
+  parents, exploited = pop_lib.exploit(jnp.full((8,), 0.5), jax.random.PRNGKey(0),
+                                       method="truncation", fraction=0.25)
+  assert not np.any(np.asarray(exploited))
+  assert np.array_equal(np.asarray(parents), np.arange(8))
+  # Strictly better parents are still copied.
+  scores = jnp.asarray([0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9])
+  parents, exploited = pop_lib.exploit(scores, jax.random.PRNGKey(0), method="truncation",
+                                       fraction=0.25)
+  assert np.asarray(exploited)[0] and np.asarray(parents)[0] != 0
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_tuning_run_with_a_checkpoint(tmp_path):
   """SIGTERM at the first evaluation: exit 75, then the rerun finishes bitwise equal."""
@@ -461,3 +490,125 @@ def test_lora_search_over_ranks_from_a_pretrained_run(tmp_path):
   merged = evaluate.run(best / "merged")
   assert merged["eval/accuracy"] == pytest.approx(final["final"]["eval/accuracy"], abs=1e-6)
   assert evaluate.run(best)["eval/accuracy"] == pytest.approx(merged["eval/accuracy"], abs=1e-6)
+
+
+# --- Against the published algorithms and Optuna's contract. ---
+
+
+def test_bayes_minimises_a_lower_is_better_metric(tmp_path):
+  """Optuna is told eval/loss itself in a minimising study: its best trial is the
+  member with the lowest loss (it was the highest before: the score was negated twice)."""
+  import optuna
+  result = tune_run.run(tune_config("bayes", **{"tune.metric": "eval/loss"}), tmp_path)
+  study = optuna.load_study(study_name="jaxtrain",
+                            storage=f"sqlite:///{tmp_path / 'tune' / 'optuna.db'}")
+  assert study.direction == optuna.study.StudyDirection.MINIMIZE
+  told = {t.number: t.value for t in study.trials
+          if t.state == optuna.trial.TrialState.COMPLETE}
+  losses = {r["trial"]: r["eval"]["eval/loss"] for r in result["members"]}
+  assert told == losses and len(told) == 8
+  assert study.best_trial.value == min(losses.values()) == result["best_score"]
+
+
+def test_halving_promotes_the_top_n_over_eta_of_members_arriving_together():
+  """Li et al.: of n members reaching a rung together, floor(n / eta) (at least 1)
+  go on, the best by score, whatever the slots they sit in."""
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    n, eta = int(rng.integers(1, 20)), int(rng.integers(2, 5))
+    ids, scores = rng.permutation(1000)[:n], rng.normal(size=n)
+    want = {int(ids[j]) for j in np.argsort(-scores)[:max(1, n // eta)]}
+    for _ in range(3):  # Any slot order gives the same promotions.
+      order = rng.permutation(n)
+      arrivals = [(int(ids[j]), float(scores[j])) for j in order]
+      assert strategies.promotions([], arrivals, eta) == want
+  # Earlier arrivals at the rung count (ASHA); a non-finite score never goes on.
+  assert strategies.promotions([0.9, 0.1], [(5, 0.5), (6, 0.95)], eta=2) == {6}
+  assert strategies.promotions([], [(0, float("nan")), (1, None)], eta=2) == set()
+
+
+def test_halving_keeps_16_over_3_members_of_a_real_rung(tmp_path):
+  config = tune_config("halving", size=16, **{"train.num_steps": 20, "train.eval_every_steps": 10,
+                                              "checkpoint.every_steps": 20})
+  config.tune.halving.eta, config.tune.halving.min_steps = 3, 10
+  tune_run.run(config, tmp_path)
+  events = lineage_lib.read(tmp_path / "tune" / "lineage.jsonl")
+  culls = [e for e in events if e["event"] == "cull" and e["step"] == 10]
+  kept = 16 - len(culls)
+  assert kept == 16 // 3
+  scores = {e["member"]: e["score"] for e in events if e["event"] == "cull"}
+  records = writers.read_metrics(tmp_path)
+  at_rung = dict(zip(records[0]["member_ids"], records[0]["eval/accuracy"]))
+  survivors = sorted(set(at_rung) - set(scores), key=lambda m: -at_rung[m])
+  assert min(at_rung[m] for m in survivors) >= max(at_rung[m] for m in scores)
+
+
+class _Lineage:
+  def __init__(self):
+    self.events = []
+
+  def write(self, **event):
+    self.events.append(event)
+
+
+def test_an_exploited_member_takes_its_parents_early_stopping_state():
+  c, _, _, _, _, pop, acc, _, _ = population_setup([1e-3, 1e-2])
+  c.tune.strategy, c.tune.early_stopping.patience = "pbt", 2
+  loop = {"members": [], "next_member_id": 0, "step": 10, "phase": 0, "event": 0}
+  members = [strategies.new_member(loop, {"optim.learning_rate": lr}, step=0)
+             for lr in (1e-3, 1e-2)]
+  members[0].update(score=0.5, best_score=0.9, evals_since_best=0)  # Worse than its best.
+  members[1].update(score=0.8, best_score=0.3, evals_since_best=1)  # A new best.
+  loop["members"] = members
+
+  class Phase:  # Member 0 copies member 1.
+    dynamic_keys = ["optim.learning_rate"]
+
+    def exploit(self, pop, scores, rng):
+      return pop, np.array([1, 1]), np.array([True, False])
+
+  dims = [space_lib.parse_dimension("optim.learning_rate", "loguniform(1e-4, 1e-1)")]
+  strategies.act(c, Phase(), pop, acc, loop, [0.5, 0.8], _Lineage(), dims, dims)
+  assert (members[1]["best_score"], members[1]["evals_since_best"]) == (0.8, 0)
+  assert (members[0]["best_score"], members[0]["evals_since_best"]) == (0.8, 0)
+  assert members[0]["active"]
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_a_kill_between_telling_optuna_and_the_checkpoint_resumes(tmp_path, monkeypatch):
+  """The end of a round is told to Optuna before its checkpoint commits; a restart
+  replays the round's last interval and must not fail on the trials already told."""
+  import optuna
+  full = tune_run.run(tune_config("bayes"), tmp_path / "full")
+  save = checkpoint.Checkpoints.save
+
+  def save_or_die(self, step, *args, **kwargs):
+    if step == 40:  # The end of round 1: after study.tell, before this checkpoint.
+      raise _Killed()
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", save_or_die)
+  with pytest.raises(_Killed):
+    tune_run.run(tune_config("bayes"), tmp_path / "killed")
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", save)
+  resumed = tune_run.run(tune_config("bayes"), tmp_path / "killed")
+  assert resumed["status"] == "completed"
+  study = optuna.load_study(study_name="jaxtrain",
+                            storage=f"sqlite:///{tmp_path / 'killed' / 'tune' / 'optuna.db'}")
+  states = [t.state for t in study.trials]
+  assert states.count(optuna.trial.TrialState.COMPLETE) == 8 and len(states) == 8
+  assert resumed["best_settings"] == full["best_settings"]
+  assert resumed["best_score"] == full["best_score"]
+
+
+def test_eval_of_the_best_member_keeps_the_tuners_test_record(tmp_path):
+  config = tune_config("random", **{"data.test_split": "test", "data.eval_split": "train[:20%]"})
+  result = tune_run.run(config, tmp_path)
+  test_record = (tmp_path / "best" / "test.json").read_bytes()
+  assert json.loads(test_record)["eval/accuracy"] == result["best_test"]["eval/accuracy"]
+  evaluated = evaluate.run(tmp_path / "best")  # --mode=eval: data.eval_split, its own record.
+  assert (tmp_path / "best" / "test.json").read_bytes() == test_record
+  assert json.loads((tmp_path / "best" / "eval.json").read_text()) == evaluated

@@ -15,6 +15,10 @@ axis, everything else (the attention `out` projection [heads, head_dim, D],
 convolutions) before the last axis. B starts at zero, so a wrapped model
 computes exactly what the base model computes until it is trained.
 
+Parameters that `train_full` selects (peft's `modules_to_save`: e.g. a new
+head left at its random initialization by `init_from.exclude`) are not frozen:
+they stay in `params` and are trained whole, next to the adapters.
+
 `merge(variables, scale)` turns a wrapped model's variables back into the base
 model's (adapters folded into the kernels): the export after a LoRA run.
 """
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +38,7 @@ from jaxtrain.models import Model
 from jaxtrain.core.param_groups import path_str
 
 BASE = "lora_base"  # The collection holding the frozen base parameters.
+ADAPTERS = ("lora_a", "lora_b")  # The last path component of every adapter leaf.
 _INPUT_FIRST = ("query", "key", "value")
 
 
@@ -41,23 +48,37 @@ def check_config(model_config) -> None:
     raise errors.UserError(f"model.lora_rank={model_config.lora_rank} must be >= 0 (0 = off)")
   if not model_config.lora_alpha > 0:
     raise errors.UserError(f"model.lora_alpha={model_config.lora_alpha} must be > 0")
-  try:
-    re.compile(model_config.lora_targets)
-  except re.error as e:
-    raise errors.UserError(f"model.lora_targets regex {model_config.lora_targets!r} does not "
-                           f"compile ({e}); fix the regular expression") from None
+  for key, patterns in (("model.lora_targets", [model_config.lora_targets]),
+                        ("model.lora_train_full", model_config.lora_train_full)):
+    for pattern in patterns:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise errors.UserError(f"{key} regex {pattern!r} does not compile ({e}); fix the "
+                               "regular expression") from None
 
 
 def scale_of(model_config) -> float:
   return float(model_config.lora_alpha) / int(model_config.lora_rank)
 
 
-def maybe_wrap(model: Model, model_config) -> Model:
-  """`wrap(model, ...)` when `model.lora_rank > 0`, else `model` unchanged."""
+def maybe_wrap(model: Model, model_config,
+               train_full: Callable[[str], bool] | None = None) -> Model:
+  """`wrap(model, ...)` when `model.lora_rank > 0`, else `model` unchanged.
+
+  Parameters whose path matches a `model.lora_train_full` regex, or for which
+  `train_full(path)` is true, are trained whole instead of frozen.
+  """
   if model_config.lora_rank <= 0:
     return model
+  patterns = [re.compile(p) for p in model_config.lora_train_full]
+
+  def full(path: str) -> bool:
+    return any(p.search(path) for p in patterns) or bool(train_full and train_full(path))
+
   return wrap(model, int(model_config.lora_rank), scale_of(model_config),
-              model_config.lora_targets)
+              model_config.lora_targets, train_full=full,
+              freeze_batch_stats=bool(model_config.lora_freeze_batch_stats))
 
 
 def matrix_shape(path: str, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -74,17 +95,33 @@ def _set(tree: dict, path: str, value) -> None:
   tree[leaf] = value
 
 
-def _adapters_by_path(adapters) -> dict[str, dict]:
-  """{'Dense_0/kernel': {'lora_a': A, 'lora_b': B}} from the nested adapter tree."""
+def is_adapter(path: str) -> bool:
+  """Whether a '/'-joined path inside `params` names an adapter matrix."""
+  return path.rsplit("/", 1)[-1] in ADAPTERS
+
+
+def split(params) -> tuple[dict[str, Any], dict[str, Any]]:
+  """({path: adapter leaf}, {path: leaf trained whole}) of a wrapped model's params."""
+  adapters, full = {}, {}
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    path = path_str(key_path)
+    (adapters if is_adapter(path) else full)[path] = leaf
+  return adapters, full
+
+
+def _adapters_by_path(adapters: dict[str, Any]) -> dict[str, dict]:
+  """{'Dense_0/kernel': {'lora_a': A, 'lora_b': B}} from {'Dense_0/kernel/lora_a': A, ...}."""
   out: dict[str, dict] = {}
-  for key_path, leaf in jax.tree_util.tree_flatten_with_path(adapters)[0]:
-    kernel_path, _, name = path_str(key_path).rpartition("/")
+  for path, leaf in adapters.items():
+    kernel_path, _, name = path.rpartition("/")
     out.setdefault(kernel_path, {})[name] = leaf
   return out
 
 
-def merge_params(base_params, adapters, scale: float):
-  """Base parameters with `scale * A @ B` added to every adapted kernel (pure)."""
+def merge_params(base_params, params, scale: float):
+  """The base model's parameters: `scale * A @ B` added to every adapted kernel of
+  `base_params`, and the whole-trained leaves of `params` put back in place (pure)."""
+  adapters, full = split(params)
   by_path = _adapters_by_path(adapters)
 
   def merged(key_path, w):
@@ -94,42 +131,97 @@ def merge_params(base_params, adapters, scale: float):
     delta = (ab["lora_a"] @ ab["lora_b"]).reshape(w.shape)
     return w + jnp.asarray(scale, w.dtype) * delta.astype(w.dtype)
 
-  return jax.tree_util.tree_map_with_path(merged, base_params)
+  out = jax.tree_util.tree_map_with_path(merged, base_params)
+  if full:
+    out = jax.tree.map(lambda x: x, out)  # A copy: the leaves are set below.
+    for path, leaf in full.items():
+      _set(out, path, leaf)
+  return out
 
 
-def wrap(model: Model, rank: int, scale: float, targets: str) -> Model:
-  """A `Model` that trains rank-`rank` adapters on the kernels matching `targets`."""
+def base_tree(params, model_state: dict):
+  """The base model's parameter tree (frozen base and whole-trained leaves), unmerged:
+  the paths and shapes a checkpoint of the base model has."""
+  out = jax.tree.map(lambda x: x, model_state[BASE])
+  for path, leaf in split(params)[1].items():
+    _set(out, path, leaf)
+  return out
+
+
+def with_base_tree(params, model_state: dict, new_base):
+  """(params, model_state) with the base tree replaced by `new_base` (see `base_tree`):
+  frozen paths go to `lora_base`, whole-trained ones to `params`."""
+  flat = {path_str(k): v for k, v in jax.tree_util.tree_flatten_with_path(new_base)[0]}
+
+  def take(key_path, old):
+    path = path_str(key_path)
+    return old if is_adapter(path) else flat[path]
+
+  new_frozen = jax.tree_util.tree_map_with_path(take, model_state[BASE])
+  return jax.tree_util.tree_map_with_path(take, params), {**model_state, BASE: new_frozen}
+
+
+def wrap(model: Model, rank: int, scale: float, targets: str,
+         train_full: Callable[[str], bool] | None = None,
+         freeze_batch_stats: bool = False) -> Model:
+  """A `Model` that trains rank-`rank` adapters on the kernels matching `targets`.
+
+  Leaves for which `train_full(path)` is true are trained whole (not adapted, not
+  frozen). With `freeze_batch_stats` the base model's mutable collections (BatchNorm
+  running statistics) keep their values during training; otherwise they update as
+  they would in the base model.
+  """
   pattern = re.compile(targets)
 
   def init(rng: jax.Array, batch: dict) -> dict:
     base_rng, lora_rng = jax.random.split(rng)
     variables = dict(model.init(base_rng, batch))
     base_params = variables.pop("params")
-    adapters: dict = {}
+    trainable: dict = {}
     leaves = jax.tree_util.tree_flatten_with_path(base_params)[0]
+    full = {path_str(k) for k, _ in leaves if train_full is not None and train_full(path_str(k))}
     for i, (key_path, w) in enumerate(leaves):
       path = path_str(key_path)
+      if path in full:
+        _set(trainable, path, w)
+        continue
       if w.ndim < 2 or not pattern.search(path):
         continue
       d_in, d_out = matrix_shape(path, w.shape)
-      # A ~ N(0, 1/d_in) as in LoRA's Kaiming-style init; B = 0 so the delta starts at 0.
+      # A ~ N(0, 1/d_in), B = 0 so the delta starts at 0. (peft draws A kaiming-uniform,
+      # variance 1/(3 d_in); the scale of A only rescales the adapters' learning rate.)
       a = jax.random.normal(jax.random.fold_in(lora_rng, i), (d_in, rank), w.dtype)
-      _set(adapters, path + "/lora_a", a / jnp.sqrt(jnp.asarray(d_in, w.dtype)))
-      _set(adapters, path + "/lora_b", jnp.zeros((rank, d_out), w.dtype))
-    if not adapters:
+      _set(trainable, path + "/lora_a", a / jnp.sqrt(jnp.asarray(d_in, w.dtype)))
+      _set(trainable, path + "/lora_b", jnp.zeros((rank, d_out), w.dtype))
+    if not any(is_adapter(p) for p in split(trainable)[0]):
       names = ", ".join(path_str(k) for k, w in leaves if w.ndim >= 2)
       raise errors.UserError(
           f"model.lora_targets={targets!r} matches no kernel of this model; its kernels "
           f"are: {names}")
-    return {"params": adapters, BASE: base_params, **variables}
+    if full:  # The frozen base holds the other leaves only.
+      frozen: dict = {}
+      for key_path, w in leaves:
+        if path_str(key_path) not in full:
+          _set(frozen, path_str(key_path), w)
+      base_params = frozen
+    return {"params": trainable, BASE: base_params, **variables}
 
   def apply(variables: dict, batch: dict, rng: jax.Array, train: bool, hparams) -> tuple:
     variables = dict(variables)
-    adapters, base_params = variables.pop("params"), variables.pop(BASE)
-    merged = merge_params(base_params, adapters, scale)
-    return model.apply({"params": merged, **variables}, batch, rng, train, hparams)
+    params, base_params = variables.pop("params"), variables.pop(BASE)
+    merged = merge_params(base_params, params, scale)
+    logits, new_state = model.apply({"params": merged, **variables}, batch, rng, train, hparams)
+    if freeze_batch_stats:
+      new_state = {}
+    return logits, new_state
 
   return Model(init=init, apply=apply)
+
+
+def adapted_paths(params) -> dict[str, list[str]]:
+  """{'adapted': kernel paths with adapters, 'trained_full': leaves trained whole}."""
+  adapters, full = split(params)
+  return {"adapted": sorted(_adapters_by_path(adapters)), "trained_full": sorted(full)}
 
 
 def merge(params, model_state: dict, scale: float) -> tuple:

@@ -20,6 +20,7 @@ from jaxtrain.core import param_groups
 
 NAMES = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_cosine", "linear", "exponential", "piecewise")
+DECAY_MASKS = ("all", "matrices")
 
 # Which numeric hyperparameters each optimizer has (all become state leaves).
 _HPARAMS = {
@@ -42,6 +43,9 @@ def check_config(optim_config) -> None:
     errors.check_nonnegative(f"optim.schedule.{key}", optim_config.schedule[key])
   for key in ("momentum", "b1", "b2"):
     errors.check_in_range(f"optim.{key}", optim_config[key], 0.0, 1.0)
+  if optim_config.weight_decay_mask not in DECAY_MASKS:
+    raise errors.unknown_choice("optim.weight_decay_mask", optim_config.weight_decay_mask,
+                                DECAY_MASKS)
   if optim_config.name not in NAMES:
     raise errors.unknown_choice("optim.name", optim_config.name, NAMES)
   sched = optim_config.schedule
@@ -83,9 +87,18 @@ def schedule_shape(schedule_config, num_update_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), main], [warmup])
 
 
+def matrices_only(params):
+  """Weight-decay mask: decay kernels and embeddings (2 or more dimensions), not biases
+  or normalisation scales and offsets."""
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
 def make_transform(name: str, shape: optax.Schedule, nesterov: bool = False,
-                   **hparams: Any) -> optax.GradientTransformation:
+                   decay_mask: str = "all", **hparams: Any) -> optax.GradientTransformation:
   """The optimizer `name` from explicit hyperparameter values.
+
+  `decay_mask` (optim.weight_decay_mask): "all" decays every parameter (optax's
+  default); "matrices" only those with 2 or more dimensions (`matrices_only`).
 
   Hyperparameters are cast to float32 arrays first, so the arithmetic is the
   same whether they arrive as Python floats or as injected state leaves (with
@@ -93,18 +106,19 @@ def make_transform(name: str, shape: optax.Schedule, nesterov: bool = False,
   differ in the last bit).
   """
   h = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+  mask = matrices_only if decay_mask == "matrices" else None
   parts = []
   if "clip_norm" in h:
     # clip_norm = 0 means "off"; as data it must stay a branch-free expression.
     parts.append(_clip_by_global_norm_or_off(h["clip_norm"]))
   if name in ("sgd", "momentum", "adam"):
-    parts.append(optax.add_decayed_weights(h["weight_decay"]))  # L2 on the gradient.
+    parts.append(optax.add_decayed_weights(h["weight_decay"], mask))  # L2 on the gradient.
   if name == "momentum":
     parts.append(optax.trace(decay=h["momentum"], nesterov=nesterov))
   if name in ("adam", "adamw"):
     parts.append(optax.scale_by_adam(b1=h["b1"], b2=h["b2"], eps=h["eps"]))
   if name == "adamw":
-    parts.append(optax.add_decayed_weights(h["weight_decay"]))  # Decoupled.
+    parts.append(optax.add_decayed_weights(h["weight_decay"], mask))  # Decoupled.
   parts.append(optax.scale_by_learning_rate(h["learning_rate"]))
   parts.append(optax.scale_by_schedule(shape))
   return optax.chain(*parts)
@@ -139,6 +153,7 @@ def build(optim_config, num_train_steps: int) -> tuple[optax.GradientTransformat
   num_updates = max(num_train_steps // optim_config.accumulate_steps, 1)
   shape = schedule_shape(optim_config.schedule, num_updates)
   name, nesterov = optim_config.name, bool(optim_config.nesterov)
+  decay_mask = optim_config.weight_decay_mask
   freeze, multipliers = tuple(optim_config.freeze), tuple(optim_config.lr_multipliers)
 
   # inject_hyperparams reads the factory's signature, so it names every field.
@@ -149,10 +164,10 @@ def build(optim_config, num_train_steps: int) -> tuple[optax.GradientTransformat
     given = {k: v for k, v in given.items() if v is not None}
     if freeze or multipliers:  # Parameter groups: see jaxtrain/core/param_groups.py.
       return param_groups.grouped(
-          lambda **h: make_transform(name, shape, nesterov, **h),
+          lambda **h: make_transform(name, shape, nesterov, decay_mask, **h),
           lambda norm: _clip_by_global_norm_or_off(jnp.asarray(norm, jnp.float32)), given,
           freeze, multipliers)
-    return make_transform(name, shape, nesterov, **given)
+    return make_transform(name, shape, nesterov, decay_mask, **given)
 
   tx = optax.inject_hyperparams(factory)(**hparams_of(optim_config))
   if optim_config.accumulate_steps > 1:
@@ -185,6 +200,15 @@ def set_hparams(opt_state, values: dict[str, jax.Array]):
   for k, v in values.items():
     hyperparams[k] = jnp.asarray(v, hyperparams[k].dtype)
   return inject._replace(hyperparams=hyperparams)
+
+
+def update_applied(opt_state) -> jax.Array | None:
+  """Whether the step that returned `opt_state` applied an update: with gradient
+  accumulation (`optax.MultiSteps`), only every `accumulate_steps`-th micro-step
+  does. None without accumulation (every step does)."""
+  if isinstance(opt_state, optax.MultiStepsState):
+    return opt_state.mini_step == 0
+  return None
 
 
 def update_count(opt_state) -> jax.Array:

@@ -38,7 +38,12 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
   if ema_params is not None:  # train.ema_decay > 0
-    ema_params = ema_lib.update(ema_params, params, state.hparams[ema_lib.KEY])
+    new_ema = ema_lib.update(ema_params, params, state.hparams[ema_lib.KEY])
+    applied = optim.update_applied(opt_state)
+    # Once per optimizer update: with accumulation, the average moves every
+    # accumulate_steps micro-steps, as it would with the k-times larger batch.
+    ema_params = new_ema if applied is None else jax.tree.map(
+        lambda n, o: jnp.where(applied, n, o), new_ema, ema_params)
   accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32))
   learning_rate = (optim.get_hparams(state.opt_state)["learning_rate"]
                    * schedule(optim.update_count(state.opt_state)))

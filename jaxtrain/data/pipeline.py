@@ -1,16 +1,19 @@
 """Training and evaluation input: a device-resident path and a Grain path.
 
-Both produce batches `{"inputs": float32[B, ...], "labels": int32[B]}` in an
-order fixed by the seed, and both resume exactly:
+Both produce batches `{"inputs": float32[B, ...], "labels": int32[B]}` and
+both resume exactly. For the same seed they give the same examples in the same
+order (tests/test_data.py), so `data.pipeline=auto` choosing by size never
+changes what a run trains on:
 
 - `DeviceData`: the whole split lives on the device; the batch for step `s` is
   gathered inside jit from a per-epoch permutation, so the order is a pure
   function of `(data_key, s)` and the train state's step is all resume needs.
   This is the fast path: no host work per step. The permutation is cached in
   an `EpochOrder` that the step carries and recomputes once per epoch.
-- `GrainData`: a Grain `MapDataset` over the TFDS data source (shuffle, repeat,
-  batch, batch-level transform) with a checkpointable iterator, for data that
-  does not fit on the device. Its iterator state is saved with the train state.
+- `GrainData`: a Grain `MapDataset` of batches read from the TFDS data source
+  (the same per-epoch permutations, a batch-level transform) with a
+  checkpointable iterator, for data that does not fit on the device. Its
+  iterator state is saved with the train state.
 """
 
 from __future__ import annotations
@@ -125,30 +128,46 @@ class DeviceData:
 
 
 class GrainData:
-  """A Grain pipeline over a TFDS data source with a checkpointable iterator."""
+  """A Grain pipeline over a TFDS data source with a checkpointable iterator.
+
+  Batch `s` holds the examples the device path gathers at step `s` for the same
+  seed, in the same order: epoch `e` is `epoch_permutation(data_key, e, n)`, cut
+  into `n // batch_size` batches (its last partial batch dropped, so every example
+  is seen at most once an epoch). Grain iterates the steps (`MapDataset.range`)
+  and checkpoints the position; each step reads its rows from the source in one
+  batched call. The order is made here, not with Grain's own shuffle, so that the
+  two pipelines train on the same sequence whichever `data.pipeline` picks. With
+  several processes each reads its contiguous block of the global batch's rows.
+  """
 
   kind = "grain"
 
-  def __init__(self, source, info: catalog.DatasetInfo, batch_size: int, seed: int,
-               permute_seed: int = 0):
+  def __init__(self, source, info: catalog.DatasetInfo, batch_size: int,
+               data_key: jax.Array, permute_seed: int = 0):
     import grain  # pylint: disable=g-import-not-at-top
     self.batch_size = batch_size
-    input_key, label_key = info.input_key, info.label_key
+    n = len(source)
+    per_epoch = n // batch_size
+    rows = batch_size // jax.process_count()
+    first_row = jax.process_index() * rows
+    key = np.asarray(jax.device_get(data_key))
+    cache = {}  # epoch -> permutation: one device call per epoch, not per batch.
 
-    def to_batch(examples):
-      inputs = catalog.to_model_inputs(np.asarray(examples[input_key]))
+    def order_of(epoch: int) -> np.ndarray:
+      if epoch not in cache:
+        cache.clear()
+        cache[epoch] = np.asarray(epoch_permutation(key, epoch, n))
+      return cache[epoch]
+
+    def read(step: int) -> dict[str, np.ndarray]:
+      start = (step % per_epoch) * batch_size + first_row
+      indices = order_of(step // per_epoch)[start:start + rows]
+      examples = source.__getitems__(indices.tolist())
+      inputs = catalog.to_model_inputs(np.stack([ex[info.input_key] for ex in examples]))
       return {"inputs": permute_features(inputs, permute_seed),
-              "labels": np.asarray(examples[label_key], np.int32)}
+              "labels": np.asarray([ex[info.label_key] for ex in examples], np.int32)}
 
-    # shuffle -> repeat gives every epoch its own permutation of the split.
-    dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-    # Several processes: each reads only every P-th example of the shuffled stream,
-    # so the P local batches hold exactly the examples of the one-process batch.
-    index, count = jax.process_index(), jax.process_count()
-    if count > 1:
-      dataset = dataset[index::count]
-    dataset = dataset.batch(batch_size // count, drop_remainder=True).map(to_batch)
-    self.iterator = iter(dataset)
+    self.iterator = iter(grain.MapDataset.range(2**62).map(read))
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self.iterator
@@ -197,13 +216,13 @@ def create_train_data(data_config, seed: int):
         f"data.batch_size={data_config.batch_size} is larger than the "
         f"{len(source)} examples of {data_config.name}:{data_config.train_split}; "
         "lower data.batch_size")
+  data_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x0DA7A)  # Both paths' order.
   if kind == "device":
     inputs, labels = catalog.load_arrays(source, info)
     inputs = permute_features(inputs, data_config.permute_features_seed)
     arrays = {"inputs": jnp.asarray(inputs), "labels": jnp.asarray(labels)}
-    data_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x0DA7A)
     return DeviceData(arrays, data_key, data_config.batch_size), info
-  return GrainData(source, info, data_config.batch_size, seed,
+  return GrainData(source, info, data_config.batch_size, data_key,
                    data_config.permute_features_seed), info
 
 

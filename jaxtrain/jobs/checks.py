@@ -33,10 +33,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   optim.check_config(config.optim)
   models.check_config(config.model)
   losses.check_config(config.loss)
-  if config.optim.schedule.warmup_steps >= config.train.num_steps:
-    raise errors.UserError(
-        f"optim.schedule.warmup_steps={config.optim.schedule.warmup_steps} must be "
-        f"smaller than train.num_steps={config.train.num_steps}")
+  check_accumulation(config)
   step.check_config(config.train)
   models.check_precision(config.precision)
   multistep.check_config(config.train)
@@ -47,9 +44,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_rankable(key, config_lib.flatten(config)[key], config)
   lora.check_config(config.model)
   ema.check_config(config.train)
+  if config.eval.use_ema and not config.train.ema_decay > 0:
+    raise errors.UserError(
+        "eval.use_ema=True needs train.ema_decay > 0 (without it there is no average to "
+        "use); set train.ema_decay (e.g. 0.99) or eval.use_ema=False")
   transfer.check_config(config.init_from)
   sharding.check_config(config.mesh)  # Sizes against devices: sharding.make_mesh.
   analysis_options.check_config(config.eval)
+
+
+def check_accumulation(config) -> None:
+  """Schedules count optimizer updates; train.num_steps and the intervals count
+  micro-steps (train.num_steps / optim.accumulate_steps updates in all)."""
+  k, steps = config.optim.accumulate_steps, config.train.num_steps
+  if steps % k:
+    raise errors.UserError(
+        f"train.num_steps={steps} is not a multiple of optim.accumulate_steps={k}: the last "
+        f"{steps % k} micro-steps would never make an update; use {steps - steps % k} or "
+        f"{steps - steps % k + k}")
+  updates = steps // k
+  warmup = config.optim.schedule.warmup_steps
+  if warmup >= updates:
+    unit = (f"the run's {updates} optimizer updates (train.num_steps={steps} / "
+            f"optim.accumulate_steps={k}; schedules count updates)" if k > 1 else
+            f"train.num_steps={steps}")
+    raise errors.UserError(f"optim.schedule.warmup_steps={warmup} must be smaller than {unit}")
 
 
 def check_rankable(key: str, metric: str, config) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 from jaxtrain import config as config_lib
 from jaxtrain import errors
 from jaxtrain.analysis import report as report_lib, slices as slices_lib
-from jaxtrain.core import metrics, state as state_lib, step as step_lib
+from jaxtrain.core import ema as ema_lib, metrics, state as state_lib, step as step_lib
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import checkpoint, compilation
 from jaxtrain.jobs import checks, setup, workdir as workdir_lib
@@ -87,13 +86,15 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
 
 def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
         step: int | str | None = None, which: str = "latest",
-        report: bool = False) -> dict[str, Any]:
+        report: bool = False, record: str = "eval.json") -> dict[str, Any]:
   """Evaluates checkpoint `step` (or the latest/best) of `workdir` on data.eval_split.
 
   `step` is a step number, "latest" or "best" (the best checkpoint by
   checkpoint.best_metric); None means `which`. With `report` (and
   eval.report), also writes WORKDIR/report/ (see jaxtrain/analysis/report.py).
-  Writes WORKDIR/eval.json and returns {"step": s, "eval/accuracy": ..., ...}.
+  Writes WORKDIR/`record` (eval.json: `--mode=eval`'s own record; the tuner
+  scores its best member on the test split into test.json) and returns
+  {"step": s, "eval/accuracy": ..., ...}.
   """
   workdir = Path(workdir)
   config = config if config is not None else config_lib.load_snapshot(workdir)
@@ -106,6 +107,9 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
     report_lib.check_examples(c.eval, len(eval_labels))
   run_ = restore(workdir, step, config=c, which=which)
   state, model = run_.state, run_.recipe.model
+  weights = "ema" if c.eval.use_ema else "raw"
+  if c.eval.use_ema:  # The average is what is scored (and reported), not an extra.
+    state = ema_lib.as_params(state).replace(ema_params=None)
   eval_fn = jax.jit(functools.partial(step_lib.eval_step, model))
   batches = list(pipeline.eval_batches(eval_inputs, eval_labels, c.data.eval_batch_size))
   values = setup.evaluate(eval_fn, state, batches)  # eval/ema_* too with train.ema_decay > 0.
@@ -113,9 +117,11 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
             **{k: v for k, v in values.items() if not k.startswith("eval/ema_")},
             "params_sha256": state_lib.params_sha256(state.params),
             **{k: v for k, v in values.items() if k.startswith("eval/ema_")}}
-  (workdir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+  if c.train.ema_decay > 0:  # Say which parameters eval/* scored.
+    result["weights"] = weights
+  workdir_lib.write_json(workdir / record, result)
   if report:
     header = {"workdir": str(workdir), "step": run_.step, "checkpoint": run_.which,
-              "split": c.data.eval_split}
+              "split": c.data.eval_split, "weights": weights}
     report_lib.write(workdir, c, model, state, eval_inputs, eval_labels, run_.info, slices, header)
   return result

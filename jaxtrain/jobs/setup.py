@@ -30,6 +30,7 @@ import optax
 from jaxtrain import models
 from jaxtrain.core import ema, lora, metrics, multistep, optim, state as state_lib, step
 from jaxtrain.data import catalog, pipeline
+from jaxtrain.jobs import transfer
 from jaxtrain.parallel import sharding
 
 
@@ -70,7 +71,12 @@ def recipe(config, info: catalog.DatasetInfo, *, force_dropout: bool = False) ->
   """
   model = models.build(config.model, info.num_classes, info.input_shape,
                        force_dropout=force_dropout, precision=config.precision)
-  model = lora.maybe_wrap(model, config.model)  # model.lora_rank > 0: adapters only are trained.
+  # model.lora_rank > 0: adapters (and what init_from leaves fresh, e.g. a new head) train.
+  fresh = None
+  if config.init_from.workdir:
+    wanted = transfer.filter_of(config.init_from)
+    fresh = lambda path: not wanted("params/" + path)
+  model = lora.maybe_wrap(model, config.model, train_full=fresh)
   tx, schedule = optimizer(config)
   return Recipe(model, tx, schedule, hparams(config))
 

@@ -18,7 +18,7 @@ import ml_collections
 
 from jaxtrain import config as config_lib
 from jaxtrain import errors
-from jaxtrain.core import metrics, multistep, optim, state as state_lib
+from jaxtrain.core import lora, metrics, multistep, optim, state as state_lib
 from jaxtrain.io import checkpoint, compilation, preemption, profiling, throughput, writers
 from jaxtrain.jobs import cadence, checks, setup, transfer, workdir as workdir_lib
 from jaxtrain.parallel import distributed, sharding
@@ -107,9 +107,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       t_pause = time.perf_counter()  # Evaluations and saves are not counted in steps/s.
       steps_per_sec = rate.per_sec(t_pause)
       eval_values: dict[str, float] = {}
+      new_best = False
       if is_eval:
         eval_values = last_eval = setup.evaluate(prog.eval, state, eval_batches)
-        is_save |= best.update(step, eval_values)  # So the best checkpoint exists on disk.
+        new_best = best.update(step, eval_values)
+        is_save |= new_best  # So the best checkpoint exists on disk.
         if stopper.update(eval_values):
           status, is_last, is_save, is_log = "early_stopped", True, True, True
       if is_log:
@@ -125,9 +127,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
         loop_state["elapsed_sec"] += time.perf_counter() - session_start
         session_start = time.perf_counter()
         # The partial metric sums are saved too: the next record averages the same
-        # steps whether or not the run was interrupted in between.
+        # steps whether or not the run was interrupted in between. Only a new best
+        # carries a score, so the checkpoint Orbax keeps as best is the step final.json
+        # names (an equal later score, or a save between evaluations, never displaces it).
         ckpts.save(step, workdir_lib.bundle(state, acc, guard), loop_state, feed.iterator,
-                   score=best.score(eval_values) if eval_values else None)
+                   score=loop_state["best_score"] if new_best else None)
       rate.pause(time.perf_counter() - t_pause)
       if is_last:
         if status == "completed" and step < c.train.num_steps:
@@ -168,8 +172,11 @@ def _write_final(s: setup.Setup, workdir: Path, status: str, state, guard, last_
       "checkpoint_steps": ckpts.all_steps(),
       "skipped_steps": int(jax.device_get(guard)["skipped"]),
   }
-  if c.model.lora_rank > 0 and status != "nonfinite":  # Adapters merged: a plain run.
-    final["lora_merged_workdir"] = str(transfer.export_merged(c, state, workdir / "merged", final))
+  if c.model.lora_rank > 0:  # What was adapted, what trained whole; merged: a plain run.
+    final["lora"] = lora.adapted_paths(state.params)
+    if status != "nonfinite":
+      final["lora_merged_workdir"] = str(workdir_lib.export_merged(c, state, workdir / "merged",
+                                                                   final))
   workdir_lib.write_json(workdir / "final.json", final)
   if status == "nonfinite":
     raise _nonfinite_error(c.train, jax.device_get(guard), ckpts)

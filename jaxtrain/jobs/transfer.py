@@ -1,5 +1,4 @@
-"""Transfer learning: start a run from another run's checkpoint (`config.init_from`),
-and export a LoRA run with its adapters merged into the base weights.
+"""Transfer learning: start a run from another run's checkpoint (`config.init_from`).
 
 `init_state` copies the parameters and model state (batch statistics) of
 another run into a freshly initialized state; the optimizer state, step and
@@ -20,9 +19,9 @@ the target's `lora_base` collection receives the 'params/...' paths.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,8 @@ import numpy as np
 
 from jaxtrain import config as config_lib
 from jaxtrain import errors
-from jaxtrain.core import lora, state as state_lib
+from jaxtrain.core import lora
 from jaxtrain.core.param_groups import path_str
-from jaxtrain.jobs import setup, workdir as workdir_lib
 
 _STEP_WORDS = ("latest", "best")
 
@@ -97,10 +95,11 @@ def _flat(tree, describe) -> dict[str, Any]:
 
 
 def _base_view(params, model_state) -> dict:
-  """{'params': base params, **other collections}; LoRA's base weights count as params."""
-  model_state = dict(model_state)
+  """{'params': base params, **other collections}; LoRA's frozen base weights and the
+  leaves it trains whole count as params (the adapters do not)."""
   if lora.BASE in model_state:
-    return {"params": model_state.pop(lora.BASE), **model_state}
+    others = {k: v for k, v in model_state.items() if k != lora.BASE}
+    return {"params": lora.base_tree(params, model_state), **others}
   return {"params": params, **model_state}
 
 
@@ -131,18 +130,25 @@ def _unreadable(item: Path, e: Exception) -> errors.UserError:
                           f"({type(e).__name__}: {text}); choose another init_from.step")
 
 
+def filter_of(init_config) -> Callable[[str], bool]:
+  """Whether a path ('params/Dense_1/kernel') is to come from the checkpoint: it matches
+  an `include` regex (all do when there is none) and no `exclude` regex."""
+  include = _regexes("init_from.include", init_config.include)
+  exclude = _regexes("init_from.exclude", init_config.exclude)
+
+  def wanted(path: str) -> bool:
+    return ((not include or any(r.search(path) for r in include))
+            and not any(r.search(path) for r in exclude))
+  return wanted
+
+
 def plan(source: dict[str, tuple], target: dict[str, tuple], init_config) -> dict[str, str]:
   """{target path: source path} to copy; raises one `UserError` listing every problem.
 
   `source` and `target` map paths to (shape, dtype name).
   """
-  include = _regexes("init_from.include", init_config.include)
-  exclude = _regexes("init_from.exclude", init_config.exclude)
+  wanted = filter_of(init_config)
   rename = parse_rename(init_config.rename)
-
-  def wanted(path):
-    return ((not include or any(r.search(path) for r in include))
-            and not any(r.search(path) for r in exclude))
 
   copies, problems = {}, []
   for src in sorted(source):
@@ -202,14 +208,18 @@ def load(init_config, params, model_state, *, read: bool = True
       meta = checkpointer.metadata(item).item_metadata["train_state"]
   except Exception as e:  # Orbax raises several types for unreadable files.
     raise _unreadable(item, e) from None
-  meta = {"params": meta["params"], "model_state": meta["model_state"]}
+  # The source's average of its parameters stands in for them with init_from.use_ema.
+  key = "ema_params" if init_config.use_ema else "params"
+  if init_config.use_ema and (not source_config.train.ema_decay > 0
+                              or meta.get("ema_params") is None):
+    raise errors.UserError(
+        f"init_from.use_ema=True but {source_dir} kept no EMA of its parameters (its "
+        "train.ema_decay is 0); set init_from.use_ema=False or start from a run with EMA")
+  meta = {key: meta[key], "model_state": meta["model_state"]}
   describe = lambda m: (tuple(m.shape), np.dtype(m.dtype).name)
   source_scale = (lora.scale_of(source_config.model)
                   if source_config.model.lora_rank > 0 else None)
-  if source_scale is not None:  # Merged, the base kernels keep their shapes.
-    source_view = _flat(_base_view({}, meta["model_state"]), describe)
-  else:
-    source_view = _flat(_base_view(meta["params"], meta["model_state"]), describe)
+  source_view = _flat(_base_view(meta[key], meta["model_state"]), describe)
   target = _flat(_base_view(params, model_state), describe)
   copies = plan(source_view, target, init_config)
   record = {"workdir": str(source_dir), "step": step,
@@ -230,9 +240,9 @@ def load(init_config, params, model_state, *, read: bool = True
     raise _unreadable(item, e) from None
   if source_scale is not None:
     restored_params, restored_state = lora.merge(
-        restored["params"], restored["model_state"], source_scale)
+        restored[key], restored["model_state"], source_scale)
   else:
-    restored_params, restored_state = restored["params"], restored["model_state"]
+    restored_params, restored_state = restored[key], restored["model_state"]
   arrays = _flat(_base_view(restored_params, restored_state), np.asarray)
   return {dst: arrays[src] for dst, src in copies.items()}, record
 
@@ -247,7 +257,8 @@ def _with_copies(params, model_state, copies: dict[str, np.ndarray], leading: tu
   new = jax.tree_util.tree_map_with_path(pick, _base_view(params, model_state))
   other = {k: v for k, v in new.items() if k != "params"}
   if lora.BASE in model_state:
-    return params, {**other, lora.BASE: new["params"]}
+    params, lora_state = lora.with_base_tree(params, model_state, new["params"])
+    return params, {**other, lora.BASE: lora_state[lora.BASE]}
   return new["params"], other
 
 
@@ -285,32 +296,3 @@ def init_population(copies: dict[str, np.ndarray], pop):
   if pop.ema_params is not None:  # The averages start from the loaded parameters.
     pop = pop.replace(ema_params=jax.tree.map(jnp.copy, params))
   return pop
-
-
-# --- LoRA export.
-
-def export_merged(config, state, directory: Path, final: dict) -> Path:
-  """Writes a LoRA run with adapters merged as a normal single-run workdir.
-
-  The exported config has `model.lora_rank = 0` (and no freezing, EMA or
-  init_from), so `--mode=eval --workdir=DIR` and `init_from.workdir=DIR` treat
-  it like any run. The optimizer state is fresh.
-  """
-  base = copy.deepcopy(config)
-  with base.unlocked():
-    base.model.lora_rank = 0
-    base.optim.freeze, base.optim.lr_multipliers = (), ()
-    base.train.ema_decay = 0.0
-    base.init_from = config_lib.base_config().init_from
-  params, model_state = lora.merge(state.params, state.model_state, lora.scale_of(config.model))
-  tx, _ = setup.optimizer(base)
-  merged = state_lib.TrainState(
-      step=state.step, params=params, model_state=model_state, opt_state=tx.init(params),
-      hparams={k: v for k, v in state.hparams.items() if k != "ema_decay"}, rng=state.rng)
-  merged = jax.device_get(merged)
-  directory = Path(directory)
-  record = {"status": final.get("status"), "step": int(merged.step),
-            "merged_from": str(directory.parent.absolute()), "lora_final": final.get("final"),
-            "params_sha256": state_lib.params_sha256(merged.params),
-            "num_params": state_lib.num_params(merged.params)}
-  return workdir_lib.export_run(directory, base, merged, record)

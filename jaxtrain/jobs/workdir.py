@@ -12,6 +12,7 @@ run's best member, a LoRA run merged into its base).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -23,9 +24,9 @@ import numpy as np
 
 from jaxtrain import config as config_lib
 from jaxtrain import errors
-from jaxtrain.core import metrics, step
+from jaxtrain.core import lora, metrics, state as state_lib, step
 from jaxtrain.io import checkpoint, provenance, writers
-from jaxtrain.jobs import cadence
+from jaxtrain.jobs import cadence, setup
 from jaxtrain.parallel import distributed
 
 
@@ -109,3 +110,38 @@ def export_run(directory: Path, config: ml_collections.ConfigDict, state,
   ckpts.close()
   (directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")
   return directory
+
+
+def export_merged(config: ml_collections.ConfigDict, state, directory: Path,
+                  final: dict[str, Any]) -> Path:
+  """Writes a LoRA run with its adapters merged into the base weights, as a plain
+  single-run workdir (`export_run`).
+
+  The exported config has `model.lora_rank = 0` (and no freezing, EMA or
+  init_from), so `--mode=eval --workdir=DIR` and `init_from.workdir=DIR` treat it
+  like any run; its optimizer state is fresh. With `eval.use_ema` the EMA of the
+  adapters (and of the leaves trained whole) is merged instead of their last values;
+  final.json says which (`weights`).
+  """
+  use_ema = bool(config.eval.use_ema) and state.ema_params is not None
+  base = copy.deepcopy(config)
+  with base.unlocked():
+    base.model.lora_rank = 0
+    base.optim.freeze, base.optim.lr_multipliers = (), ()
+    base.train.ema_decay = 0.0
+    base.eval.use_ema = False
+    base.init_from = config_lib.base_config().init_from
+  params, model_state = lora.merge(state.ema_params if use_ema else state.params,
+                                   state.model_state, lora.scale_of(config.model))
+  tx, _ = setup.optimizer(base)
+  merged = state_lib.TrainState(
+      step=state.step, params=params, model_state=model_state, opt_state=tx.init(params),
+      hparams={k: v for k, v in state.hparams.items() if k != "ema_decay"}, rng=state.rng)
+  merged = jax.device_get(merged)
+  directory = Path(directory)
+  record = {"status": final.get("status"), "step": int(merged.step),
+            "merged_from": str(directory.parent.absolute()), "lora_final": final.get("final"),
+            "weights": "ema" if use_ema else "raw",
+            "params_sha256": state_lib.params_sha256(merged.params),
+            "num_params": state_lib.num_params(merged.params)}
+  return export_run(directory, base, merged, record)

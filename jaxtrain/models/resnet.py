@@ -76,7 +76,8 @@ class Block(nn.Module):
       out_width = self.width
       y = act(norm()(conv(self.width, 3, self.strides)(x_BxHxWxC)))
       y = conv(self.width, 3)(y)
-    # The last norm of each block starts at zero: every block starts as the identity.
+    # The last norm of each block starts at zero: a block without a projection starts
+    # as the identity (one with a projection starts as its projected shortcut).
     y = norm(scale_init=nn.initializers.zeros)(y)
     shortcut = x_BxHxWxC
     if self.strides != 1 or x_BxHxWxC.shape[-1] != out_width:

@@ -9,7 +9,7 @@ import jax
 
 from jaxtrain.core import state as state_lib
 from jaxtrain.io import writers
-from jaxtrain.jobs import transfer, workdir as workdir_lib
+from jaxtrain.jobs import workdir as workdir_lib
 from jaxtrain.tune.phase import member_config
 
 
@@ -45,6 +45,6 @@ def export_member(config, member: dict, state, directory: Path, schedule) -> Non
            "num_params": state_lib.num_params(state.params), "member": member["id"],
            "settings": member["settings"]}
   if single.model.lora_rank > 0:  # As a single LoRA run: the adapters merged, a plain run.
-    final["lora_merged_workdir"] = str(transfer.export_merged(
+    final["lora_merged_workdir"] = str(workdir_lib.export_merged(
         single, state, directory / "merged", final))
   workdir_lib.export_run(directory, single, state, final, {"schedule.json": schedule})

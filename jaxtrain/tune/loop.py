@@ -196,7 +196,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     # Members were compared on data.eval_split; the winner alone meets the test split.
     test_config = config_lib.load_snapshot(workdir / "best")
     test_config.data.eval_split = c.data.test_split
-    test = evaluate.run(workdir / "best", test_config)
+    test = evaluate.run(workdir / "best", test_config, record="test.json")
     result["best_test"] = {k: v for k, v in test.items() if k.startswith("eval/")}
   (tune_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
   try:
@@ -338,16 +338,13 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, study, tune_dir: Path) ->
   for m in members:
     lineage.write(event="final", member=m["id"], parent=None, step=loop["step"],
                   phase=loop["phase"], before=None, after=m["settings"], score=m["score"])
-    loop["done"].append(strategies.summary(m, loop["phase"], "completed" if m["active"] else "stopped"))
+    # A refill that started mid-phase trained fewer steps than the others: not 'completed'.
+    status = ("stopped" if not m["active"] else
+              "completed" if m["created_step"] == 0 else "cut_short")
+    loop["done"].append(strategies.summary(m, loop["phase"], status))
   export.write_member_hparams(tune_dir.parent, members, c.tune.metric)
   if study is not None:
-    import optuna  # pylint: disable=g-import-not-at-top
-    for m in members:
-      value = m["score"]
-      if value is None or math.isnan(value):
-        study.tell(m["trial"], state=optuna.trial.TrialState.FAIL)
-      else:
-        study.tell(m["trial"], cadence.signed(value, config_lib.mode_of(c.tune.metric)))
+    strategies.tell_round(study, members, c.tune.metric)
   scores = [m["score"] if m["score"] is not None and not math.isnan(m["score"]) else -math.inf
             for m in members]
   best = int(np.argmax(scores))

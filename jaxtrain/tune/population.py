@@ -190,9 +190,11 @@ def exploit(scores_P: jax.Array, rng: jax.Array, *, method: str, fraction: float
   """Chooses parents; returns (parent index [P], exploited mask [P]).
 
   `truncation`: the bottom `fraction` of members (by score; NaN counts as the
-  worst) copy a member drawn from the top `fraction`. `tournament`: every
-  member meets a random other member and copies it if the other scored
-  strictly better. Members that copy are 'exploited'.
+  worst) copy a member drawn from the top `fraction`; the groups hold
+  max(1, floor(P * fraction)) members each (Ray Tune's PBT rounds up). A member
+  copies only a parent that scored strictly better: among equal scores nobody
+  is exploited. `tournament`: every member meets a random other member and
+  copies it if the other scored strictly better. Members that copy are 'exploited'.
   """
   size = scores_P.shape[0]
   scores = jnp.where(jnp.isnan(scores_P), -jnp.inf, scores_P)
@@ -202,6 +204,7 @@ def exploit(scores_P: jax.Array, rng: jax.Array, *, method: str, fraction: float
     order = jnp.argsort(scores, stable=True)  # Ascending: worst first.
     bottom, top = order[:count], order[size - count:]
     picks = top[jax.random.randint(rng, (count,), 0, count)]
+    picks = jnp.where(scores[picks] > scores[bottom], picks, bottom)  # Ties: keep your own.
     parents = members.at[bottom].set(picks)
   elif method == "tournament":
     offset = jax.random.randint(rng, (size,), 1, max(size, 2))
@@ -219,7 +222,9 @@ def explore(values: dict[str, jax.Array], exploited_P: jax.Array, rng: jax.Array
 
   Each exploited member's value is resampled from its dimension with
   probability `resample_probability`, otherwise multiplied by a factor drawn
-  from `factors`; the result is clipped to the dimension's range.
+  from `factors` and clipped to the dimension's range; a `choice` dimension
+  instead moves to a neighbouring choice (one index up or down, at random,
+  clipped to the ends), as Ray Tune's PBT perturbs categorical values.
   """
   out = {}
   factors_arr = jnp.asarray(factors, jnp.float32)
@@ -235,9 +240,12 @@ def explore(values: dict[str, jax.Array], exploited_P: jax.Array, rng: jax.Array
       new = jnp.clip(new, dim.low, dim.high)
       if dim.kind == "int":
         new = jnp.round(new)
-    else:  # A perturbed choice moves to the nearest allowed value.
+    else:  # A choice moves to a neighbouring choice (multiplying would stay put).
       choices = jnp.asarray(dim.choices, jnp.float32)
-      new = choices[jnp.argmin(jnp.abs(new[:, None] - choices[None, :]), axis=1)]
+      index = jnp.argmin(jnp.abs(value[:, None] - choices[None, :]), axis=1)
+      step = jnp.where(jax.random.uniform(jax.random.fold_in(k_factor, 1), (size,)) < 0.5, -1, 1)
+      neighbour = choices[jnp.clip(index + step, 0, len(dim.choices) - 1)]
+      new = jnp.where(resample, fresh, neighbour)
     out[dim.key] = jnp.where(exploited_P, new, value).astype(value.dtype)
   return out
 

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxtrain import config as config_lib
+from jaxtrain import errors
 from jaxtrain.jobs import cadence
 from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import space as space_lib
@@ -70,26 +72,30 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
                     phase=loop["phase"], before=before[i], after=after,
                     score=m["score"], parent_score=parent["score"])
       m["settings"] = after
+      # The member now is a copy of its parent: it also continues the parent's
+      # early-stopping count, not its own (it would be stopped for the parent's past).
       m["active"] = parent["active"]
+      m["best_score"], m["evals_since_best"] = parent["best_score"], parent["evals_since_best"]
       m["history"].append([step, "exploit", parent["id"]])
     return pop, acc
 
   refill = [False] * len(members)
   if strategy == "halving":
     eta, rung_steps = c.tune.halving.eta, c.tune.halving.min_steps
-    for i, m in enumerate(members):
-      age = step - m["created_step"]
-      rung = rung_index(age, rung_steps, eta)
-      if rung is None or not m["active"]:
-        continue
+    arrivals: dict[int, list[dict]] = {}  # Rung -> the active members reaching it now.
+    for m in members:
+      rung = rung_index(step - m["created_step"], rung_steps, eta)
+      if rung is not None and m["active"]:
+        arrivals.setdefault(rung, []).append(m)
+    for rung, arrived in sorted(arrivals.items()):
       recorded = loop["rungs"].setdefault(str(rung), [])
-      recorded.append(m["score"] if m["score"] is not None and not math.isnan(m["score"])
-                      else -math.inf)
-      keep = max(1, len(recorded) // eta)
-      if m["score"] is None or math.isnan(m["score"]) or m["score"] < sorted(recorded)[-keep]:
-        m["active"] = False
-        lineage.write(event="cull", member=m["id"], parent=None, step=step, phase=loop["phase"],
-                      before=m["settings"], after=None, score=m["score"], rung=rung)
+      promoted = promotions(recorded, [(m["id"], m["score"]) for m in arrived], eta)
+      for m in arrived:
+        if m["id"] not in promoted:
+          m["active"] = False
+          lineage.write(event="cull", member=m["id"], parent=None, step=step,
+                        phase=loop["phase"], before=m["settings"], after=None,
+                        score=m["score"], rung=rung)
   if strategy in ("halving", "random"):
     rng = rng_for(c.seed, 1, loop["event"])
     static = {k: v for k, v in members[0]["settings"].items() if k not in space_lib.DYNAMIC_KEYS}
@@ -109,6 +115,27 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
   return pop, acc
 
 
+def promotions(recorded: list[float], arrivals: list[tuple[int, float | None]],
+               eta: int) -> set[int]:
+  """The ids of the members promoted from a rung of successive halving (ASHA's rule).
+
+  `recorded` holds the scores (higher is better) of the members that reached this
+  rung before, and is extended with the arrivals' scores. `arrivals` are
+  (member id, score) of the members reaching it now; they are ranked together,
+  whatever their order. A member is promoted when its score is finite and among
+  the top max(1, n // eta) of all n scores recorded at the rung (Li et al. 2020;
+  ties at the cut go to earlier arrivals, then to the lower member id). With every
+  member arriving at once this keeps exactly max(1, n // eta).
+  """
+  arrivals = sorted(arrivals)  # By member id: the slot order does not matter.
+  first = len(recorded)
+  recorded.extend(s if s is not None and math.isfinite(s) else -math.inf for _, s in arrivals)
+  keep = max(1, len(recorded) // eta)
+  ranked = sorted(range(len(recorded)), key=lambda j: (-recorded[j], j))[:keep]
+  return {arrivals[j - first][0] for j in ranked
+          if j >= first and math.isfinite(recorded[j])}
+
+
 def rung_index(age: int, min_steps: int, eta: int) -> int | None:
   """k if `age` is exactly the k-th rung (min_steps * eta^k), else None."""
   k, rung = 0, min_steps
@@ -124,11 +151,43 @@ def summary(m: dict, phase: int, status: str) -> dict[str, Any]:
 
 
 def open_study(c, tune_dir: Path):
+  """The Optuna study of a Bayesian search (WORKDIR/tune/optuna.db), created or resumed.
+
+  The study optimises `tune.metric` itself, in its own direction: Optuna is told
+  the metric's values (e.g. eval/loss, minimised), so `study.best_trial` is the
+  trial with the best metric as Optuna defines it.
+
+  Raises:
+    UserError: the stored study optimises the other direction (written by an older
+      jaxtrain that maximised every metric); it cannot be continued.
+  """
   import optuna  # pylint: disable=g-import-not-at-top
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  return optuna.create_study(
-      study_name="jaxtrain", storage=f"sqlite:///{tune_dir / 'optuna.db'}",
-      direction="maximize", load_if_exists=True)
+  direction = "maximize" if config_lib.mode_of(c.tune.metric) == "max" else "minimize"
+  path = tune_dir / "optuna.db"
+  study = optuna.create_study(study_name="jaxtrain", storage=f"sqlite:///{path}",
+                              direction=direction, load_if_exists=True)
+  if study.direction.name.lower() != direction:
+    raise errors.UserError(
+        f"{path} holds a study that {study.direction.name.lower()}s {c.tune.metric}, but "
+        f"{c.tune.metric} is to {direction} (the study was written by an older jaxtrain); "
+        "start the search in a new --workdir")
+  return study
+
+
+def tell_round(study, members: list[dict], metric: str) -> None:
+  """Tells Optuna each member's final `metric` (non-finite: a failed trial).
+
+  A trial already finished is left as it is: a run killed after telling but before
+  its checkpoint replays the end of the phase on restart and tells again.
+  """
+  import optuna  # pylint: disable=g-import-not-at-top
+  for m in members:
+    value = m["last_eval"].get(metric)
+    if value is None or not math.isfinite(value):
+      study.tell(m["trial"], state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    else:
+      study.tell(m["trial"], value, skip_if_finished=True)
 
 
 def _distribution(dim: space_lib.Dimension):
@@ -149,7 +208,11 @@ def ask_round(study, dims, c, loop) -> list[dict[str, Any]]:
   # Trials asked by a run that died before its first checkpoint of the round.
   for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-  study.sampler = optuna.samplers.TPESampler(seed=c.seed + loop["phase"],
+  # Seeded by (seed, round): a restarted round asks the same settings, and runs with
+  # neighbouring seeds do not share samplers (seed + phase did: seed 0's round 1 was
+  # seed 1's round 0).
+  sampler_seed = int(rng_for(c.seed, 2, loop["rounds"]).integers(2**31 - 1))
+  study.sampler = optuna.samplers.TPESampler(seed=sampler_seed,
                                              n_startup_trials=c.tune.population_size)
   settings = []
   for _ in range(c.tune.population_size):
