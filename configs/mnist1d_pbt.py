@@ -20,10 +20,10 @@ def get_config():
   config.model.hidden_sizes = (100, 100)
   config.optim.name = "adamw"
   config.train.num_steps = 3000
-  config.train.eval_every_steps = 250
+  config.train.eval_every_steps = 100
   config.checkpoint.every_steps = 1000
   config.tune.strategy = "pbt"
-  config.tune.population_size = 16
+  config.tune.population_size = 8
   config.tune.space.optim = dict(learning_rate="loguniform(1e-4, 3e-2)",
                                  weight_decay="loguniform(1e-6, 1e-1)")
   config.tune.space.model = dict(dropout_rate="uniform(0.0, 0.5)")

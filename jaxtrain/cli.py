@@ -18,6 +18,26 @@ from jaxtrain import config as config_lib
 from jaxtrain import errors
 
 MODES = ("train", "eval", "compile")  # compile: jaxtrain/jobs/compile.py, no training.
+HELP_FLAGS = ("-h", "--help", "-help", "--helpfull")
+
+USAGE = """usage: python -m jaxtrain.main --config=FILE[:ARG] --workdir=DIR [--config.KEY=VALUE ...]
+
+Trains (or resumes) the run in DIR; a config with tune.strategy set tunes a population,
+one with eval.cross_validation set cross-validates. Every config key, with its default,
+is in jaxtrain/config.py; override any with --config.KEY=VALUE.
+
+  python -m jaxtrain.main --config=configs/digits_mlp.py --workdir=runs/digits_mlp
+  python -m jaxtrain.main --mode=eval --workdir=runs/digits_mlp --step=best
+
+Exit codes: 0 done, 2 bad input (nothing changed), 3 non-finite loss, 4 a record could
+not be written, 75 stopped by SIGTERM/SIGINT with a checkpoint (rerun to resume).
+
+flags:
+"""
+
+
+class HelpRequested(Exception):
+  """--help: the text to print (on stdout, exit 0)."""
 
 
 def parse(argv: list[str]):
@@ -25,7 +45,10 @@ def parse(argv: list[str]):
 
   Raises:
     UserError: unknown flag, bad config file or override, missing --workdir.
+    HelpRequested: --help (or -h); its message is the usage text.
   """
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    raise HelpRequested(USAGE + _flags().get_help(include_special_flags=False).rstrip() + "\n")
   # Checked before ml_collections sees them: it fails on these with a bare
   # OSError, KeyError or AttributeError that does not name the file or key.
   spec = _flag_arg(argv, "config")
@@ -33,25 +56,7 @@ def parse(argv: list[str]):
     _check_config_path(spec)
   _check_override_keys(argv)
 
-  fv = flags.FlagValues()  # Fresh flags per call: no global state, callable from tests.
-  config_flags.DEFINE_config_file("config", None, "Path to a config file[:arg].",
-                                  flag_values=fv, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "Directory of the run (created; resumed if it "
-                      "holds a checkpoint).", flag_values=fv)
-  flags.DEFINE_enum("mode", "train", MODES, "What to do.", flag_values=fv)
-  flags.DEFINE_integer("stop_after_steps", None, "Stop (with a checkpoint) after this "
-                       "step; rerun the same command to continue.", flag_values=fv)
-  flags.DEFINE_string("step", None, "--mode=eval: the checkpoint, N (a step), 'latest' "
-                      "(default) or 'best' (by checkpoint.best_metric).", flag_values=fv)
-  flags.DEFINE_bool("allow_config_change", False, "Resume even if the config differs "
-                    "from WORKDIR/config.json.", flag_values=fv)
-  # Multi-host (jaxtrain/parallel/distributed.py); a TPU pod slice needs none of these.
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a "
-                      "multi-process run.", flag_values=fv)
-  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.",
-                       flag_values=fv)
-  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).",
-                       flag_values=fv)
+  fv = _flags(argv)
   try:
     with errors.absl_warnings_muted():  # e.g. "get_config() returned None": said below.
       positional = fv(argv)[1:]
@@ -78,6 +83,30 @@ def parse(argv: list[str]):
                                  "distributed": (fv.coordinator_address, fv.num_processes,
                                                  fv.process_id),
                                  "step": _step_choice(fv.step)}
+
+
+def _flags(argv: list[str] | None = None) -> flags.FlagValues:
+  """The command line's flags, on fresh FlagValues (no global state: callable from tests)."""
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "Path to a config file[:arg].",
+                                  flag_values=fv, lock_config=True, sys_argv=argv or ["jaxtrain"])
+  flags.DEFINE_string("workdir", None, "Directory of the run (created; resumed if it "
+                      "holds a checkpoint).", flag_values=fv)
+  flags.DEFINE_enum("mode", "train", MODES, "What to do.", flag_values=fv)
+  flags.DEFINE_integer("stop_after_steps", None, "Stop (with a checkpoint) after this "
+                       "step; rerun the same command to continue.", flag_values=fv)
+  flags.DEFINE_string("step", None, "--mode=eval: the checkpoint, N (a step), 'latest' "
+                      "(default) or 'best' (by checkpoint.best_metric).", flag_values=fv)
+  flags.DEFINE_bool("allow_config_change", False, "Resume even if the config differs "
+                    "from WORKDIR/config.json.", flag_values=fv)
+  # Multi-host (jaxtrain/parallel/distributed.py); a TPU pod slice needs none of these.
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a "
+                      "multi-process run.", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.",
+                       flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).",
+                       flag_values=fv)
+  return fv
 
 
 def _step_choice(value: str | None) -> int | str | None:

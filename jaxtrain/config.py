@@ -170,7 +170,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune.space = ml_collections.ConfigDict()  # e.g. space.optim.learning_rate = "loguniform(1e-4, 1e-1)"
   c.tune.grid_points = 3  # grid: values per continuous dimension.
   c.tune.execution = "auto"  # vmap | map (one member at a time) | auto (map for CNNs on CPU).
-  c.tune.steps_per_call = 1  # Steps per dispatch (lax.scan); must divide eval_every_steps.
+  # Population steps per dispatch (lax.scan), dividing train.eval_every_steps; 0 = the
+  # whole interval per call (one step per call for convolutional models on CPU).
+  c.tune.steps_per_call = 0
   c.tune.per_member_data_order = True
   c.tune.shard_population = True  # Member axis over the mesh's pop axis when it divides (mesh.pop).
   c.tune.pbt = ml_collections.ConfigDict()

@@ -13,7 +13,7 @@ import sys
 
 from jaxtrain import errors
 from jaxtrain.parallel import distributed
-from jaxtrain.cli import parse
+from jaxtrain.cli import HelpRequested, parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
     result = train.run(config, workdir, stop_after_steps=options["stop_after_steps"],
                        allow_config_change=options["allow_config_change"])
+  except HelpRequested as e:
+    print(e, end="", file=sys.stdout)
+    return 0
   except errors.JaxtrainError as e:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code

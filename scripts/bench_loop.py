@@ -14,7 +14,9 @@ Both sides train the same model on the same data in this one process:
                 the same batch size and the same epoch permutations as jaxtrain's device
                 pipeline; the split lives on the device and a Python for-loop calls a
                 jitted, donated step that gathers its batch on the device from a
-                precomputed index stream. Nothing else: no metrics, no hooks.
+                precomputed index stream. Nothing else: no metrics, no hooks. With
+                --set train.steps_per_call=K the hand-written step runs K steps per
+                call too (a lax.scan), as a user would write it.
 
 Each round runs jaxtrain for --steps steps and the (already compiled and warm)
 hand-written loop for --steps steps, back to back, alternating which goes first;
@@ -246,24 +248,38 @@ class HandLoop:
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, step + 1, loss
 
-    self.step_fn = jax.jit(hand_train_step, donate_argnums=(0, 1, 2))
+    # K steps per call (train.steps_per_call) as a user would write it: a lax.scan of the
+    # step, so both sides pay the Python dispatch once per K steps.
+    k = self.steps_per_call = int(c.train.steps_per_call)
+    if k > 1:
+      def hand_train_steps(params, opt_state, step, inputs, labels, stream):
+        def body(carry, _):
+          params, opt_state, step, _ = hand_train_step(*carry[:3], inputs, labels, stream)
+          return (params, opt_state, step, carry[3]), None
+        carry, _ = jax.lax.scan(body, (params, opt_state, step, jnp.zeros((), jnp.float32)),
+                                None, length=k)
+        return carry
+      self.step_fn = jax.jit(hand_train_steps, donate_argnums=(0, 1, 2))
+    else:
+      self.step_fn = jax.jit(hand_train_step, donate_argnums=(0, 1, 2))
     self.data = (inputs, labels, jax.block_until_ready(stream))
     self.carry = (params, tx.init(params), jnp.zeros((), jnp.int32))
     self.loss = None
     self.model, self.unused_rng, self.data_config = model, unused_rng, c.data
 
-    compiles.pop("hand_train_step")
+    name = "hand_train_steps" if k > 1 else "hand_train_step"
+    compiles.pop(name)
     t0 = time.perf_counter()
-    self.run(1)
+    self.run(k)
     self.first_call_s = time.perf_counter() - t0
-    self.compile_s = compiles.pop("hand_train_step")
+    self.compile_s = compiles.pop(name)
 
   def run(self, steps: int) -> tuple[float, float]:
     """Runs `steps` steps; returns (wall seconds, CPU seconds of this process), blocked."""
     params, opt_state, step = self.carry
     inputs, labels, stream = self.data
     t0, cpu0 = time.perf_counter(), time.process_time()
-    for _ in range(steps):
+    for _ in range(steps // self.steps_per_call):
       params, opt_state, step, self.loss = self.step_fn(params, opt_state, step, inputs,
                                                         labels, stream)
     self.jax.block_until_ready((params, opt_state, step))

@@ -7,9 +7,10 @@ split, as jaxtrain's embedded dataset), an MLP 40-100-100-10 (ReLU), AdamW, batc
 learning rate log-uniform [1e-4, 1e-1] and weight decay log-uniform [1e-6, 1e-1], TPE
 (seeded), `--steps` steps per trial with test accuracy every `--eval_every` steps, and a
 MedianPruner. ONE `jax.jit` train step takes the learning rate and weight decay as
-traced arrays (optax.inject_hyperparams), so all trials share one compile; `--steps`
-steps run as one `lax.scan` per evaluation interval, and a batch is gathered on device
-from a per-epoch permutation (no host work per step). No files are written.
+traced arrays (optax.inject_hyperparams), so all trials share one compile; the steps of an
+evaluation interval run as one `lax.scan`, each batch gathered on device from the trial's
+per-epoch permutations, made once per trial (no host work, and no sort, per step). No
+files are written.
 
 Prints one JSON line per evaluation on stdout: {"t": seconds since this process
 started, "trial", "step", "accuracy"}, then {"done": true, "t": ...}. scripts/bench_peers.py
@@ -68,12 +69,20 @@ def main(argv=None):
     logits = model.apply({"params": params}, xb)
     return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
+  per_epoch = n // bs
+  num_epochs = -(-args.steps // per_epoch)
+
   @jax.jit
-  def train_chunk(params, opt_state, key, start_step):
+  def index_stream(key):  # Each epoch a fresh permutation, its last partial batch dropped.
+    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(
+        jnp.arange(num_epochs))
+    return perms[:, :per_epoch * bs].reshape(-1, bs)  # [steps, batch]
+
+  @jax.jit
+  def train_chunk(params, opt_state, stream, start_step):
     def body(carry, step):
       params, opt_state = carry
-      order = jax.random.permutation(jax.random.fold_in(key, step // (n // bs)), n)
-      idx = jax.lax.dynamic_slice_in_dim(order, (step % (n // bs)) * bs, bs)
+      idx = stream[step]
       grads = jax.grad(loss_fn)(params, x[idx], y[idx])
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
@@ -89,9 +98,10 @@ def main(argv=None):
     wd = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
     key = jax.random.PRNGKey(trial.number)
     params, opt_state = init(key, jnp.float32(lr), jnp.float32(wd))
+    stream = index_stream(key)
     acc = 0.0
     for start in range(0, args.steps, args.eval_every):
-      params, opt_state = train_chunk(params, opt_state, key, start)
+      params, opt_state = train_chunk(params, opt_state, stream, start)
       acc = float(accuracy(params))
       print(json.dumps({"t": time.time() - START, "trial": trial.number,
                         "step": start + args.eval_every, "accuracy": acc}), flush=True)

@@ -283,3 +283,17 @@ def test_command_line_prints_one_line_quickly(case, args_for):
   _assert_one_error_line(proc.stderr, expected)
   assert proc.returncode == 2
   assert seconds < 10, f"took {seconds:.1f} s to report a bad input (goal: under 5 s)"
+
+
+def test_help_prints_the_usage_and_flags_without_importing_jax(capsys):
+  assert main.main(["jaxtrain", "--help"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: python -m jaxtrain.main --config=FILE")
+  for flag in ("--workdir", "--mode", "--stop_after_steps", "--[no]allow_config_change"):
+    assert flag in out
+  # --help stays fast because parsing imports no jax, flax or optax (fresh interpreter).
+  code = ("import sys, jaxtrain.main\n"
+          "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax') if m in sys.modules))")
+  found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+  assert found == "[]"

@@ -13,7 +13,7 @@ from jaxtrain.io import compilation, throughput, writers
 from jaxtrain.jobs import train
 from tests.conftest import recipe_for, tiny_config
 
-TIMING_KEYS = ("steps_per_sec", "examples_per_sec", "mfu")
+TIMING_KEYS = ("steps_per_sec", "examples_per_sec", "mfu", "wall_time")
 PEAK_TFLOPS = 0.5  # A made-up CPU peak, so that mfu is reported.
 
 

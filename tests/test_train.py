@@ -320,3 +320,4 @@ def test_step_best_is_the_best_evaluation_when_scores_tie(tmp_path):
   assert len(accuracies) == 1  # The premise: all evaluations tie.
   assert result["best"]["step"] == 10 and 10 in result["checkpoint_steps"]
   assert evaluate.run(tmp_path, step="best")["step"] == 10
+

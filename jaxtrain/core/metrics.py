@@ -19,9 +19,12 @@ TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "update_norm", "learning_rate"
 LATEST = ("learning_rate",)
 
 
-def new_sums(leading: tuple[int, ...] = ()) -> dict[str, jax.Array]:
-  """Zero sums of `TRAIN_METRICS` (with `leading` axes, e.g. (P,) for a population)."""
-  return {k: jnp.zeros(leading, jnp.float32) for k in TRAIN_METRICS}
+def new_sums(leading: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+  """Zero sums of `TRAIN_METRICS` (with `leading` axes, e.g. (P,) for a population).
+
+  Host arrays: making them costs no device program; callers place them.
+  """
+  return {k: np.zeros(leading, np.float32) for k in TRAIN_METRICS}
 
 
 def sum_batches(fn, batches) -> dict[str, jax.Array]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxtrain import errors, models
@@ -113,10 +114,10 @@ def check_config(train_config) -> None:
         f"train.max_consecutive_skips={train_config.max_consecutive_skips} must be > 0")
 
 
-def new_guard() -> dict[str, jax.Array]:
-  """Counters of non-finite steps (see `guard_nonfinite`)."""
-  return {"skipped": jnp.zeros((), jnp.int32), "streak": jnp.zeros((), jnp.int32),
-          "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
+def new_guard() -> dict[str, np.ndarray]:
+  """Counters of non-finite steps (see `guard_nonfinite`), as host arrays."""
+  return {"skipped": np.zeros((), np.int32), "streak": np.zeros((), np.int32),
+          "first_nonfinite_step": np.full((), -1, np.int32)}
 
 
 def guard_nonfinite(policy: str, old: TrainState, new: TrainState,

@@ -19,6 +19,7 @@ changes what a run trains on:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -54,8 +55,19 @@ class EpochOrder(NamedTuple):
 
 
 def new_epoch_order(num_examples: int, leading: tuple[int, ...] = ()) -> EpochOrder:
-  return EpochOrder(jnp.zeros(leading + (num_examples,), jnp.int32),
-                    jnp.full(leading, -1, jnp.int32))
+  """An empty cache (host arrays: made without a device program)."""
+  return EpochOrder(np.zeros(leading + (num_examples,), np.int32),
+                    np.full(leading, -1, np.int32))
+
+
+@jax.jit
+def _data_key(seed: jax.Array) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 0x0DA7A)
+
+
+def data_key_of(seed: int) -> jax.Array:
+  """The key of a run's data order: fold_in(PRNGKey(seed), 0x0DA7A), as one program."""
+  return _data_key(np.int32(seed))
 
 
 def epoch_permutation(data_key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
@@ -115,16 +127,21 @@ def device_batch(data: dict[str, jax.Array], order: EpochOrder, step: jax.Array,
 class DeviceData:
   """A training split held on the device (see `device_batch`)."""
   arrays: dict[str, jax.Array]
-  data_key: jax.Array
+  seed: int
   batch_size: int
+  sample: dict[str, np.ndarray]  # The first batch_size examples, on the host.
   kind: str = "device"
+
+  @functools.cached_property
+  def data_key(self) -> jax.Array:
+    return data_key_of(self.seed)
 
   @property
   def num_examples(self) -> int:
     return int(self.arrays["labels"].shape[0])
 
   def sample_batch(self) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v[: self.batch_size]) for k, v in self.arrays.items()}
+    return dict(self.sample)
 
 
 class GrainData:
@@ -216,13 +233,13 @@ def create_train_data(data_config, seed: int):
         f"data.batch_size={data_config.batch_size} is larger than the "
         f"{len(source)} examples of {data_config.name}:{data_config.train_split}; "
         "lower data.batch_size")
-  data_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x0DA7A)  # Both paths' order.
-  if kind == "device":
+  if kind == "device":  # Both paths' order comes from data_key_of(seed).
     inputs, labels = catalog.load_arrays(source, info)
     inputs = permute_features(inputs, data_config.permute_features_seed)
-    arrays = {"inputs": jnp.asarray(inputs), "labels": jnp.asarray(labels)}
-    return DeviceData(arrays, data_key, data_config.batch_size), info
-  return GrainData(source, info, data_config.batch_size, data_key,
+    host = {"inputs": np.asarray(inputs), "labels": np.asarray(labels, np.int32)}
+    sample = {k: v[:data_config.batch_size].copy() for k, v in host.items()}
+    return DeviceData(jax.device_put(host), seed, data_config.batch_size, sample), info
+  return GrainData(source, info, data_config.batch_size, data_key_of(seed),
                    data_config.permute_features_seed), info
 
 

@@ -51,6 +51,7 @@ class Checkpoints:
     handlers = {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self.async_save = async_save
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -69,6 +70,8 @@ class Checkpoints:
       CheckpointError: this save, or the previous asynchronous one, failed.
     """
     import grain  # pylint: disable=g-import-not-at-top
+    if self.async_save:
+      state = _unaliased(state)
     items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -157,6 +160,23 @@ class Checkpoints:
   def close(self) -> None:
     self.wait()
     self.manager.close()
+
+
+def _unaliased(tree):
+  """`tree` with every CPU-resident jax.Array copied into a buffer of its own.
+
+  An asynchronous save reads the arrays after `save` returns. On the CPU backend
+  Orbax's host view of an array is the device buffer itself (zero copy), and the
+  loop's next step donates that buffer and overwrites it: the checkpoint then held
+  later values than its step (a resume from it was not bitwise). A copy costs one
+  pass over the state and no compile; accelerator arrays are copied to the host by
+  Orbax before `save` returns, so they are left alone.
+  """
+  def copy(x):
+    if isinstance(x, jax.Array) and any(d.platform == "cpu" for d in x.devices()):
+      return jax.device_put(x, may_alias=False)
+    return x
+  return jax.tree.map(copy, tree)
 
 
 def _by_path(tree, describe) -> dict[str, Any]:

@@ -50,10 +50,11 @@ def peak_flops_per_device(device_kind: str, override_tflops: float = 0.0) -> flo
   return None
 
 
-def cost_flops(compiled) -> float | None:
-  """FLOPs of one execution of a compiled program on one device, or None if XLA has no estimate."""
+def cost_flops(program) -> float | None:
+  """FLOPs of one execution of a lowered or compiled program on one device, or None if
+  XLA has no estimate."""
   try:
-    cost = compiled.cost_analysis()
+    cost = program.cost_analysis()
   except Exception:  # Some backends do not implement it.
     return None
   if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
@@ -102,8 +103,12 @@ class Throughput:
       return
     fn, args = self._step_fn, self._args
     self._step_fn = self._args = None
-    # After the step has run once this is a cache hit, not a second compile.
-    self.flops_per_device = cost_flops(fn.lower(*args).compile())
+    # XLA's estimate for the lowered program: no compile (with K steps per call the
+    # one-step program is never compiled for training; compiling it here cost a
+    # second or more of start-up).
+    # The lowered program is the whole (unpartitioned) computation: split it evenly.
+    flops = cost_flops(fn.lower(*args))
+    self.flops_per_device = flops / self.devices if flops is not None else None
 
   def values(self, steps_per_sec: float) -> dict[str, Any]:
     self.measure()

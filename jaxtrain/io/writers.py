@@ -49,7 +49,10 @@ class MetricsLog:
     write_text_atomic(self.path, "".join(l + "\n" for l in kept))
 
   def write(self, step: int, values: dict[str, Any]) -> None:
-    record = {"step": step, **{k: _json_value(v) for k, v in values.items()}}
+    """Appends {"step", **values, "wall_time": seconds since the epoch (as TensorBoard's
+    events carry)}: curves of a metric against time need no other clock."""
+    record = {"step": step, **{k: _json_value(v) for k, v in values.items()},
+              "wall_time": round(time.time(), 3)}
     try:
       self._file.write(json.dumps(record) + "\n")
       self._file.flush()

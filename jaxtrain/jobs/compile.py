@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxtrain import errors
 from jaxtrain.core import multistep
@@ -90,7 +91,7 @@ def run(config, workdir=None) -> dict[str, Any]:
   compilation.enable_cache(config.compile.cache_dir)  # Before the first compile.
   s = setup.build(config)
   prog = setup.programs(s)
-  state = jax.eval_shape(prog.create, s.train_data.sample_batch(), jax.random.PRNGKey(config.seed))
+  state = jax.eval_shape(prog.create, s.train_data.sample_batch(), np.int32(config.seed))
   acc, guard, order, data_args = setup.initial_args(s)
   programs = {"train_step": (prog.train, (state, acc, guard, order, *data_args))}
   k = config.train.steps_per_call

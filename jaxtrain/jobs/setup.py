@@ -30,8 +30,13 @@ import optax
 from jaxtrain import models
 from jaxtrain.core import ema, lora, metrics, multistep, optim, state as state_lib, step
 from jaxtrain.data import catalog, pipeline
+from jaxtrain.io import compilation
 from jaxtrain.jobs import transfer
 from jaxtrain.parallel import sharding
+
+
+# A PRNG key's shape and dtype: traced functions take it without a key being made.
+RNG_SHAPE = jax.ShapeDtypeStruct((2,), np.uint32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +53,7 @@ class Recipe:
 
   def shapes(self, sample_batch: dict) -> state_lib.TrainState:
     """The state's shapes and dtypes (traced, nothing compiled or allocated)."""
-    return jax.eval_shape(lambda: self.create(sample_batch, jax.random.PRNGKey(0)))
+    return jax.eval_shape(self.create, sample_batch, RNG_SHAPE)
 
 
 def hparams(config) -> dict[str, float]:
@@ -58,17 +63,22 @@ def hparams(config) -> dict[str, float]:
           **ema.hparams(config.train)}  # train.ema_decay > 0: the average lives in the state.
 
 
-def optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer (hyperparameters injected as state) and its schedule shape."""
-  return optim.build(config.optim, config.train.num_steps)
+def optimizer(config, searched: tuple[str, ...] = ()
+              ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer (hyperparameters injected as state) and its schedule shape;
+  `searched`: the config keys a tuner changes during training."""
+  return optim.build(config.optim, config.train.num_steps, searched)
 
 
-def recipe(config, info: catalog.DatasetInfo, *, force_dropout: bool = False) -> Recipe:
+def recipe(config, info: catalog.DatasetInfo, *, searched: tuple[str, ...] = ()) -> Recipe:
   """The model, optimizer and hyperparameters of `config` for a dataset like `info`.
 
-  `force_dropout`: dropout layers even where `model.dropout_rate` is 0 (a tuner
-  searching the rate needs them in every member).
+  `searched`: the config keys a tuner changes during training (the population's
+  dynamic dimensions). Their computations exist in every member whatever its value:
+  dropout layers when model.dropout_rate is searched, weight decay and clipping
+  when theirs are.
   """
+  force_dropout = "model.dropout_rate" in searched
   model = models.build(config.model, info.num_classes, info.input_shape,
                        force_dropout=force_dropout, precision=config.precision)
   # model.lora_rank > 0: adapters (and what init_from leaves fresh, e.g. a new head) train.
@@ -77,7 +87,7 @@ def recipe(config, info: catalog.DatasetInfo, *, force_dropout: bool = False) ->
     wanted = transfer.filter_of(config.init_from)
     fresh = lambda path: not wanted("params/" + path)
   model = lora.maybe_wrap(model, config.model, train_full=fresh)
-  tx, schedule = optimizer(config)
+  tx, schedule = optimizer(config, searched)
   return Recipe(model, tx, schedule, hparams(config))
 
 
@@ -119,7 +129,7 @@ def build(config, *, data_pipeline: str | None = None, placement: bool = True) -
   placed = None
   if placement:  # Validates config.mesh against the devices and the batch size.
     placed = sharding.Placement.for_run(
-        c, r.tx, jax.eval_shape(r.create, train_data.sample_batch(), jax.random.PRNGKey(c.seed)))
+        c, r.tx, jax.eval_shape(r.create, train_data.sample_batch(), RNG_SHAPE))
   return Setup(c, info, train_data, eval_inputs, eval_labels, r, placed)
 
 
@@ -127,7 +137,7 @@ def build(config, *, data_pipeline: str | None = None, placement: bool = True) -
 class Programs:
   """The jitted steps of a single run. Train steps take and return
   `(state, metric sums, guard, epoch order)` (all donated) plus the data arguments."""
-  create: Callable  # (sample_batch, rng) -> state, placed on the mesh
+  create: Callable  # (sample_batch, seed) -> state, placed on the mesh
   train: Callable  # one step
   train_many: Callable  # train.steps_per_call steps in one dispatch (lax.scan)
   eval: Callable  # (state, batch) -> metric sums
@@ -154,7 +164,10 @@ def programs(s: Setup) -> Programs:
   many = multistep.repeat(train_one, c.train.steps_per_call, stacked_data=data.kind == "grain",
                           unroll=unroll)
   return Programs(
-      create=jax.jit(r.create, out_shardings=placement.state),
+      # The key is made inside the program from the seed: no small program of its own.
+      create=jax.jit(lambda sample, seed: r.create(sample, jax.random.PRNGKey(seed)),
+                     out_shardings=placement.state,
+                     compiler_options=compilation.run_once_options()),
       train=placement.jit_train(train_one, data.kind),
       train_many=placement.jit_train(many, data.kind, stacked=True),
       eval=placement.jit_eval(functools.partial(step.eval_step, r.model)),

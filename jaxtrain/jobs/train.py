@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxtrain import config as config_lib
 from jaxtrain import errors
@@ -115,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
         if stopper.update(eval_values):
           status, is_last, is_save, is_log = "early_stopped", True, True, True
       if is_log:
-        records.defer(step, acc, jax.tree.map(jnp.copy, guard), steps_per_sec, eval_values)
+        records.defer(step, acc, guard, steps_per_sec, eval_values)  # Not donated: kept.
         acc = setup.fresh_sums(s)
         rate.restart(t_pause)
       elif is_eval:
@@ -192,7 +193,7 @@ def _start(s: setup.Setup, prog: setup.Programs, ckpts, feed: "_Feed", acc, guar
   (refusing a resumed run whose config changed) and provenance.json.
   """
   c = s.config
-  state = prog.create(s.train_data.sample_batch(), jax.random.PRNGKey(c.seed))
+  state = prog.create(s.train_data.sample_batch(), np.int32(c.seed))
   loop_state = cadence.new_loop_state()
   latest = ckpts.latest_step()
   if latest is None and c.init_from.workdir:  # A resumed run has parameters of its own.

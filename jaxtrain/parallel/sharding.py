@@ -329,7 +329,8 @@ class Placement:
   def jit_train(self, fn, data_kind: str, stacked: bool = False):
     """jit of `fn(state, acc, guard, order, data, data_key) -> (state, acc, guard, order)`.
 
-    The first four are donated. `data` is the whole split (replicated) for the
+    State, metric sums and order are donated (updated in place); the guard is not,
+    so the loop can keep a log step's counters while the next step runs. `data` is the whole split (replicated) for the
     device pipeline, or a batch (with a leading step axis when `stacked`).
     """
     rep = self.replicated
@@ -338,7 +339,7 @@ class Placement:
     else:
       data = NamedSharding(self.mesh, PartitionSpec(None, BATCH_AXES) if stacked
                            else PartitionSpec(BATCH_AXES))
-    return jax.jit(fn, donate_argnums=(0, 1, 2, 3),
+    return jax.jit(fn, donate_argnums=(0, 1, 3),
                    in_shardings=(self.state, rep, rep, rep, data, rep),
                    out_shardings=(self.state, rep, rep, rep))
 

@@ -52,10 +52,11 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
   checks.check_rankable("tune.metric", t.metric, config)
   if t.execution not in pop_lib.EXECUTIONS:
     raise errors.unknown_choice("tune.execution", t.execution, pop_lib.EXECUTIONS)
-  if t.steps_per_call <= 0 or config.train.eval_every_steps % t.steps_per_call:
+  if t.steps_per_call < 0 or (t.steps_per_call and
+                               config.train.eval_every_steps % t.steps_per_call):
     raise errors.UserError(
-        f"tune.steps_per_call={t.steps_per_call} must be > 0 and divide "
-        f"train.eval_every_steps={config.train.eval_every_steps}")
+        f"tune.steps_per_call={t.steps_per_call} must divide train.eval_every_steps="
+        f"{config.train.eval_every_steps} (or be 0: the whole interval per call)")
   for key in ("train.num_steps", "checkpoint.every_steps"):
     value = config_lib.flatten(config)[key]
     if value % config.train.eval_every_steps:
@@ -142,6 +143,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir_lib.write_provenance(workdir)
   study = strategies.open_study(c, tune_dir) if c.tune.strategy == "bayes" else None
   loop = ckpts.restore_loop(latest) if latest is not None else _new_loop()
+  if study is not None:  # Trials a killed run finished but did not tell.
+    strategies.reconcile(study, loop, c.tune.metric)
   if loop["phases"] is None:
     loop["phases"] = [] if study is not None else _plan_initial(c, dims, strategies.rng_for(c.seed, 0))
   if c.init_from.workdir:  # Every planned model must fit the checkpoint: one line, before compiling.
@@ -172,12 +175,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
           pop, acc = strategies.act(c, phase, pop, acc, loop, [m["score"] for m in loop["members"]],
                                     records.lineage, dims, phase.dynamic_dims)
         else:
-          _finish_phase(c, phase, pop, loop, records.lineage, study, tune_dir)
+          _finish_phase(c, phase, pop, loop, records.lineage, tune_dir)
         # SIGTERM/SIGINT take effect at the end of the current evaluation interval.
         stopping = bool(preempt.requested) or (
             stop_after_steps is not None and loop["global_step"] >= stop_after_steps)
         if cadence.itstime(loop["step"], c.checkpoint.every_steps, c.train.num_steps) or stopping:
           clock.save(ckpts, loop, records.lineage, pop, acc)
+      if study is not None and loop["step"] >= c.train.num_steps:
+        # Optuna hears of a round only once its checkpoint has committed: a kill in
+        # between leaves trials RUNNING, which a restart tells (`reconcile`), never a
+        # study ahead of every checkpoint.
+        ckpts.wait()
+        strategies.tell_round(study, loop["members"], c.tune.metric)
       records.compiles[loop["phase"]] = phase.compiles
       records.executions[loop["phase"]] = phase.execution
       if loop["step"] < c.train.num_steps or stopping:  # Stopped inside or at the end of a
@@ -241,7 +250,7 @@ def _train_interval(c, phase: Phase, pop, acc, loop, records: "_Records"):
   members = loop["members"]
   t0 = time.perf_counter()
   active = phase.active(members)
-  for _ in range(c.train.eval_every_steps // c.tune.steps_per_call):
+  for _ in range(c.train.eval_every_steps // phase.steps_per_call):
     pop, acc = phase.train(pop, acc, active)
   loop["step"] += c.train.eval_every_steps
   loop["global_step"] += c.train.eval_every_steps
@@ -332,8 +341,8 @@ def _plan_initial(config, dims, rng: np.random.Generator) -> list[list[dict[str,
   return [groups[k] for k in sorted(groups, key=repr)]
 
 
-def _finish_phase(c, phase: Phase, pop, loop, lineage, study, tune_dir: Path) -> None:
-  """Records final scores, tells Optuna, and exports the best member so far."""
+def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
+  """Records final scores and exports the best member so far."""
   members = loop["members"]
   for m in members:
     lineage.write(event="final", member=m["id"], parent=None, step=loop["step"],
@@ -343,8 +352,6 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, study, tune_dir: Path) ->
               "completed" if m["created_step"] == 0 else "cut_short")
     loop["done"].append(strategies.summary(m, loop["phase"], status))
   export.write_member_hparams(tune_dir.parent, members, c.tune.metric)
-  if study is not None:
-    strategies.tell_round(study, members, c.tune.metric)
   scores = [m["score"] if m["score"] is not None and not math.isnan(m["score"]) else -math.inf
             for m in members]
   best = int(np.argmax(scores))

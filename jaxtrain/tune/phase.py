@@ -7,6 +7,7 @@ step, eval step, exploit/explore and refill, reused for every event.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from jaxtrain import config as config_lib
 from jaxtrain.core import ema as ema_lib, metrics
 from jaxtrain.data import pipeline
+from jaxtrain.io import compilation
 from jaxtrain.jobs import setup, transfer
 from jaxtrain.parallel import sharding
 from jaxtrain.tune import execution as execution_lib
@@ -46,6 +48,19 @@ def check_init_from(config, settings: dict[str, Any], info, sample_batch) -> dic
   return transfer.load(c.init_from, shapes.params, shapes.model_state, read=False)[1]
 
 
+def steps_per_call(config, model_name: str) -> int:
+  """Population steps per dispatch: tune.steps_per_call, or with 0 (auto) the whole
+  evaluation interval in one rolled `lax.scan` (one dispatch per interval instead of
+  one per step: on CPU the dispatches of a small model cost more than its steps),
+  except for convolutional models, whose scans must be unrolled on CPU (see
+  PERF-NOTES.md): there one step per call."""
+  if config.tune.steps_per_call > 0:
+    return config.tune.steps_per_call
+  if model_name in execution_lib.CONV_MODELS:
+    return 1
+  return config.train.eval_every_steps
+
+
 def execution_for(config, model_name: str) -> str:
   """'vmap' or 'map' for this phase (the rule for 'auto': `execution.choose`)."""
   return execution_lib.choose(config.tune.execution, model_name)
@@ -64,8 +79,9 @@ class Phase:
     self.dynamic_keys = [d.key for d in dynamic_dims]
     self.data = train_data.arrays
     self.eval_batches = eval_batches
-    # Dropout layers in every member when the rate is searched (some members may draw 0).
-    r = setup.recipe(c, info, force_dropout="model.dropout_rate" in self.dynamic_keys)
+    # What a searched key needs exists in every member (some may draw 0: dropout,
+    # weight decay, clipping).
+    r = setup.recipe(c, info, searched=tuple(self.dynamic_keys))
     self.model, self.tx, self.base_hparams = r.model, r.tx, r.hparams
     schedule = r.schedule
     self.sample_batch = train_data.sample_batch()
@@ -75,10 +91,11 @@ class Phase:
         transfer.load(c.init_from, shapes.params, shapes.model_state)
         if c.init_from.workdir else ({}, None))
     self.execution = execution_for(config, c.model.name)
+    self.steps_per_call = steps_per_call(config, c.model.name)
     self.traces = []
     # Members one at a time (execution 'map'): one compiled member step, host loop.
     self._host_loop = execution_lib.HostLoop(
-        self.model, self.tx, schedule, c.data.batch_size, config.tune.steps_per_call,
+        self.model, self.tx, schedule, c.data.batch_size, self.steps_per_call,
         unroll=True if c.model.name in execution_lib.CONV_MODELS else 1,
         on_trace=lambda: self.traces.append(1)) if self.execution == "map" else None
 
@@ -88,8 +105,7 @@ class Phase:
     self.member_sharding = sharding.population_sharding(mesh) if shard else None
     replicated = sharding.replicated(mesh) if shard else None
     pop_train = pop_lib.make_train_fn(
-        self.model, self.tx, schedule, c.data.batch_size, "vmap",
-        config.tune.steps_per_call,
+        self.model, self.tx, schedule, c.data.batch_size, "vmap", self.steps_per_call,
         unroll=True if c.model.name == "cnn" else 1)  # Rolled conv scans are slow on CPU.
 
     def train_fn(pop, acc, orders, active, data, data_keys):
@@ -102,17 +118,20 @@ class Phase:
         in_shardings=(ms, ms, ms, ms, replicated, ms) if shard else None,
         out_shardings=(ms, ms, ms) if shard else None)
     self._eval = jax.jit(pop_lib.make_eval_fn(self.model))
-    self._create = jax.jit(lambda rngs: pop_lib.create(
-        self.model, self.tx, self.sample_batch, self.base_hparams, rngs))
+    # One program makes a population: keys, parameters, init_from's arrays, settings.
+    # (Done eagerly, each of those steps compiled a small program of its own.)
+    self._init = jax.jit(functools.partial(
+        _init_population, self.model, self.tx, self.sample_batch, self.base_hparams,
+        per_member_data_order=config.tune.per_member_data_order),
+        compiler_options=compilation.run_once_options())
     # Every function that replaces the population donates the old one: updated in place.
-    self._set_dynamic = jax.jit(pop_lib.set_dynamic, donate_argnums=0)
     self._exploit = jax.jit(
-        lambda pop, scores, rng: pop_lib.exploit_and_explore(
-            pop, scores, rng, dynamic_dims, method=config.tune.pbt.exploit,
-            fraction=config.tune.pbt.fraction,
+        lambda pop, scores, seed, event: pop_lib.exploit_and_explore(
+            pop, scores, jax.random.fold_in(jax.random.PRNGKey(seed), event), dynamic_dims,
+            method=config.tune.pbt.exploit, fraction=config.tune.pbt.fraction,
             factors=tuple(config.tune.pbt.perturb_factors),
             resample_probability=config.tune.pbt.resample_probability),
-        donate_argnums=0)
+        donate_argnums=0, compiler_options=compilation.run_once_options())
     self._select = jax.jit(pop_lib.select, donate_argnums=2)
     self.data_keys = None
     self.orders = None  # Per-member epoch permutations (a cache; never checkpointed).
@@ -122,32 +141,21 @@ class Phase:
   def compiles(self) -> int:
     return len(self.traces)
 
-  def _member_rngs(self, ids: list[int]) -> jax.Array:
-    return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(self.seed), i) for i in ids])
-
-  def _data_keys(self, members) -> jax.Array:
-    base = jax.random.fold_in(jax.random.PRNGKey(self.seed), 0x0DA7A)
-    if not self.config.tune.per_member_data_order:
-      return jnp.stack([base] * len(members))
-    return jnp.stack([jax.random.fold_in(base, m["id"]) for m in members])
-
   def _put(self, tree):
     if self.member_sharding is None:
       return tree
     return jax.device_put(tree, self.member_sharding)
 
-  def dynamic_values(self, members) -> dict[str, jax.Array]:
-    return {k: jnp.asarray([float(m["settings"][k]) for m in members], jnp.float32)
+  def dynamic_values(self, members) -> dict[str, np.ndarray]:
+    return {k: np.asarray([float(m["settings"][k]) for m in members], np.float32)
             for k in self.dynamic_keys}
 
   def initial_state(self, members):
     """A fresh population for `members` (each with its own init RNG and settings)."""
-    pop = self._create(self._member_rngs([m["id"] for m in members]))
-    if self.init_copies:
-      pop = transfer.init_population(self.init_copies, pop)
-    if self.dynamic_keys:
-      pop = self._set_dynamic(pop, self.dynamic_values(members))
-    self.data_keys = self._put(self._data_keys(members))
+    ids = np.asarray([m["id"] for m in members], np.int32)
+    pop, data_keys = self._init(np.int32(self.seed), ids, self.dynamic_values(members),
+                                self.init_copies)
+    self.data_keys = self._put(data_keys)
     self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
     return self._put(pop), self._put(metrics.new_sums((len(members),)))
 
@@ -183,9 +191,11 @@ class Phase:
         m.update(ema)
     return values
 
-  def exploit(self, pop, scores: list[float], rng: jax.Array):
-    scores_arr = jnp.asarray([s if s is not None else math.nan for s in scores], jnp.float32)
-    new_pop, parents, exploited = self._exploit(pop, scores_arr, rng)
+  def exploit(self, pop, scores: list[float], event: int):
+    """PBT's exploit and explore at evaluation `event` (its randomness: (seed, event))."""
+    scores_arr = np.asarray([s if s is not None else math.nan for s in scores], np.float32)
+    new_pop, parents, exploited = self._exploit(pop, scores_arr, np.int32(self.seed),
+                                                np.int32(event))
     # The gathers of exploit return unsharded arrays: put members back on their devices.
     return self._put(new_pop), np.asarray(parents), np.asarray(exploited)
 
@@ -198,3 +208,25 @@ class Phase:
     return self._put(pop), self._put(acc)
 
 
+
+
+def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, copies, *,
+                     per_member_data_order: bool):
+  """(population, data keys) for members `ids` (pure; jitted by `Phase`).
+
+  Member i's parameters come from fold_in(PRNGKey(seed), ids[i]) and its data
+  order from fold_in(fold_in(PRNGKey(seed), 0x0DA7A), ids[i]) (one shared order
+  without per_member_data_order); `copies` ({path: array}, init_from's) replace
+  those paths in every member; `values` ({key: [P]}) set the dynamic settings.
+  """
+  base = jax.random.PRNGKey(seed)
+  rngs = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
+  pop = pop_lib.create(model, tx, sample_batch, base_hparams, rngs)
+  if copies:
+    pop = transfer.init_population(copies, pop)
+  if values:
+    pop = pop_lib.set_dynamic(pop, values)
+  data_base = jax.random.fold_in(base, 0x0DA7A)
+  data_keys = (jax.vmap(lambda i: jax.random.fold_in(data_base, i))(ids)
+               if per_member_data_order else jnp.broadcast_to(data_base, (len(ids), 2)))
+  return pop, data_keys

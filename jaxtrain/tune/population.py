@@ -65,7 +65,7 @@ def set_dynamic(pop_state, values: dict[str, jax.Array]):
 
 def take(pop_state, index: int):
   """One member's state (no member axis), e.g. to export it as a single run."""
-  return _take(pop_state, jnp.asarray(index, jnp.int32))
+  return _take(pop_state, np.int32(index))  # A host scalar: no program to convert it.
 
 
 @jax.jit

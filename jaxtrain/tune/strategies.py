@@ -58,9 +58,8 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
                       phase=loop["phase"], before=m["settings"], after=None, score=m["score"])
 
   if strategy == "pbt":
-    rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), loop["event"])
     before = [dict(m["settings"]) for m in members]
-    pop, parents, exploited = phase.exploit(pop, [m["score"] for m in members], rng)
+    pop, parents, exploited = phase.exploit(pop, [m["score"] for m in members], loop["event"])
     new_values = jax.device_get(pop_lib.get_dynamic(pop, phase.dynamic_keys))
     old_members = copy.deepcopy(members)
     for i, m in enumerate(members):
@@ -178,8 +177,8 @@ def open_study(c, tune_dir: Path):
 def tell_round(study, members: list[dict], metric: str) -> None:
   """Tells Optuna each member's final `metric` (non-finite: a failed trial).
 
-  A trial already finished is left as it is: a run killed after telling but before
-  its checkpoint replays the end of the phase on restart and tells again.
+  A trial already finished is left as it is (told by `reconcile`, or by a run that
+  was killed right after telling).
   """
   import optuna  # pylint: disable=g-import-not-at-top
   for m in members:
@@ -188,6 +187,19 @@ def tell_round(study, members: list[dict], metric: str) -> None:
       study.tell(m["trial"], state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
     else:
       study.tell(m["trial"], value, skip_if_finished=True)
+
+
+def reconcile(study, loop: dict, metric: str) -> None:
+  """Tells Optuna the trials the checkpointed loop finished but the study still holds
+  as RUNNING (the run was killed between its checkpoint and `tell_round`)."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  running = {t.number for t in study.get_trials(deepcopy=False,
+                                                 states=(optuna.trial.TrialState.RUNNING,))}
+  finished = {}
+  for row in loop["done"]:
+    if row.get("trial") in running:
+      finished[row["trial"]] = {"trial": row["trial"], "last_eval": row["eval"]}
+  tell_round(study, list(finished.values()), metric)
 
 
 def _distribution(dim: space_lib.Dimension):
