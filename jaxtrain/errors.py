@@ -29,6 +29,12 @@ class WriteError(JaxtrainError):
   exit_code = EXIT_CHECKPOINT_FAILED
 
 
+class NonFiniteError(JaxtrainError):
+  """Training diverged: train.nan_policy stopped a run, or every member of a search
+  has a non-finite score."""
+  exit_code = EXIT_NONFINITE
+
+
 class UserError(JaxtrainError):
   """A problem in the user's input (config, workdir, dataset), not a bug."""
   exit_code = EXIT_USER_ERROR

@@ -29,9 +29,13 @@ def main(argv: list[str] | None = None) -> int:
       compilation.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
     # Each entry point also validates (dataset splits too) before device work.
     if options["mode"] == "eval":
+      from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
       from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
       result = evaluate.run(workdir, config, step=options["step"], report=True)
-      print(json.dumps(result), file=sys.stdout)
+      if result.get("diverged"):
+        print(f"warning: the parameters of step {result['step']} in {workdir} are not finite "
+              "(the run diverged); every metric is NaN", file=sys.stderr)
+      print(json.dumps(writers.json_safe(result)), file=sys.stdout)
       return 0
     if options["mode"] == "compile":  # Compile the train step, report memory and FLOPs.
       from jaxtrain.jobs import compile as compile_lib  # pylint: disable=g-import-not-at-top

@@ -64,8 +64,8 @@ REPO = Path(__file__).resolve().parent.parent
 TMP_MARK = "orbax-checkpoint-tmp"  # Orbax 0.12.8 writes <step>.orbax-checkpoint-tmp
 POLL_SEC = 0.001
 # Fields that measure time and so differ between any two runs.
-TIMING_KEYS = {"steps_per_sec", "member_steps_per_sec", "train_time_sec", "wall_time_sec",
-               "wall_time"}
+TIMING_KEYS = {"steps_per_sec", "member_steps_per_sec", "examples_per_sec", "mfu",
+               "train_time_sec", "wall_time_sec", "wall_time"}
 # Fields that count per process (one compile per restart) or list the steps on
 # disk (compared separately, as "steps kept") rather than describe the result.
 HISTORY_KEYS = {"train_step_compiles", "checkpoint_steps"}

@@ -39,8 +39,7 @@ def test_injected_matches_unwrapped_bit_for_bit(name, schedule):
   unwrapped = optim.make_transform(name, shape, **hparams)  # Plain Python floats.
   a, _ = _run(injected)
   b, _ = _run(unwrapped)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(a, b)
 
 
 def test_adam_matches_optax_adam():
@@ -48,8 +47,15 @@ def test_adam_matches_optax_adam():
   tx, _ = optim.build(c, 100)
   a, _ = _run(tx)
   b, _ = _run(optax.adam(1e-3))
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_tree_comparisons_fail_on_a_missing_or_extra_leaf():
+  """The helper every test uses compares structure too (zip() stopped at the shorter)."""
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_equal({"w": np.ones(2), "b": np.ones(1)}, {"w": np.ones(2)})
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_close([np.ones(2)], [np.ones(2), np.zeros(1)])
 
 
 def test_hyperparameters_are_state_leaves_and_settable():

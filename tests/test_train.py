@@ -321,3 +321,16 @@ def test_step_best_is_the_best_evaluation_when_scores_tie(tmp_path):
   assert result["best"]["step"] == 10 and 10 in result["checkpoint_steps"]
   assert evaluate.run(tmp_path, step="best")["step"] == 10
 
+
+
+def test_an_async_checkpoint_keeps_the_loop_state_of_its_step(tmp_path):
+  """The loop state is written after `save` returns, while the loop goes on changing
+  its dict: the checkpoint must hold the values of its own step."""
+  from jaxtrain.io import checkpoint  # pylint: disable=g-import-not-at-top
+  loop_state = {"step": 20, "members": [{"score": 0.5}]}
+  with checkpoint.Checkpoints(tmp_path / "ckpt", keep=1, async_save=True) as ckpts:
+    ckpts.save(20, {"w": np.zeros(3, np.float32)}, loop_state)
+    loop_state["step"] = 30  # What the loop does right after.
+    loop_state["members"][0]["score"] = 0.9
+  with checkpoint.Checkpoints(tmp_path / "ckpt", keep=1) as ckpts:
+    assert ckpts.restore_loop(20) == {"step": 20, "members": [{"score": 0.5}]}

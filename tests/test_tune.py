@@ -1,7 +1,9 @@
 """The population tuner: engine invariants, strategies, records, exact resume."""
 
 import json
+import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,16 +108,15 @@ def test_members_are_independent_of_population_size():
 def test_map_execution_matches_vmap():
   a = _engine(4, execution="vmap")
   b = _engine(4, execution="map")
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)
 
 
 def test_population_sharded_over_8_devices_matches_one_device():
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   single = _engine(8)
   sharded = _engine(8, shard=True)
-  for x, y in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(jax.device_get(single.params), jax.device_get(sharded.params),
+                              rtol=1e-5, atol=1e-6)
 
 
 def test_exploit_copies_whole_member_state_and_explores():
@@ -132,12 +133,10 @@ def test_exploit_copies_whole_member_state_and_explores():
   lr_new = np.asarray(optim.get_hparams(new.opt_state)["learning_rate"])
   assert lr_new[1] in (np.float32(lr_old[0] * 0.5), np.float32(lr_old[0] * 2.0))
   np.testing.assert_array_equal(lr_new[[0, 2, 3]], lr_old[[0, 2, 3]])
-  for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(pop.params)):
-    np.testing.assert_array_equal(np.asarray(x)[1], np.asarray(y)[0])
-  mu_new = jax.tree.leaves(new.opt_state.inner_state)
-  mu_old = jax.tree.leaves(pop.opt_state.inner_state)
-  for x, y in zip(mu_new, mu_old):
-    np.testing.assert_array_equal(np.asarray(x)[1], np.asarray(y)[0])
+  member = lambda tree, i: jax.tree.map(lambda x: np.asarray(x)[i], tree)
+  chex.assert_trees_all_equal(member(new.params, 1), member(pop.params, 0))
+  chex.assert_trees_all_equal(member(new.opt_state.inner_state, 1),
+                              member(pop.opt_state.inner_state, 0))
   assert not np.array_equal(np.asarray(new.rng[1]), np.asarray(pop.rng[0]))
 
 
@@ -580,18 +579,19 @@ class _Killed(Exception):
 
 
 def test_a_kill_between_telling_optuna_and_the_checkpoint_resumes(tmp_path, monkeypatch):
-  """A run killed at the save that ends round 1 (after the step-20 checkpoint, which
-  was still being written asynchronously while training went on) resumes to the
-  uninterrupted run's result: Optuna is told a round only after its checkpoint, a
-  restart tells what the checkpoint finished, and an asynchronous save keeps its own
-  copy of buffers the next step donates (it held later values, and the resumed round
-  trained from them)."""
+  """A run killed at the save that ends round 1 resumes to the uninterrupted run's
+  result: Optuna is told a round only after its checkpoint, a restart tells what the
+  checkpoint finished, and the step-20 checkpoint (written asynchronously while
+  training went on) holds step 20's loop state, not a later one's."""
   import optuna
   full = tune_run.run(tune_config("bayes"), tmp_path / "full")
   save = checkpoint.Checkpoints.save
 
   def save_or_die(self, step, *args, **kwargs):
-    if step == 40:  # The end of round 1: after study.tell, before this checkpoint.
+    if step == 40:  # The end of round 1, before this checkpoint.
+      # A real kill also ends the background thread that writes step 20; in this one
+      # process it would go on writing while the rerun reads. Wait for it instead.
+      self.wait()
       raise _Killed()
     return save(self, step, *args, **kwargs)
 
@@ -632,3 +632,37 @@ def test_a_1000_step_pbt_run_compiles_at_most_six_programs(tmp_path, compiles):
   assert result["status"] == "completed" and result["best_test"]
   assert len(compiles) <= 6, len(compiles)
 
+
+
+def _strict_json(path):
+  """json.loads refusing NaN/Infinity tokens (other JSON readers refuse them)."""
+  def refuse(token):
+    raise ValueError(f"{path} holds a bare {token}")
+  return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_diverged_member_never_wins_and_every_json_stays_valid(tmp_path):
+  config = tune_config("grid", **{"train.num_steps": 20})
+  config.tune.space = {"optim": {"learning_rate": "choice(0.01, 1e30)"}}
+  result = tune_run.run(config, tmp_path)
+  assert result["best_settings"] == {"optim.learning_rate": 0.01}
+  diverged = next(r for r in result["members"] if r["settings"]["optim.learning_rate"] == 1e30)
+  assert math.isnan(diverged["score"])  # Scored as diverged, not as a finite 0.08.
+  assert diverged["status"] == "stopped"
+  events = lineage_lib.read(tmp_path / "tune" / "lineage.jsonl")
+  assert any(e["event"] == "stop" and e.get("reason") == "diverged" for e in events)
+  for path in (tmp_path / "tune" / "result.json", tmp_path / "best" / "final.json"):
+    _strict_json(path)
+  def refuse(token):
+    raise ValueError(token)
+  for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+    json.loads(line, parse_constant=refuse)
+
+
+def test_a_search_where_every_member_diverges_exits_3_and_exports_nothing(tmp_path):
+  config = tune_config("grid", **{"train.num_steps": 20})
+  config.tune.space = {"optim": {"learning_rate": "choice(1e29, 1e30)"}}
+  with pytest.raises(errors.NonFiniteError, match="every member of the search diverged"):
+    tune_run.run(config, tmp_path)
+  assert not (tmp_path / "best").exists()
+  assert _strict_json(tmp_path / "tune" / "result.json")["best_score"] is None

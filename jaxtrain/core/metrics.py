@@ -7,6 +7,7 @@ into an on-device accumulator and pulls it to the host only when it logs.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -46,15 +47,21 @@ def merge(total: dict[str, jax.Array], new: dict[str, jax.Array]) -> dict[str, j
 
 
 def compute(metrics: dict, prefix: str = "") -> dict[str, float]:
-  """Host-side means: every sum divided by `count` (which is dropped)."""
+  """Host-side means: every sum divided by `count` (which is dropped).
+
+  A non-finite loss sum (diverged parameters) makes every metric NaN: NaN logits
+  'predict' class 0 and would otherwise score a finite accuracy, enough to rank a
+  diverged member above a poor but sound one.
+  """
   metrics = jax.device_get(metrics)
   count = float(np.asarray(metrics["count"]))
+  diverged = "loss" in metrics and not np.isfinite(np.asarray(metrics["loss"]))
   out = {}
   for k, v in metrics.items():
     if k == "count":
       continue
     v = float(np.asarray(v))
-    out[prefix + k] = v if k in LATEST else v / max(count, 1.0)
+    out[prefix + k] = math.nan if diverged else v if k in LATEST else v / max(count, 1.0)
   return out
 
 

@@ -13,6 +13,7 @@ that does not match is refused with every mismatching path listed.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class Checkpoints:
                 "data": grain.checkpoint.CheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self.async_save = async_save
+    self._closed = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -70,8 +72,10 @@ class Checkpoints:
       CheckpointError: this save, or the previous asynchronous one, failed.
     """
     import grain  # pylint: disable=g-import-not-at-top
-    if self.async_save:
-      state = _unaliased(state)
+    # A copy of the loop state as it is now: the JSON is written after `save` returns,
+    # while the loop goes on changing its dict (a checkpoint held a later step's loop
+    # state next to this step's arrays, and the resume trained from the mismatch).
+    loop_state = copy.deepcopy(loop_state)
     items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -158,25 +162,28 @@ class Checkpoints:
       raise self._save_error(self.latest_step() or 0, e) from None
 
   def close(self) -> None:
-    self.wait()
-    self.manager.close()
+    """Waits for the pending save and closes the manager (again: nothing happens)."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
+  def __enter__(self) -> "Checkpoints":
+    return self
 
-def _unaliased(tree):
-  """`tree` with every CPU-resident jax.Array copied into a buffer of its own.
-
-  An asynchronous save reads the arrays after `save` returns. On the CPU backend
-  Orbax's host view of an array is the device buffer itself (zero copy), and the
-  loop's next step donates that buffer and overwrites it: the checkpoint then held
-  later values than its step (a resume from it was not bitwise). A copy costs one
-  pass over the state and no compile; accelerator arrays are copied to the host by
-  Orbax before `save` returns, so they are left alone.
-  """
-  def copy(x):
-    if isinstance(x, jax.Array) and any(d.platform == "cpu" for d in x.devices()):
-      return jax.device_put(x, may_alias=False)
-    return x
-  return jax.tree.map(copy, tree)
+  def __exit__(self, exc_type, exc, tb) -> None:
+    # Every exit closes the manager: one left open with a save in flight (after an
+    # exception in a notebook, say) kept later managers' async saves from committing.
+    if exc_type is None:
+      self.close()
+      return
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # The original exception is the one to report.
 
 
 def _by_path(tree, describe) -> dict[str, Any]:

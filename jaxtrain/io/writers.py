@@ -20,10 +20,21 @@ def write_text_atomic(path: Path, text: str) -> None:
   tmp.replace(path)
 
 
-def _json_value(v: Any) -> Any:
+def json_safe(v: Any) -> Any:
+  """`v` with every non-finite float as a string ('nan', 'inf'): JSON has no NaN or
+  Infinity (Python's json writes them as bare tokens other readers refuse)."""
   if isinstance(v, float) and not math.isfinite(v):
-    return str(v)  # JSON has no NaN/Inf; keep them visible as strings.
+    return str(v)
+  if isinstance(v, dict):
+    return {k: json_safe(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [json_safe(x) for x in v]
   return v
+
+
+def json_text(record: Any) -> str:
+  """A record as indented, valid JSON text (non-finite floats as strings)."""
+  return json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n"
 
 
 class MetricsLog:
@@ -51,7 +62,7 @@ class MetricsLog:
   def write(self, step: int, values: dict[str, Any]) -> None:
     """Appends {"step", **values, "wall_time": seconds since the epoch (as TensorBoard's
     events carry)}: curves of a metric against time need no other clock."""
-    record = {"step": step, **{k: _json_value(v) for k, v in values.items()},
+    record = {"step": step, **{k: json_safe(v) for k, v in values.items()},
               "wall_time": round(time.time(), 3)}
     try:
       self._file.write(json.dumps(record) + "\n")

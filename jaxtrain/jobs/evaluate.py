@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,31 +57,30 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
     raise errors.UserError(f"{workdir} is a cross-validation run: its results are in "
                            f"{Path(workdir) / 'cv.json'}; evaluate a single run instead")
   compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
-  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep)
-  steps = ckpts.all_steps()
-  if not steps:
-    if (workdir / "best" / "checkpoints").is_dir():
-      raise errors.UserError(f"{workdir} is a tuning workdir; evaluate its best member with "
-                             f"--workdir={workdir / 'best'}")
-    raise errors.UserError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
-  if isinstance(step, str):
-    step, which = None, step
-  if step is None:
-    step = ckpts.best_step() if which == "best" else ckpts.latest_step()
-    step = step if step is not None else ckpts.latest_step()
-  else:
-    which = "--step"
-  if step not in steps:
-    raise errors.UserError(f"--step={step} is not a checkpoint of {workdir}; "
-                           f"available: {', '.join(map(str, sorted(steps)))}")
-  _, info = catalog.open_split(c.data.name, c.data.eval_split, c.data.data_dir)
-  r = setup.recipe(c, info)
-  sample = {"inputs": catalog.to_model_inputs(np.zeros((1, *info.input_shape), info.input_dtype)),
-            "labels": np.zeros((1, *info.label_shape), np.int32)}  # Shapes for the target.
-  target = workdir_lib.bundle(r.shapes(sample), jax.eval_shape(metrics.new_sums),
-                              jax.eval_shape(step_lib.new_guard))
-  restored, _ = ckpts.restore(step, sharding.on_one_device(target))  # Saved on any mesh.
-  ckpts.close()
+  with checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep) as ckpts:
+    steps = ckpts.all_steps()
+    if not steps:
+      if (workdir / "best" / "checkpoints").is_dir():
+        raise errors.UserError(f"{workdir} is a tuning workdir; evaluate its best member with "
+                               f"--workdir={workdir / 'best'}")
+      raise errors.UserError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+    if isinstance(step, str):
+      step, which = None, step
+    if step is None:
+      step = ckpts.best_step() if which == "best" else ckpts.latest_step()
+      step = step if step is not None else ckpts.latest_step()
+    else:
+      which = "--step"
+    if step not in steps:
+      raise errors.UserError(f"--step={step} is not a checkpoint of {workdir}; "
+                             f"available: {', '.join(map(str, sorted(steps)))}")
+    _, info = catalog.open_split(c.data.name, c.data.eval_split, c.data.data_dir)
+    r = setup.recipe(c, info)
+    sample = {"inputs": catalog.to_model_inputs(np.zeros((1, *info.input_shape), info.input_dtype)),
+              "labels": np.zeros((1, *info.label_shape), np.int32)}  # Shapes for the target.
+    target = workdir_lib.bundle(r.shapes(sample), jax.eval_shape(metrics.new_sums),
+                                jax.eval_shape(step_lib.new_guard))
+    restored, _ = ckpts.restore(step, sharding.on_one_device(target))  # Saved on any mesh.
   return Restored(c, info, r, restored["train_state"], int(step), which)
 
 
@@ -119,6 +119,8 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
             **{k: v for k, v in values.items() if k.startswith("eval/ema_")}}
   if c.train.ema_decay > 0:  # Say which parameters eval/* scored.
     result["weights"] = weights
+  if not math.isfinite(result["eval/loss"]):  # Diverged parameters: every metric is NaN.
+    result["diverged"] = True
   workdir_lib.write_json(workdir / record, result)
   if report:
     header = {"workdir": str(workdir), "step": run_.step, "checkpoint": run_.which,

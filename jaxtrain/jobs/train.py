@@ -25,9 +25,7 @@ from jaxtrain.jobs import cadence, checks, setup, transfer, workdir as workdir_l
 from jaxtrain.parallel import distributed, sharding
 
 
-class NonFiniteError(errors.JaxtrainError):
-  """train.nan_policy stopped the run at a non-finite loss or gradient."""
-  exit_code = errors.EXIT_NONFINITE
+NonFiniteError = errors.NonFiniteError  # train.nan_policy stopped the run.
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -59,97 +57,97 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   eval_batches = [s.placement.eval_batch(b) for b in s.eval_batches()]
 
   # --- Start: the latest checkpoint, else init_from, else the fresh state.
-  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
-                                 async_save=c.checkpoint.async_save)
-  acc, guard, order, data_args = setup.initial_args(s)
-  feed = _Feed(s, data_args)
-  state, acc, guard, loop_state = _start(s, prog, ckpts, feed, acc, guard, workdir,
-                                         allow_config_change)
-  start_step = step = int(state.step)
+  with checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
+                              async_save=c.checkpoint.async_save) as ckpts:  # Closed on any exit.
+    acc, guard, order, data_args = setup.initial_args(s)
+    feed = _Feed(s, data_args)
+    state, acc, guard, loop_state = _start(s, prog, ckpts, feed, acc, guard, workdir,
+                                           allow_config_change)
+    start_step = step = int(state.step)
 
-  # --- Loop: dispatch, then ask the cadence what else this step does.
-  cad = cadence.Cadence(c, stop_after_steps)
-  best = cadence.Best(c.checkpoint.best_metric, loop_state)
-  stopper = cadence.EarlyStopping(c.early_stopping, loop_state)
-  records = _Records(workdir, c, start_step)
-  profiler = profiling.Profiler(workdir, c.profile.start_step, c.profile.num_steps)
-  rate = _Rate()
-  status, last_eval, session_start = "completed", {}, time.perf_counter()
-  with preemption.PreemptionGuard() as preempt:
-    while step < c.train.num_steps:
-      n = cad.call_size(step)  # K steps per call unless the host is needed sooner.
-      args = feed.args(n)
-      if step == start_step:  # FLOPs per step for the log, from the one-step program.
-        records.throughput.set_step(prog.train, (state, acc, guard, order, *feed.one_step(args)))
-      profiler.before_call(step)
-      state, acc, guard, order = (prog.train if n == 1 else prog.train_many)(
-          state, acc, guard, order, *args)
-      step += n
-      rate.count(n)
-      profiler.after_call(step, state)
-      records.throughput.measure()  # Once, in the first interval (with the compile).
-      # The last log step's metrics reach the host only now, after this call is
-      # queued, so the device never waits for the host.
-      host_guard = records.flush()
-      if host_guard is not None and _nonfinite(c.train, host_guard):
-        status = "nonfinite"
-        break
-      # A requested stop (stop_after_steps, SIGTERM, SIGINT) saves a checkpoint but adds
-      # no record or evaluation: a resumed run's records equal an uninterrupted run's.
-      if preempt.requested:
-        status = "preempted"
-      is_last = cad.is_stop(step) or status == "preempted"
-      is_log, is_eval, is_save = cad.is_log(step), cad.is_eval(step), cad.is_save(step) or is_last
-      if is_save and _nonfinite(c.train, jax.device_get(guard)):  # Never save past a bad step.
-        status = "nonfinite"
-        break
-      if is_log:  # Steps/s of steps done, not queued (with K per call the host runs ahead).
-        jax.block_until_ready(acc)
-      t_pause = time.perf_counter()  # Evaluations and saves are not counted in steps/s.
-      steps_per_sec = rate.per_sec(t_pause)
-      eval_values: dict[str, float] = {}
-      new_best = False
-      if is_eval:
-        eval_values = last_eval = setup.evaluate(prog.eval, state, eval_batches)
-        new_best = best.update(step, eval_values)
-        is_save |= new_best  # So the best checkpoint exists on disk.
-        if stopper.update(eval_values):
-          status, is_last, is_save, is_log = "early_stopped", True, True, True
-      if is_log:
-        records.defer(step, acc, guard, steps_per_sec, eval_values)  # Not donated: kept.
-        acc = setup.fresh_sums(s)
-        rate.restart(t_pause)
-      elif is_eval:
-        records.write(step, eval_values)
-      if is_save:
-        # This step's record reaches disk before its checkpoint can commit: a crash in
-        # between would otherwise resume after the record and never write it.
-        records.flush()
-        loop_state["elapsed_sec"] += time.perf_counter() - session_start
-        session_start = time.perf_counter()
-        # The partial metric sums are saved too: the next record averages the same
-        # steps whether or not the run was interrupted in between. Only a new best
-        # carries a score, so the checkpoint Orbax keeps as best is the step final.json
-        # names (an equal later score, or a save between evaluations, never displaces it).
-        ckpts.save(step, workdir_lib.bundle(state, acc, guard), loop_state, feed.iterator,
-                   score=loop_state["best_score"] if new_best else None)
-      rate.pause(time.perf_counter() - t_pause)
-      if is_last:
-        if status == "completed" and step < c.train.num_steps:
-          status = "stopped"
-        break
+    # --- Loop: dispatch, then ask the cadence what else this step does.
+    cad = cadence.Cadence(c, stop_after_steps)
+    best = cadence.Best(c.checkpoint.best_metric, loop_state)
+    stopper = cadence.EarlyStopping(c.early_stopping, loop_state)
+    records = _Records(workdir, c, start_step)
+    profiler = profiling.Profiler(workdir, c.profile.start_step, c.profile.num_steps)
+    rate = _Rate()
+    status, last_eval, session_start = "completed", {}, time.perf_counter()
+    with preemption.PreemptionGuard() as preempt:
+      while step < c.train.num_steps:
+        n = cad.call_size(step)  # K steps per call unless the host is needed sooner.
+        args = feed.args(n)
+        if step == start_step:  # FLOPs per step for the log, from the one-step program.
+          records.throughput.set_step(prog.train, (state, acc, guard, order, *feed.one_step(args)))
+        profiler.before_call(step)
+        state, acc, guard, order = (prog.train if n == 1 else prog.train_many)(
+            state, acc, guard, order, *args)
+        step += n
+        rate.count(n)
+        profiler.after_call(step, state)
+        records.throughput.measure()  # Once, in the first interval (with the compile).
+        # The last log step's metrics reach the host only now, after this call is
+        # queued, so the device never waits for the host.
+        host_guard = records.flush()
+        if host_guard is not None and _nonfinite(c.train, host_guard):
+          status = "nonfinite"
+          break
+        # A requested stop (stop_after_steps, SIGTERM, SIGINT) saves a checkpoint but adds
+        # no record or evaluation: a resumed run's records equal an uninterrupted run's.
+        if preempt.requested:
+          status = "preempted"
+        is_last = cad.is_stop(step) or status == "preempted"
+        is_log, is_eval, is_save = cad.is_log(step), cad.is_eval(step), cad.is_save(step) or is_last
+        if is_save and _nonfinite(c.train, jax.device_get(guard)):  # Never save past a bad step.
+          status = "nonfinite"
+          break
+        if is_log:  # Steps/s of steps done, not queued (with K per call the host runs ahead).
+          jax.block_until_ready(acc)
+        t_pause = time.perf_counter()  # Evaluations and saves are not counted in steps/s.
+        steps_per_sec = rate.per_sec(t_pause)
+        eval_values: dict[str, float] = {}
+        new_best = False
+        if is_eval:
+          eval_values = last_eval = setup.evaluate(prog.eval, state, eval_batches)
+          new_best = best.update(step, eval_values)
+          is_save |= new_best  # So the best checkpoint exists on disk.
+          if stopper.update(eval_values):
+            status, is_last, is_save, is_log = "early_stopped", True, True, True
+        if is_log:
+          records.defer(step, acc, guard, steps_per_sec, eval_values)  # Not donated: kept.
+          acc = setup.fresh_sums(s)
+          rate.restart(t_pause)
+        elif is_eval:
+          records.write(step, eval_values)
+        if is_save:
+          # This step's record reaches disk before its checkpoint can commit: a crash in
+          # between would otherwise resume after the record and never write it.
+          records.flush()
+          loop_state["elapsed_sec"] += time.perf_counter() - session_start
+          session_start = time.perf_counter()
+          # The partial metric sums are saved too: the next record averages the same
+          # steps whether or not the run was interrupted in between. Only a new best
+          # carries a score, so the checkpoint Orbax keeps as best is the step final.json
+          # names (an equal later score, or a save between evaluations, never displaces it).
+          ckpts.save(step, workdir_lib.bundle(state, acc, guard), loop_state, feed.iterator,
+                     score=loop_state["best_score"] if new_best else None)
+        rate.pause(time.perf_counter() - t_pause)
+        if is_last:
+          if status == "completed" and step < c.train.num_steps:
+            status = "stopped"
+          break
 
-  # --- Record: the last evaluation, the best one, timings, the parameters' digest.
-  profiler.stop(state)
-  records.flush()
-  if not last_eval:  # Resumed a finished run, or stopped early: evaluate now.
-    last_eval = setup.evaluate(prog.eval, state, eval_batches)
-  ckpts.close()
-  if step > start_step:  # A rerun of a finished run adds no training time.
-    loop_state["elapsed_sec"] += time.perf_counter() - session_start
-  records.close()
-  return _write_final(s, workdir, status, state, guard, last_eval, best, loop_state, ckpts,
-                      len(prog.traces), time.perf_counter() - wall_start)
+    # --- Record: the last evaluation, the best one, timings, the parameters' digest.
+    profiler.stop(state)
+    records.flush()
+    if not last_eval:  # Resumed a finished run, or stopped early: evaluate now.
+      last_eval = setup.evaluate(prog.eval, state, eval_batches)
+    ckpts.close()
+    if step > start_step:  # A rerun of a finished run adds no training time.
+      loop_state["elapsed_sec"] += time.perf_counter() - session_start
+    records.close()
+    return _write_final(s, workdir, status, state, guard, last_eval, best, loop_state, ckpts,
+                        len(prog.traces), time.perf_counter() - wall_start)
 
 
 def _write_final(s: setup.Setup, workdir: Path, status: str, state, guard, last_eval, best,

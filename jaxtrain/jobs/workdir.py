@@ -78,7 +78,7 @@ def write_provenance(workdir: Path) -> None:
 def write_json(path: Path, record: dict[str, Any]) -> None:
   """A record such as final.json, written whole or not at all (process 0)."""
   if distributed.is_main():
-    writers.write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+    writers.write_text_atomic(path, writers.json_text(record))
 
 
 def bundle(state, metric_sums, guard) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def export_run(directory: Path, config: ml_collections.ConfigDict, state,
     ckpts.manager.delete(old)
   ckpts.save(int(np.asarray(state.step)), fresh_bundle(state), cadence.new_loop_state())
   ckpts.close()
-  (directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+  (directory / "final.json").write_text(writers.json_text(final))
   return directory
 
 

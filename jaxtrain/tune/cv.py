@@ -136,43 +136,44 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # --- Start: the latest checkpoint, else every fold from the same state (init_from's).
   ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
                                  async_save=c.checkpoint.async_save)
-  latest = ckpts.latest_step()
-  workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
-  pop, acc = _initial_population(s, folds, prog, workdir)
-  orders = folds_lib.new_orders(folds.counts)
-  step, last, train_sec = 0, [], 0.0
-  if latest is not None:
-    restored, loop = ckpts.restore(latest, {"population": pop, "metric_sums": acc})
-    pop, acc = restored["population"], restored["metric_sums"]
-    step, last, train_sec = loop["step"], loop["last"], loop["train_sec"]
+  with ckpts:  # Closed on every exit, an exception's too (saves in flight).
+    latest = ckpts.latest_step()
+    workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
+    pop, acc = _initial_population(s, folds, prog, workdir)
+    orders = folds_lib.new_orders(folds.counts)
+    step, last, train_sec = 0, [], 0.0
+    if latest is not None:
+      restored, loop = ckpts.restore(latest, {"population": pop, "metric_sums": acc})
+      pop, acc = restored["population"], restored["metric_sums"]
+      step, last, train_sec = loop["step"], loop["last"], loop["train_sec"]
 
-  # --- Loop: every fold steps together; evaluations score each on its held-out fold.
-  metrics_log = writers.MetricsLog(workdir, step if latest is not None else -1)
-  status, t_interval = "completed", time.perf_counter()
-  with preemption.PreemptionGuard() as preempt:
-    while step < c.train.num_steps:
-      pop, acc, orders = prog.train(pop, acc, orders, s.train_data.arrays, folds.train_index,
-                                    folds.data_keys)
-      step += 1
-      if cadence.itstime(step, c.train.eval_every_steps, c.train.num_steps):
-        train_metrics = pop_lib.compute_member_metrics(acc, "train/")
-        acc = metrics.new_sums((folds.size,))
-        last = pop_lib.compute_member_metrics(
-            metrics.sum_batches(lambda b: prog.eval(pop, *b), folds.eval_batches), "cv/")
-        record = {k: [m[k] for m in train_metrics] for k in train_metrics[0]}
-        record.update(_fold_stats(last))
-        metrics_log.write(step, record)
-      stopping = bool(preempt.requested) or (
-          stop_after_steps is not None and step >= stop_after_steps)
-      if cadence.itstime(step, c.checkpoint.every_steps, c.train.num_steps) or stopping:
-        train_sec += time.perf_counter() - t_interval  # Checkpoint writes not counted.
-        ckpts.save(step, {"population": pop, "metric_sums": acc},
-                   {"step": step, "last": last, "train_sec": train_sec})
-        t_interval = time.perf_counter()
-      if stopping and step < c.train.num_steps:
-        status = "preempted" if preempt.requested else "stopped"
-        break
-  ckpts.close()
+    # --- Loop: every fold steps together; evaluations score each on its held-out fold.
+    metrics_log = writers.MetricsLog(workdir, step if latest is not None else -1)
+    status, t_interval = "completed", time.perf_counter()
+    with preemption.PreemptionGuard() as preempt:
+      while step < c.train.num_steps:
+        pop, acc, orders = prog.train(pop, acc, orders, s.train_data.arrays, folds.train_index,
+                                      folds.data_keys)
+        step += 1
+        if cadence.itstime(step, c.train.eval_every_steps, c.train.num_steps):
+          train_metrics = pop_lib.compute_member_metrics(acc, "train/")
+          acc = metrics.new_sums((folds.size,))
+          last = pop_lib.compute_member_metrics(
+              metrics.sum_batches(lambda b: prog.eval(pop, *b), folds.eval_batches), "cv/")
+          record = {k: [m[k] for m in train_metrics] for k in train_metrics[0]}
+          record.update(_fold_stats(last))
+          metrics_log.write(step, record)
+        stopping = bool(preempt.requested) or (
+            stop_after_steps is not None and step >= stop_after_steps)
+        if cadence.itstime(step, c.checkpoint.every_steps, c.train.num_steps) or stopping:
+          train_sec += time.perf_counter() - t_interval  # Checkpoint writes not counted.
+          ckpts.save(step, {"population": pop, "metric_sums": acc},
+                     {"step": step, "last": last, "train_sec": train_sec})
+          t_interval = time.perf_counter()
+        if stopping and step < c.train.num_steps:
+          status = "preempted" if preempt.requested else "stopped"
+          break
+    ckpts.close()
   metrics_log.close()
   if status != "completed":
     return {"status": status, "step": step}

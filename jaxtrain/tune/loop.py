@@ -13,7 +13,6 @@ population engine (`population.py`) is pure.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -138,22 +137,58 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # --- Start: the loop state of the latest checkpoint, else a plan of phases.
   ckpts = checkpoint.Checkpoints(tune_dir / "checkpoints", keep=c.checkpoint.keep,
                                  async_save=c.checkpoint.async_save)
-  latest = ckpts.latest_step()
-  workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
-  workdir_lib.write_provenance(workdir)
-  study = strategies.open_study(c, tune_dir) if c.tune.strategy == "bayes" else None
-  loop = ckpts.restore_loop(latest) if latest is not None else _new_loop()
-  if study is not None:  # Trials a killed run finished but did not tell.
-    strategies.reconcile(study, loop, c.tune.metric)
-  if loop["phases"] is None:
-    loop["phases"] = [] if study is not None else _plan_initial(c, dims, strategies.rng_for(c.seed, 0))
-  if c.init_from.workdir:  # Every planned model must fit the checkpoint: one line, before compiling.
-    for planned in loop["phases"]:  # One per static setting (Bayes: checked per round, in Phase).
-      phase_lib.check_init_from(c, {k: v for k, v in planned[0].items() if k != "__trial__"},
-                                s.info, s.train_data.sample_batch())
-  records = _Records(workdir, c, loop, resumed=latest is not None)
+  with ckpts:  # Closed on every exit, an exception's too (saves in flight).
+    latest = ckpts.latest_step()
+    workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
+    workdir_lib.write_provenance(workdir)
+    study = strategies.open_study(c, tune_dir) if c.tune.strategy == "bayes" else None
+    loop = ckpts.restore_loop(latest) if latest is not None else _new_loop()
+    if study is not None:  # Trials a killed run finished but did not tell.
+      strategies.reconcile(study, loop, c.tune.metric)
+    if loop["phases"] is None:
+      loop["phases"] = ([] if study is not None
+                        else _plan_initial(c, dims, strategies.rng_for(c.seed, 0)))
+    if c.init_from.workdir:  # Every planned model must fit the checkpoint: before compiling.
+      for planned in loop["phases"]:  # One per static setting (Bayes: per round, in Phase).
+        phase_lib.check_init_from(c, {k: v for k, v in planned[0].items() if k != "__trial__"},
+                                  s.info, s.train_data.sample_batch())
+    records = _Records(workdir, c, loop, resumed=latest is not None)
 
-  # --- Loop: phase by phase; within a phase, evaluation interval by interval.
+    # --- Loop: phase by phase; within a phase, evaluation interval by interval.
+    with records:
+      status, clock = _train_phases(c, s, dims, loop, study, ckpts, records, latest,
+                                    eval_batches, workdir, stop_after_steps)
+
+  # --- Record: the result table, the best member on the test split, the figures.
+  clock.stop(loop)
+  result = {"status": status, **_result(c, loop, records.compiles, records.executions,
+                                        time.perf_counter() - wall_start)}
+  if status == "completed" and c.data.test_split and loop.get("best"):
+    # Members were compared on data.eval_split; the winner alone meets the test split.
+    test_config = config_lib.load_snapshot(workdir / "best")
+    test_config.data.eval_split = c.data.test_split
+    test = evaluate.run(workdir / "best", test_config, record="test.json")
+    result["best_test"] = {k: v for k, v in test.items() if k.startswith("eval/")}
+  workdir_lib.write_json(tune_dir / "result.json", result)
+  if status == "completed" and not loop.get("best"):
+    raise errors.NonFiniteError(
+        f"every member of the search diverged (non-finite {c.tune.metric}); no best member "
+        f"was exported, see {tune_dir / 'result.json'}; narrow the search space (e.g. lower "
+        "learning rates) or set optim.clip_norm, then rerun in a new --workdir")
+  try:
+    from jaxtrain.tune import plots  # pylint: disable=g-import-not-at-top
+    plots.write(workdir, loop, lineage_lib.read(tune_dir / "lineage.jsonl"), c.tune.metric)
+  except ImportError:  # matplotlib is optional for tuning itself.
+    pass
+  return result
+
+
+def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches, workdir,
+                  stop_after_steps):
+  """Trains phase after phase (one compiled population each) from the loop state;
+  returns (status, training clock). The strategy acts at every evaluation; the
+  cadence says when to checkpoint; SIGTERM/SIGINT stop at the end of an interval."""
+  tune_dir = workdir / "tune"
   status, clock = "completed", _Clock()
   with preemption.PreemptionGuard() as preempt:
     while _next_phase(c, dims, loop, study):
@@ -194,26 +229,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
         break  # is the resume point).
       loop["phase"] += 1
       loop["members"] = []
-
-  # --- Record: the result table, the best member on the test split, the figures.
-  ckpts.close()
-  records.close()
-  clock.stop(loop)
-  result = {"status": status, **_result(c, loop, records.compiles, records.executions,
-                                        time.perf_counter() - wall_start)}
-  if status == "completed" and c.data.test_split and loop.get("best"):
-    # Members were compared on data.eval_split; the winner alone meets the test split.
-    test_config = config_lib.load_snapshot(workdir / "best")
-    test_config.data.eval_split = c.data.test_split
-    test = evaluate.run(workdir / "best", test_config, record="test.json")
-    result["best_test"] = {k: v for k, v in test.items() if k.startswith("eval/")}
-  (tune_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-  try:
-    from jaxtrain.tune import plots  # pylint: disable=g-import-not-at-top
-    plots.write(workdir, loop, lineage_lib.read(tune_dir / "lineage.jsonl"), c.tune.metric)
-  except ImportError:  # matplotlib is optional for tuning itself.
-    pass
-  return result
+  return status, clock
 
 
 def _new_loop() -> dict[str, Any]:
@@ -324,6 +340,12 @@ class _Records:
     self.log.close()
     self.tensorboard.close()
 
+  def __enter__(self) -> "_Records":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
 
 # --- Phases: which members train together, and what a finished phase records. ---
 
@@ -356,7 +378,8 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
             for m in members]
   best = int(np.argmax(scores))
   previous = loop.get("best")
-  if previous is None or scores[best] > previous["score"]:
+  # A diverged member (non-finite score) is never the best, not even the only one.
+  if math.isfinite(scores[best]) and (previous is None or scores[best] > previous["score"]):
     loop["best"] = {"id": members[best]["id"], "score": scores[best],
                     "settings": members[best]["settings"], "phase": loop["phase"],
                     "eval": members[best]["last_eval"]}

@@ -44,6 +44,15 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
   strategy = c.tune.strategy
   loop["event"] += 1
 
+  # A diverged member (non-finite score) stops: it would only burn compute. PBT's
+  # exploit may revive it as a copy of a sound member; random search and halving
+  # refill its slot with a new sample; grid and Bayes leave it stopped (a failed trial).
+  for m in members:
+    if m["active"] and m["score"] is not None and not math.isfinite(m["score"]):
+      m["active"] = False
+      lineage.write(event="stop", member=m["id"], parent=None, step=step, phase=loop["phase"],
+                    before=m["settings"], after=None, score=m["score"], reason="diverged")
+
   # Per-member early stopping (all strategies): stopped members freeze, or are
   # refilled with a new sample by strategies that sample (random, halving).
   if c.tune.early_stopping.patience > 0:
