@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,10 @@ def check_schema(config) -> None:
       raise errors.UserError(
           f"config key {key!r} must be of type {type(default).__name__} "
           f"(like the default {default!r}), got {value!r}")
+    numbers = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+      # No key takes NaN or infinity: nan compiled and trained until the loss went bad.
+      raise errors.UserError(f"config key {key!r} is {value!r}; give finite numbers")
   for key in known:
     if key not in given:
       raise errors.UserError(

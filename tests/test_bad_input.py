@@ -168,6 +168,17 @@ CASES = [
     ("batch_larger_than_dataset", [CONFIG, WORKDIR, "--config.data.batch_size=5000"],
      ["data.batch_size=5000", "1437 examples", "lower data.batch_size"]),
     ("eval_without_checkpoint", [CONFIG, WORKDIR, "--mode=eval"], ["no checkpoint", "train first"]),
+    # Values that cannot be right: not finite, out of a seed's range.
+    ("learning_rate_nan", [CONFIG, WORKDIR, "--config.optim.learning_rate=nan"],
+     ["'optim.learning_rate' is nan", "finite"]),
+    ("learning_rate_inf", [CONFIG, WORKDIR, "--config.optim.learning_rate=inf"],
+     ["'optim.learning_rate' is inf", "finite"]),
+    ("noise_level_inf", [CONFIG, WORKDIR, "--config.eval.noise_levels=(0.1,1e999)"],
+     ["'eval.noise_levels' is (0.1, inf)", "finite"]),
+    ("seed_too_large", [CONFIG, WORKDIR, "--config.seed=1099511627776"],
+     ["seed=1099511627776 must be in [0, 2**31)"]),
+    ("seed_far_too_large", [CONFIG, WORKDIR, "--config.seed=1180591620717411303424"],
+     ["seed="]),
     # Precision, steps per call, compile, throughput, profile (each key's owner; jaxtrain/jobs/checks.py calls them).
     ("unknown_precision", [CONFIG, WORKDIR, "--config.precision=fp16"],
      ["precision='fp16'", "choose one of: bf16, f32"]),
@@ -297,3 +308,74 @@ def test_help_prints_the_usage_and_flags_without_importing_jax(capsys):
   found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
   assert found == "[]"
+
+
+
+# --- A workdir has one writer, and holds one kind of run.
+
+
+def _records(workdir):
+  return {p.name: p.read_bytes() for p in sorted(workdir.iterdir()) if p.is_file()}
+
+
+def test_a_second_process_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
+  """A process holds WORKDIR/.jaxtrain.lock (as a running jaxtrain does); another run
+  there is refused within seconds, with the holder's pid, and writes nothing."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  holder = subprocess.Popen(
+      [sys.executable, "-c",
+       "import sys, time, pathlib\n"
+       "from jaxtrain.jobs import workdir\n"
+       f"with workdir.lock(pathlib.Path({str(workdir)!r})):\n"
+       "  print('held', flush=True)\n"
+       "  time.sleep(60)\n"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    before = _records(workdir)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "jaxtrain.main", CONFIG, f"--workdir={workdir}"],
+                          cwd=REPO, env=os.environ.copy(), capture_output=True, text=True,
+                          timeout=60)
+    seconds = time.perf_counter() - start
+  finally:
+    holder.kill()
+    holder.wait()
+  _assert_one_error_line(proc.stderr, ["being written by another jaxtrain run",
+                                       f"pid {holder.pid}"])
+  assert proc.returncode == 2 and seconds < 15
+  assert _records(workdir) == before and not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("first, second", [("tune", "train"), ("train", "tune")])
+def test_a_workdir_of_another_kind_is_refused_and_left_as_it_was(first, second, tmp_path,
+                                                                capsys):
+  small = ["--config.train.num_steps=20", "--config.train.eval_every_steps=10",
+           "--config.checkpoint.every_steps=10", "--config.tune.population_size=2",
+           "--config.mesh.num_devices=1", "--config.data.test_split="]
+  configs = {"train": "--config=configs/digits_mlp.py", "tune": "--config=configs/digits_pbt.py"}
+  workdir = tmp_path / "run"
+  assert main.main(["jaxtrain", configs[first], f"--workdir={workdir}", *small]) == 0
+  before = _records(workdir)
+  capsys.readouterr()
+  code = main.main(["jaxtrain", configs[second], f"--workdir={workdir}", *small])
+  kinds = {"train": "single run", "tune": "tuning run"}
+  _assert_one_error_line(capsys.readouterr().err,
+                         [f"holds a {kinds[first]}", f"this is a {kinds[second]}"])
+  assert code == 2 and _records(workdir) == before
+
+
+def test_a_finished_run_without_checkpoints_is_not_overwritten_by_another_config(tmp_path,
+                                                                                 capsys):
+  args = ["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={tmp_path}",
+          "--config.train.num_steps=20", "--config.train.eval_every_steps=10",
+          "--config.mesh.num_devices=1"]
+  assert main.main(args) == 0
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(tmp_path / "checkpoints")
+  before = _records(tmp_path)
+  capsys.readouterr()
+  assert main.main(args + ["--config.optim.learning_rate=0.5"]) == 2
+  _assert_one_error_line(capsys.readouterr().err, ["holds a run with a different config",
+                                                   "optim.learning_rate"])
+  assert _records(tmp_path) == before

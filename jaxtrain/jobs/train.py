@@ -48,7 +48,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # --- Check: everything that can fail does so before device work.
   checks.validate_single_run(config)
   c = config
-  workdir = workdir_lib.prepare(workdir)
+  workdir = workdir_lib.prepare(workdir, c, allow_config_change=allow_config_change)
   compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
 
   # --- Build: data, model, optimizer, hyperparameters, placement; the compiled steps.
@@ -57,8 +57,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   eval_batches = [s.placement.eval_batch(b) for b in s.eval_batches()]
 
   # --- Start: the latest checkpoint, else init_from, else the fresh state.
-  with checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
-                              async_save=c.checkpoint.async_save) as ckpts:  # Closed on any exit.
+  with workdir_lib.lock(workdir), checkpoint.Checkpoints(  # One writer; closed on any exit.
+      workdir / "checkpoints", keep=c.checkpoint.keep, async_save=c.checkpoint.async_save) as ckpts:
     acc, guard, order, data_args = setup.initial_args(s)
     feed = _Feed(s, data_args)
     state, acc, guard, loop_state = _start(s, prog, ckpts, feed, acc, guard, workdir,

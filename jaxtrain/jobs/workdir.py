@@ -12,9 +12,12 @@ run's best member, a LoRA run merged into its base).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,11 @@ from jaxtrain.jobs import cadence, setup
 from jaxtrain.parallel import distributed
 
 
-def prepare(workdir: str | Path) -> Path:
-  """Creates `workdir` if needed; raises `UserError` if it cannot be written."""
+def prepare(workdir: str | Path, config: ml_collections.ConfigDict | None = None, *,
+            allow_config_change: bool = False) -> Path:
+  """Creates `workdir` if needed; raises `UserError` if it cannot be written, or (with
+  `config`) if it holds another kind of run or a run with another config: before this
+  run writes anything there (see `check_config`)."""
   path = Path(workdir).expanduser()
   if path.exists() and not path.is_dir():
     raise errors.UserError(f"--workdir {path} is a file, not a directory; "
@@ -44,6 +50,8 @@ def prepare(workdir: str | Path) -> Path:
   except OSError as e:
     raise errors.UserError(f"--workdir {path} is not writable ({e.strerror}); "
                            "choose a directory you can write to") from None
+  if config is not None:
+    check_config(config, path, allow_config_change=allow_config_change)
   return path
 
 
@@ -52,21 +60,79 @@ def config_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n"
 
 
-def snapshot_config(config: ml_collections.ConfigDict, workdir: Path, *, resuming: bool,
-                    allow_config_change: bool = False) -> None:
-  """Writes WORKDIR/config.json; when `resuming`, first refuses a config that differs
-  from the recorded one (unless `allow_config_change`)."""
+def kind_of(config: dict) -> str:
+  """'single run', 'tuning run' or 'cross-validation run', from a config's JSON dict."""
+  if config.get("tune", {}).get("strategy", "none") != "none":
+    return "tuning run"
+  cv = config.get("eval", {}).get("cross_validation", {})
+  if cv.get("folds") or cv.get("holdout_fraction"):
+    return "cross-validation run"
+  return "single run"
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: Path, *,
+                 allow_config_change: bool = False) -> None:
+  """Refuses a workdir that holds another kind of run, or a run with another config
+  (unless `allow_config_change`, single runs only): checked whether or not a
+  checkpoint exists, so a record is never replaced by a different run's."""
   path = workdir / "config.json"
-  if resuming and path.exists():
-    diff = config_lib.differences(json.loads(path.read_text()), json.loads(config.to_json()))
+  if path.exists():
+    old, new = json.loads(path.read_text()), json.loads(config.to_json())
+    if kind_of(old) != kind_of(new):
+      raise errors.UserError(
+          f"{workdir} holds a {kind_of(old)} (its config.json); this is a {kind_of(new)}: "
+          "use a new --workdir, or move that one aside to start over")
+    diff = config_lib.differences(old, new)
     if diff and not allow_config_change:
       raise errors.UserError(
           f"{workdir} holds a run with a different config (keys: {', '.join(diff)}); "
           "use a new --workdir (or, for a single run, pass --allow_config_change to resume "
           "with the new values)")
+
+
+def snapshot_config(config: ml_collections.ConfigDict, workdir: Path, *, resuming: bool,
+                    allow_config_change: bool = False) -> None:
+  """Writes WORKDIR/config.json (after `check_config`)."""
+  del resuming  # The recorded config is checked whenever there is one.
+  check_config(config, workdir, allow_config_change=allow_config_change)
+  path = workdir / "config.json"
   # Rewritten on every (re)start: a crash mid-write must not leave it empty.
   if distributed.is_main():
     writers.write_text_atomic(path, config_json(config))
+
+
+@contextlib.contextmanager
+def lock(workdir: Path):
+  """Holds WORKDIR/.jaxtrain.lock while a run writes there: a second process on the
+  same workdir is refused with one line naming the holder, instead of both writing
+  the same records. An OS lock (filelock: fcntl on POSIX), released by the OS when
+  its process exits however it exits, so a dead process leaves no stale lock; the
+  holder's pid, host and start time are in WORKDIR/.jaxtrain.lock.json. Process 0
+  holds it for a multi-process run."""
+  if not distributed.is_main():
+    yield
+    return
+  import filelock  # pylint: disable=g-import-not-at-top
+  held = filelock.FileLock(str(workdir / ".jaxtrain.lock"), timeout=0)
+  info = workdir / ".jaxtrain.lock.json"
+  try:
+    held.acquire()
+  except filelock.Timeout:
+    try:
+      holder = json.loads(info.read_text())
+      who = (f"pid {holder['pid']} on {holder['host']}, started {holder['started']}")
+    except (OSError, ValueError, KeyError):
+      who = "a process that has not yet said who it is"
+    raise errors.UserError(
+        f"{workdir} is being written by another jaxtrain run ({who}); wait for it to "
+        "finish, or use another --workdir") from None
+  try:
+    info.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                "started": datetime.datetime.now().isoformat(
+                                    timespec="seconds")}) + "\n")
+    yield
+  finally:
+    held.release()
 
 
 def write_provenance(workdir: Path) -> None:

@@ -126,7 +126,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # --- Check: the config and its folds, before anything is compiled.
   validate(config)
   c = config
-  workdir = workdir_lib.prepare(workdir)
+  workdir = workdir_lib.prepare(workdir, c)
 
   # --- Build: the training split on the device; folds are index sets into it.
   s = setup.build(c, data_pipeline="device", placement=False)
@@ -134,9 +134,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   prog = _programs(s, folds)
 
   # --- Start: the latest checkpoint, else every fold from the same state (init_from's).
-  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep,
-                                 async_save=c.checkpoint.async_save)
-  with ckpts:  # Closed on every exit, an exception's too (saves in flight).
+  with workdir_lib.lock(workdir), checkpoint.Checkpoints(  # One writer; closed on any exit.
+      workdir / "checkpoints", keep=c.checkpoint.keep,
+      async_save=c.checkpoint.async_save) as ckpts:
     latest = ckpts.latest_step()
     workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
     pop, acc = _initial_population(s, folds, prog, workdir)

@@ -125,7 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # --- Check: the config and its search space, before anything is compiled.
   dims = validate(config)
   c = config
-  workdir = workdir_lib.prepare(workdir)
+  workdir = workdir_lib.prepare(workdir, c)
   compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
   tune_dir = workdir / "tune"
   tune_dir.mkdir(exist_ok=True)
@@ -135,9 +135,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   eval_batches = [jax.device_put(b) for b in s.eval_batches()]
 
   # --- Start: the loop state of the latest checkpoint, else a plan of phases.
-  ckpts = checkpoint.Checkpoints(tune_dir / "checkpoints", keep=c.checkpoint.keep,
-                                 async_save=c.checkpoint.async_save)
-  with ckpts:  # Closed on every exit, an exception's too (saves in flight).
+  with workdir_lib.lock(workdir), checkpoint.Checkpoints(  # One writer; closed on any exit.
+      tune_dir / "checkpoints", keep=c.checkpoint.keep,
+      async_save=c.checkpoint.async_save) as ckpts:
     latest = ckpts.latest_step()
     workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
     workdir_lib.write_provenance(workdir)
