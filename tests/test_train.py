@@ -269,7 +269,8 @@ def test_full_disk_stops_the_run_and_keeps_the_last_committed_checkpoint(tmp_pat
   with pytest.raises(errors.WriteError, match="checkpoint save near step .* failed") as e:
     train.run(config, workdir)
   assert "\n" not in str(e.value)
-  committed = checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=5).all_steps()
+  with checkpoint_lib.Checkpoints(workdir / "checkpoints", keep=5) as ckpts:
+    committed = ckpts.all_steps()
   assert committed and max(committed) < 200
   assert f"step {max(committed)}" in str(e.value)
   # Free the disk: the rerun resumes from the last committed step and finishes.

@@ -9,12 +9,22 @@ is listed is a committed one.
 Restores go only into the structure the current config expects (arrays via
 tensorstore, the loop state as JSON; nothing is unpickled), and a checkpoint
 that does not match is refused with every mismatching path listed.
+
+Every save also writes a CRC-32 of each array's bytes (item `checksums`); every
+restore recomputes them and refuses a step whose arrays changed on disk, so
+damaged weights are never trained on or evaluated. Orbax and tensorstore check
+their own files' framing, not the array values: flipped bytes inside a chunk
+restored silently before.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
+import json
 import math
+import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +60,7 @@ class Checkpoints:
     # Handlers are named so that metadata (shapes, dtypes) can be read before
     # a restore, to compare against what this run expects.
     handlers = {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler(),
+                CHECKSUMS: ocp.JsonCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self.async_save = async_save
@@ -76,12 +87,15 @@ class Checkpoints:
     # while the loop goes on changing its dict (a checkpoint held a later step's loop
     # state next to this step's arrays, and the resume trained from the mismatch).
     loop_state = copy.deepcopy(loop_state)
-    items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state)}
+    items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop_state),
+             CHECKSUMS: ocp.args.JsonSave(checksums(state))}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     metrics = {"score": score} if score is not None and math.isfinite(score) else None
     try:
-      self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+      # Muted: Orbax warns at every save that carries no score (only new bests carry one).
+      with errors.absl_warnings_muted():
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
     except Exception as e:  # Orbax re-raises a failed async save at the next call.
       raise self._save_error(step, e) from None
 
@@ -121,13 +135,17 @@ class Checkpoints:
           f"({len(problems)} problems: {'; '.join(problems)}); use a new --workdir, or the "
           "config it was saved with")
 
-  def _corrupt_error(self, step: int, e: Exception) -> errors.UserError:
-    text = " ".join(str(e).split())[:300]
+  def _corrupt_error(self, step: int, e: Exception | None = None,
+                     reason: str = "") -> errors.UserError:
+    if e is not None:
+      reason = (f"cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
+                "it may be truncated or corrupted")
     others = [s for s in self.all_steps() if s != step]
     return errors.UserError(
-        f"checkpoint {self.directory / str(step)} cannot be read ({type(e).__name__}: {text}); "
-        "it may be truncated or corrupted: move that directory away to resume from "
-        f"{'step ' + str(max(others)) if others else 'scratch'}")
+        f"checkpoint {self.directory / str(step)} {reason}: move that directory away, and a "
+        "rerun resumes "
+        f"from {'step ' + str(max(others)) if others else 'scratch'}"
+        f"{' (or evaluate it with --step=' + str(max(others)) + ')' if others else ''}")
 
   def restore(self, step: int, target_state, data_iterator=None) -> tuple[Any, dict[str, Any]]:
     """Restores into the structure of `target_state` (and `data_iterator`, in place).
@@ -145,6 +163,9 @@ class Checkpoints:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # Orbax raises several types for unreadable files.
       raise self._corrupt_error(step, e) from None
+    damaged = verify(self.directory / str(step), restored["state"])
+    if damaged:
+      raise self._corrupt_error(step, reason=damaged_text(damaged))
     return restored["state"], dict(restored["loop"])
 
   def restore_loop(self, step: int) -> dict[str, Any]:
@@ -184,6 +205,66 @@ class Checkpoints:
       self.close()
     except Exception:  # pylint: disable=broad-except
       pass  # The original exception is the one to report.
+
+
+CHECKSUMS = "checksums"
+
+
+def _crc(array) -> str | None:
+  """CRC-32 of an array's bytes, with dtype and shape; None for an array this process
+  cannot read whole (sharded across hosts: those are left to tensorstore)."""
+  if isinstance(array, jax.Array) and not array.is_fully_addressable:
+    return None
+  host = np.ascontiguousarray(np.asarray(array))
+  # zlib's CRC-32 (C, releases the GIL) over the raw bytes: a checksum, not a
+  # cryptographic hash, is what catches damaged files, and it is the fastest one
+  # the standard library has (1.3 GB/s here; sha256 0.9 GB/s).
+  crc = zlib.crc32(host.reshape(-1).view(np.uint8))
+  return f"{host.dtype.name}{list(host.shape)}:{crc:08x}"
+
+
+def _crcs(tree) -> dict[str, str | None]:
+  # One array per thread: zlib releases the GIL, so the checksums of a state take
+  # about 1/cores of the time of one loop (this runs in the blocking part of a save).
+  leaves = _by_path(tree, lambda leaf: leaf)
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    return dict(zip(leaves, pool.map(_crc, leaves.values())))
+
+
+def checksums(tree) -> dict[str, str]:
+  """{'train_state/params/Dense_0/kernel': 'float32[64, 256]:1a2b3c4d', ...}."""
+  return {path: crc for path, crc in _crcs(tree).items() if crc is not None}
+
+
+def saved_checksums(step_dir: Path) -> dict[str, str] | None:
+  """The checksums written with a step, or None for a step saved before they were."""
+  path = Path(step_dir) / CHECKSUMS / "metadata"
+  if not path.exists():
+    return None
+  try:
+    saved = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    return {"": f"unreadable ({type(e).__name__})"}
+  return saved if isinstance(saved, dict) else {"": "not a JSON object"}
+
+
+def verify(step_dir: Path, restored, prefix: str = "") -> list[str]:
+  """Paths of `restored` (a subtree of the saved state under `prefix`) whose bytes
+  differ from what was saved; [] when all match or the step has no checksums."""
+  saved = saved_checksums(step_dir)
+  if saved is None:
+    return []
+  if "" in saved:
+    return [f"{CHECKSUMS} file {saved['']}"]
+  now = {prefix + path: crc for path, crc in _crcs(restored).items()}
+  damaged = [path for path, crc in now.items()
+             if crc is not None and path in saved and saved[path] != crc]
+  return sorted(damaged, key=lambda path: ("/params/" not in path, path))  # Weights first.
+
+
+def damaged_text(paths: list[str]) -> str:
+  shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+  return f"is damaged: array bytes differ from the checksums written at save time ({shown})"
 
 
 def _by_path(tree, describe) -> dict[str, Any]:

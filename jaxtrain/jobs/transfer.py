@@ -130,6 +130,42 @@ def _unreadable(item: Path, e: Exception) -> errors.UserError:
                           f"({type(e).__name__}: {text}); choose another init_from.step")
 
 
+def _source_metadata(item: Path) -> dict:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  # Closed on every exit: an open checkpointer's threads printed tracebacks at exit.
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    try:
+      with errors.absl_warnings_muted():
+        meta = checkpointer.metadata(item).item_metadata["train_state"]
+    except Exception as e:  # Orbax raises several types for unreadable files.
+      raise _unreadable(item, e) from None
+  if not isinstance(meta, dict) or "model_state" not in meta:
+    raise _unreadable(item, ValueError("no train_state metadata"))
+  return meta
+
+
+def _read_arrays(item: Path, meta: dict) -> dict:
+  """The arrays of `meta` (a part of the source's train state), as host arrays, checked
+  against the checksums saved with them."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from jaxtrain.io import checkpoint  # pylint: disable=g-import-not-at-top
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    try:
+      with errors.absl_warnings_muted():
+        restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+            item={"train_state": abstract},
+            restore_args={"train_state": restore_args}, partial_restore=True))["train_state"]
+    except Exception as e:
+      raise _unreadable(item, e) from None
+  damaged = checkpoint.verify(item.parent, restored, prefix="train_state/")
+  if damaged:
+    raise errors.UserError(f"init_from checkpoint {item.parent} "
+                           f"{checkpoint.damaged_text(damaged)}; choose another init_from.step")
+  return restored
+
+
 def filter_of(init_config) -> Callable[[str], bool]:
   """Whether a path ('params/Dense_1/kernel') is to come from the checkpoint: it matches
   an `include` regex (all do when there is none) and no `exclude` regex."""
@@ -197,17 +233,11 @@ def load(init_config, params, model_state, *, read: bool = True
   Raises:
     UserError: the checkpoint does not fit (every problem listed), or cannot be read.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   source_dir = Path(init_config.workdir).expanduser().absolute()  # Orbax wants absolute paths.
   source_config = config_lib.load_snapshot(source_dir)
   step = _resolve_step(source_dir / "checkpoints", str(init_config.step))
   item = source_dir / "checkpoints" / str(step) / "state"
-  checkpointer = ocp.PyTreeCheckpointer()
-  try:
-    with errors.absl_warnings_muted():
-      meta = checkpointer.metadata(item).item_metadata["train_state"]
-  except Exception as e:  # Orbax raises several types for unreadable files.
-    raise _unreadable(item, e) from None
+  meta = _source_metadata(item)
   # The source's average of its parameters stands in for them with init_from.use_ema.
   key = "ema_params" if init_config.use_ema else "params"
   if init_config.use_ema and (not source_config.train.ema_decay > 0
@@ -228,16 +258,7 @@ def load(init_config, params, model_state, *, read: bool = True
   if not read:
     return {}, record
 
-  # Only params and model state are read (partial restore), as host arrays.
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), meta)
-  try:
-    with errors.absl_warnings_muted():
-      restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
-          item={"train_state": abstract},
-          restore_args={"train_state": restore_args}, partial_restore=True))["train_state"]
-  except Exception as e:
-    raise _unreadable(item, e) from None
+  restored = _read_arrays(item, meta)
   if source_scale is not None:
     restored_params, restored_state = lora.merge(
         restored[key], restored["model_state"], source_scale)
