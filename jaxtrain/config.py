@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxtrain import errors
+from jaxtrain import errors, records
 
 # Metrics that early stopping and best-checkpoint selection may rank by (they
 # are computed at every evaluation), with the direction that counts as better.
@@ -343,22 +343,40 @@ def load_snapshot(workdir: str | Path) -> ml_collections.ConfigDict:
   """The config a workdir was run with (WORKDIR/config.json) as a ConfigDict.
 
   Keys the schema no longer has are dropped; keys it gained keep their defaults.
+
+  Raises:
+    UserError: no config.json, or one that is damaged (not a JSON object, or a
+      value of another type than the schema's).
   """
   path = Path(workdir) / "config.json"
   if not path.is_file():
     raise errors.UserError(f"{path} does not exist; --mode=eval needs a workdir written by "
                            "jaxtrain (or pass --config)")
-  saved = flatten(json.loads(path.read_text()))
+  fix = "restore it, or pass --config with the config the run used"
+  return from_snapshot(records.read_object(path, fix), path, fix)
+
+
+def from_snapshot(saved: dict[str, Any], path: Path, fix: str) -> ml_collections.ConfigDict:
+  """The schema's config with the values of a config.json snapshot (read from `path`).
+
+  Raises:
+    UserError: a value in the snapshot has another type than the schema's key.
+  """
   config = base_config()
   defaults = flatten(config)
-  for key, value in saved.items():
+  for key, value in flatten(saved).items():
     if key.startswith("tune.space.") or key not in defaults:
       continue
     node = config
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
-    node[leaf] = tuple(value) if isinstance(defaults[key], tuple) else value
+    try:
+      node[leaf] = tuple(value) if isinstance(defaults[key], tuple) else value
+    except (TypeError, ValueError):
+      raise errors.UserError(
+          f"{path} has {key}={value!r}, where the schema has a {type(defaults[key]).__name__}: "
+          f"it was edited or damaged; {fix}") from None
   return config
 
 

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import gc
 import logging
+import os
+import sys
+import tempfile
+import threading
+import traceback
 from collections.abc import Iterable
+from pathlib import Path
 
 # Exit codes of `python -m jaxtrain.main` (also documented in the README).
 EXIT_USER_ERROR = 2  # Bad config, workdir, dataset or checkpoint: fix the input.
@@ -69,6 +76,83 @@ def absl_warnings_muted():
     yield
   finally:
     logger.setLevel(level)
+
+
+
+class LibraryLog:
+  """Text appended to WORKDIR/jaxtrain.log, created on first use (never the workdir
+  itself: a run refused before it made its workdir leaves none; the text then goes
+  to a file in the system's temporary folder)."""
+
+  def __init__(self, workdir):
+    self.workdir = Path(workdir) if workdir is not None else None
+    self.path: Path | None = None
+    self._lock = threading.Lock()
+
+  def write(self, text: str) -> None:
+    with self._lock:
+      if self.path is None:
+        if self.workdir is not None and self.workdir.is_dir():
+          self.path = self.workdir / "jaxtrain.log"
+        else:
+          self.path = Path(tempfile.gettempdir()) / f"jaxtrain-{os.getpid()}.log"
+      try:
+        with open(self.path, "a", encoding="utf-8") as f:
+          f.write(text if text.endswith("\n") else text + "\n")
+      except OSError:
+        pass  # A read-only workdir: the one error line is what the user gets.
+
+
+class _LogHandler(logging.Handler):
+
+  def __init__(self, log: LibraryLog):
+    super().__init__(logging.DEBUG)
+    self.log = log
+    self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+  def emit(self, record):
+    try:
+      self.log.write(self.format(record))
+    except Exception:  # pylint: disable=broad-except
+      pass  # Logging never takes a run down.
+
+
+@contextlib.contextmanager
+def library_output_to_log(workdir):
+  """While a job runs, what the libraries log (absl: Orbax, TFDS) and what their
+  own threads raise goes to WORKDIR/jaxtrain.log instead of the terminal.
+
+  A failed asynchronous Orbax save, for one, logged the error and printed
+  tracebacks from its threads and asyncio callbacks: ~380 lines on stderr around
+  the one line that says what happened (the failure itself reaches the main thread,
+  which reports it). Yields the log, so that the error line can point at it.
+  """
+  log = LibraryLog(workdir)
+  absl = logging.getLogger("absl")
+  handler = _LogHandler(log)
+  saved = absl.propagate, threading.excepthook, sys.unraisablehook
+
+  def thread_hook(args):
+    if args.exc_type is SystemExit:
+      return
+    name = args.thread.name if args.thread is not None else "?"
+    log.write(f"exception in thread {name}:\n" + "".join(
+        traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)))
+
+  def unraisable_hook(unraisable):
+    log.write(f"exception ignored in {unraisable.object!r}:\n" + "".join(
+        traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                   unraisable.exc_traceback)))
+
+  absl.addHandler(handler)
+  absl.propagate = False
+  threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
+  try:
+    yield log
+  finally:
+    gc.collect()  # Objects dropped by a failure report their errors while hooked.
+    absl.removeHandler(handler)
+    absl.propagate, threading.excepthook, sys.unraisablehook = saved
 
 
 # --- Range checks shared by every component's `check_config` (same message everywhere).

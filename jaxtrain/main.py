@@ -20,62 +20,73 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv if argv is None else argv
   try:
     config, workdir, options = parse(argv)
-    # Before anything touches a device: several processes then share one mesh.
-    distributed.initialize(*options["distributed"])
-    if config is not None:  # Schema first: the dispatch below reads config.tune.
-      from jaxtrain.io import compilation  # pylint: disable=g-import-not-at-top
-      from jaxtrain.jobs import checks  # pylint: disable=g-import-not-at-top
-      checks.validate(config)
-      compilation.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
-    # Each entry point also validates (dataset splits too) before device work.
-    if options["mode"] == "eval":
-      from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
-      from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
-      result = evaluate.run(workdir, config, step=options["step"], report=True)
-      if result.get("diverged"):
-        print(f"warning: the parameters of step {result['step']} in {workdir} are not finite "
-              "(the run diverged); every metric is NaN", file=sys.stderr)
-      print(json.dumps(writers.json_safe(result)), file=sys.stdout)
-      return 0
-    if options["mode"] == "compile":  # Compile the train step, report memory and FLOPs.
-      from jaxtrain.jobs import compile as compile_lib  # pylint: disable=g-import-not-at-top
-      report = compile_lib.run(config, workdir)
-      print(compile_lib.format_report(report), file=sys.stderr)
-      print(json.dumps(report), file=sys.stdout)
-      return 0
-    from jaxtrain.tune import cv  # pylint: disable=g-import-not-at-top
-    if cv.enabled(config):  # k folds (or a holdout split) as one population.
-      result = cv.run(config, workdir, stop_after_steps=options["stop_after_steps"])
-      if result["status"] != "completed":
-        print(f"{result['status']} at step {result['step']}: checkpoint saved in "
-              f"{workdir}/checkpoints; rerun the same command to resume", file=sys.stderr)
-        return errors.EXIT_PREEMPTED if result["status"] == "preempted" else 0
-      print(cv.summary_line(result, workdir), file=sys.stderr)
-      return 0
-    if config.tune.strategy != "none":
-      from jaxtrain import tune  # pylint: disable=g-import-not-at-top
-      result = tune.run(config, workdir, stop_after_steps=options["stop_after_steps"])
-      if result["status"] == "preempted":
-        print(f"preempted: checkpoint saved in {workdir}/tune/checkpoints; rerun the same "
-              "command to resume", file=sys.stderr)
-        return errors.EXIT_PREEMPTED
-      if result["best_score"] is None:  # Stopped (--stop_after_steps) before any phase ended.
-        print(f"{result['status']}; rerun the same command to resume", file=sys.stderr)
-        return 0
-      print(f"best {result['metric']}={result['best_score']:.4f} (member "
-            f"{result['best_member']}: {result['best_settings']}); {result['num_members']} "
-            f"members, {result['member_steps']} member-steps; best member exported to "
-            f"{workdir}/best", file=sys.stderr)
-      return 0
-    from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
-    result = train.run(config, workdir, stop_after_steps=options["stop_after_steps"],
-                       allow_config_change=options["allow_config_change"])
   except HelpRequested as e:
     print(e, end="", file=sys.stdout)
     return 0
   except errors.JaxtrainError as e:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code
+  # What Orbax and TFDS log, and what their threads raise, goes to WORKDIR/jaxtrain.log:
+  # the terminal gets jaxtrain's progress lines and, on failure, one error line.
+  with errors.library_output_to_log(workdir):
+    try:
+      return _run(config, workdir, options)
+    except errors.JaxtrainError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return e.exit_code
+
+
+def _run(config, workdir, options) -> int:
+  # Before anything touches a device: several processes then share one mesh.
+  distributed.initialize(*options["distributed"])
+  if config is not None:  # Schema first: the dispatch below reads config.tune.
+    from jaxtrain.io import compilation  # pylint: disable=g-import-not-at-top
+    from jaxtrain.jobs import checks  # pylint: disable=g-import-not-at-top
+    checks.validate(config)
+    compilation.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
+  # Each entry point also validates (dataset splits too) before device work.
+  if options["mode"] == "eval":
+    from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
+    from jaxtrain.jobs import evaluate  # pylint: disable=g-import-not-at-top
+    result = evaluate.run(workdir, config, step=options["step"], report=True)
+    if result.get("diverged"):
+      print(f"warning: the parameters of step {result['step']} in {workdir} are not finite "
+            "(the run diverged); every metric is NaN", file=sys.stderr)
+    print(json.dumps(writers.json_safe(result)), file=sys.stdout)
+    return 0
+  if options["mode"] == "compile":  # Compile the train step, report memory and FLOPs.
+    from jaxtrain.jobs import compile as compile_lib  # pylint: disable=g-import-not-at-top
+    report = compile_lib.run(config, workdir)
+    print(compile_lib.format_report(report), file=sys.stderr)
+    print(json.dumps(report), file=sys.stdout)
+    return 0
+  from jaxtrain.tune import cv  # pylint: disable=g-import-not-at-top
+  if cv.enabled(config):  # k folds (or a holdout split) as one population.
+    result = cv.run(config, workdir, stop_after_steps=options["stop_after_steps"])
+    if result["status"] != "completed":
+      print(f"{result['status']} at step {result['step']}: checkpoint saved in "
+            f"{workdir}/checkpoints; rerun the same command to resume", file=sys.stderr)
+      return errors.EXIT_PREEMPTED if result["status"] == "preempted" else 0
+    print(cv.summary_line(result, workdir), file=sys.stderr)
+    return 0
+  if config.tune.strategy != "none":
+    from jaxtrain import tune  # pylint: disable=g-import-not-at-top
+    result = tune.run(config, workdir, stop_after_steps=options["stop_after_steps"])
+    if result["status"] == "preempted":
+      print(f"preempted: checkpoint saved in {workdir}/tune/checkpoints; rerun the same "
+            "command to resume", file=sys.stderr)
+      return errors.EXIT_PREEMPTED
+    if result["best_score"] is None:  # Stopped (--stop_after_steps) before any phase ended.
+      print(f"{result['status']}; rerun the same command to resume", file=sys.stderr)
+      return 0
+    print(f"best {result['metric']}={result['best_score']:.4f} (member "
+          f"{result['best_member']}: {result['best_settings']}); {result['num_members']} "
+          f"members, {result['member_steps']} member-steps; best member exported to "
+          f"{workdir}/best", file=sys.stderr)
+    return 0
+  from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
+  result = train.run(config, workdir, stop_after_steps=options["stop_after_steps"],
+                     allow_config_change=options["allow_config_change"])
   if result["status"] == "preempted":
     print(f"preempted at step {result['step']}: checkpoint saved in {workdir}/checkpoints; "
           "rerun the same command to resume", file=sys.stderr)

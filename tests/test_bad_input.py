@@ -6,7 +6,9 @@ case fails before anything is compiled and prints nothing else to stderr: no
 traceback, no absl/TFDS warnings.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -432,3 +434,139 @@ def test_a_damaged_checkpoint_is_refused_by_eval_resume_and_init_from(tmp_path, 
   assert _tree_bytes(source) == before
   # The step before it is intact, and is what the message points to.
   assert main.main(args[:3] + ["--mode=eval", "--step=20"]) == 0
+
+
+# --- Broken records: every record read back on resume (or by --mode=eval) is checked,
+# and a damaged one is refused with one line naming it, before anything is written.
+
+SINGLE = ["--config=configs/digits_mlp.py", "--config.train.num_steps=40",
+          "--config.train.eval_every_steps=10", "--config.checkpoint.every_steps=10",
+          "--config.mesh.num_devices=1"]
+SEARCH = ["--config=configs/digits_pbt.py", "--config.train.num_steps=200",
+          "--config.tune.population_size=4", "--config.checkpoint.every_steps=100"]
+BAYES = ["--config=configs/digits_bayes.py", "--config.train.num_steps=100",
+         "--config.train.eval_every_steps=100", "--config.checkpoint.every_steps=100",
+         "--config.tune.population_size=2", "--config.tune.bayes.rounds=2"]
+ARGS = {"single": SINGLE, "search": SEARCH, "bayes": BAYES}
+
+
+@pytest.fixture(scope="module")
+def stopped_runs(tmp_path_factory):
+  """A single run stopped at step 30, a PBT search at step 100, and a Bayesian search
+  after its first round."""
+  root = tmp_path_factory.mktemp("stopped")
+  for run, stop in [("single", 30), ("search", 100), ("bayes", 100)]:
+    assert main.main(["jaxtrain", *ARGS[run], f"--workdir={root / run}",
+                      f"--stop_after_steps={stop}"]) == 0
+  return root
+
+
+def _edit_json(rel, edit):
+  def damage(w):
+    record = json.loads((w / rel).read_text())
+    edit(record)
+    (w / rel).write_text(json.dumps(record))
+  return damage
+
+
+def _latest_loop(sub):
+  def path(w):
+    steps = [p for p in (w / sub).iterdir() if p.name.isdigit()]
+    return max(steps, key=lambda p: int(p.name)) / "loop" / "metadata"
+  return path
+
+
+def _write(rel, data):
+  def damage(w):
+    path = rel(w) if callable(rel) else w / rel
+    if data is None:
+      path.unlink()
+    else:
+      path.write_bytes(data)
+  return damage
+
+
+def _retype_loop(sub, key):
+  def damage(w):
+    path = _latest_loop(sub)(w)
+    loop = json.loads(path.read_text())
+    loop[key] = "x"
+    path.write_text(json.dumps(loop))
+  return damage
+
+
+def _cut_lineage(w):
+  path = w / "tune" / "lineage.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text("".join(lines[:2]))
+
+
+def _bad_lineage_line(w):
+  path = w / "tune" / "lineage.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  lines[1] = '{"event": "init", "member": \n'
+  path.write_text("".join(lines))
+
+
+BROKEN = [  # (id, run, extra args, damage, texts the line must hold)
+    ("config_invalid", "single", [], _write("config.json", b"{not json"),
+     ["config.json is not valid JSON", "restore it, or use a new --workdir"]),
+    ("config_empty", "single", [], _write("config.json", b""), ["config.json is empty"]),
+    ("config_wrong_type", "single", [],
+     _edit_json("config.json", lambda c: c["train"].update(num_steps="forty")),
+     ["config.json has train.num_steps='forty'", "int"]),
+    ("config_invalid_eval", "single", ["--mode=eval", "--config="],
+     _write("config.json", b"{not json"), ["config.json is not valid JSON", "pass --config"]),
+    ("config_wrong_type_eval", "single", ["--mode=eval", "--config="],
+     _edit_json("config.json", lambda c: c["optim"].update(learning_rate=[1])),
+     ["config.json has optim.learning_rate=[1]", "pass --config"]),
+    ("metrics_not_utf8", "single", [], _write("metrics.jsonl", b"\xff\xfe\n"),
+     ["metrics.jsonl line 1 is not UTF-8", "move it aside"]),
+    ("metrics_not_json", "single", [], _write("metrics.jsonl", b'{"step": 10}\n{oops\n{}\n'),
+     ["metrics.jsonl line 2 is not a JSON record"]),
+    ("loop_state_wrong_type", "single", [], _retype_loop("checkpoints", "elapsed_sec"),
+     ["checkpoints/30 has a damaged loop state", "elapsed_sec is a string",
+      "resumes from step 20"]),
+    ("search_config_invalid", "search", [], _write("config.json", b"[1, 2]"),
+     ["config.json holds a JSON list"]),
+    ("search_loop_state_wrong_type", "search", [], _retype_loop("tune/checkpoints", "rounds"),
+     ["tune/checkpoints/100 has a damaged loop state", "rounds is a string"]),
+    ("lineage_bad_line", "search", [], _bad_lineage_line,
+     ["lineage.jsonl line 2 is not a JSON record", "start the search over"]),
+    ("lineage_cut", "search", [], _cut_lineage, ["lineage.jsonl holds 2 events", "recorded"]),
+    ("lineage_deleted", "search", [], _write("tune/lineage.jsonl", None),
+     ["lineage.jsonl is missing"]),
+    ("optuna_study_deleted", "bayes", [], _write("tune/optuna.db", None),
+     ["optuna.db is missing", "asked 1 rounds", "start the search over"]),
+    ("optuna_study_damaged", "bayes", [], _write("tune/optuna.db", b"SQLite format 3\x00" * 64),
+     ["optuna.db cannot be read as an Optuna study"]),
+]
+
+
+@pytest.mark.parametrize("run, extra, damage, expected", [c[1:] for c in BROKEN],
+                         ids=[c[0] for c in BROKEN])
+def test_a_broken_record_is_one_line_and_changes_nothing(run, extra, damage, expected,
+                                                         stopped_runs, tmp_path, capsys):
+  workdir = tmp_path / run
+  shutil.copytree(stopped_runs / run, workdir)
+  damage(workdir)
+  before = _tree_bytes(workdir)
+  args = [*ARGS[run], f"--workdir={workdir}"]
+  if "--config=" in extra:  # --mode=eval without --config reads config.json.
+    args = [f"--workdir={workdir}"]
+  capsys.readouterr()
+  code = main.main(["jaxtrain", *args, *[e for e in extra if e != "--config="]])
+  _assert_one_error_line(capsys.readouterr().err, expected)
+  assert code == 2
+  assert _tree_bytes(workdir) == before
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(stopped_runs, tmp_path):
+  """A crash mid-write leaves a last line without its newline: expected, not damage."""
+  workdir = tmp_path / "single"
+  shutil.copytree(stopped_runs / "single", workdir)
+  with open(workdir / "metrics.jsonl", "ab") as f:
+    f.write(b'{"step": 35, "train/lo')
+  assert main.main(["jaxtrain", *SINGLE, f"--workdir={workdir}"]) == 0
+  steps = [r["step"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+  assert steps == sorted(set(steps)) and steps[-1] == 40

@@ -21,6 +21,7 @@ PACKAGE = ROOT / "jaxtrain"
 LAYERS = {
     "jaxtrain.errors": 0,
     "jaxtrain.config": 0,
+    "jaxtrain.records": 0,
     "jaxtrain.core": 1,
     "jaxtrain.models": 1,
     "jaxtrain.data": 1,

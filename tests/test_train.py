@@ -283,6 +283,25 @@ def test_full_disk_stops_the_run_and_keeps_the_last_committed_checkpoint(tmp_pat
   assert final["status"] == "completed"
 
 
+
+def test_full_disk_on_the_command_line_is_one_error_line(tmp_path, small_disk, capsys, data_dir):
+  # Orbax's failed async save logged the error and printed tracebacks from its
+  # threads and asyncio callbacks: ~380 lines of stderr around the error line.
+  from jaxtrain import main
+  del data_dir
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "checkpoints").symlink_to(small_disk)
+  code = main.main(["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={workdir}",
+                    "--config.model.hidden_sizes=(256,)", "--config.train.num_steps=200",
+                    "--config.checkpoint.every_steps=10", "--config.checkpoint.keep=5",
+                    "--config.train.eval_every_steps=1000", "--config.train.log_every_steps=1000",
+                    "--config.mesh.num_devices=1"])
+  err = capsys.readouterr().err.splitlines()
+  assert code == 4
+  assert len(err) == 1 and err[0].startswith("error: checkpoint save near step"), err[:5]
+  assert "No space left on device" in (workdir / "jaxtrain.log").read_text()
+
 def test_tensorboard_failure_warns_and_never_hangs(tmp_path, capsys):
   import time
   blocker = tmp_path / "a_file"

@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxtrain import errors
+from jaxtrain import errors, records
 
 
 class CheckpointError(errors.WriteError):
@@ -147,12 +147,16 @@ class Checkpoints:
         f"from {'step ' + str(max(others)) if others else 'scratch'}"
         f"{' (or evaluate it with --step=' + str(max(others)) + ')' if others else ''}")
 
-  def restore(self, step: int, target_state, data_iterator=None) -> tuple[Any, dict[str, Any]]:
+  def restore(self, step: int, target_state, data_iterator=None,
+              loop_like: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores into the structure of `target_state` (and `data_iterator`, in place).
+
+    `loop_like`: a loop state of the kind saved (e.g. a fresh one); the restored one
+    must have its keys, with values of the same JSON types.
 
     Raises:
       UserError: the checkpoint does not match the current model/optimizer, or
-        its files cannot be read.
+        its files cannot be read, or its arrays or loop state are damaged.
     """
     import grain  # pylint: disable=g-import-not-at-top
     self.check_structure(step, target_state)
@@ -166,15 +170,23 @@ class Checkpoints:
     damaged = verify(self.directory / str(step), restored["state"])
     if damaged:
       raise self._corrupt_error(step, reason=damaged_text(damaged))
-    return restored["state"], dict(restored["loop"])
+    return restored["state"], self._checked_loop(step, restored["loop"], loop_like)
 
-  def restore_loop(self, step: int) -> dict[str, Any]:
-    """Only the loop state (JSON) of a checkpoint."""
+  def restore_loop(self, step: int, loop_like: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Only the loop state (JSON) of a checkpoint (checked against `loop_like`)."""
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
     except Exception as e:
       raise self._corrupt_error(step, e) from None
-    return dict(restored["loop"])
+    return self._checked_loop(step, restored["loop"], loop_like)
+
+  def _checked_loop(self, step: int, loop, loop_like) -> dict[str, Any]:
+    loop = dict(loop) if isinstance(loop, dict) else {}
+    problems = records.check_like(loop, loop_like or {})
+    if problems:
+      raise self._corrupt_error(step, reason=(
+          f"has a damaged loop state (loop/metadata: {'; '.join(problems[:5])})"))
+    return loop
 
   def wait(self) -> None:
     try:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jaxtrain import records
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -41,23 +43,27 @@ class MetricsLog:
   """Appends one JSON object per logged step to WORKDIR/metrics.jsonl."""
 
   def __init__(self, workdir: Path, resume_step: int):
+    """Reads and checks the records so far (UserError if damaged); writes nothing
+    until the first record: a run refused after this leaves the file as it was."""
     self.path = Path(workdir) / METRICS_FILE
-    self._truncate_after(resume_step)
-    self._file = open(self.path, "a", encoding="utf-8")
+    self._kept = self._kept_until(resume_step)
+    self._file = None
 
-  def _truncate_after(self, step: int) -> None:
+  def _kept_until(self, step: int) -> list[str] | None:
     # Records past the restored checkpoint will be logged again by the resumed
     # run; dropping them keeps one record per step.
     if not self.path.exists():
-      return
-    kept = []
-    for line in self.path.read_text(encoding="utf-8").splitlines():
-      try:
-        if json.loads(line)["step"] <= step:
-          kept.append(line)
-      except (ValueError, KeyError):
-        continue  # A line cut short by a crash.
-    write_text_atomic(self.path, "".join(l + "\n" for l in kept))
+      return None
+    lines = records.read_lines(  # A torn last line (a crash mid-write) is dropped.
+        self.path, "restore it, or move it aside and rerun (the records from the resumed "
+        "step on then go to a new file)", required=("step",))
+    return [line for line, record in lines
+            if isinstance(record["step"], int) and record["step"] <= step]
+
+  def _open(self) -> None:
+    if self._kept is not None:
+      write_text_atomic(self.path, "".join(l + "\n" for l in self._kept))
+    self._file = open(self.path, "a", encoding="utf-8")
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     """Appends {"step", **values, "wall_time": seconds since the epoch (as TensorBoard's
@@ -65,6 +71,8 @@ class MetricsLog:
     record = {"step": step, **{k: json_safe(v) for k, v in values.items()},
               "wall_time": round(time.time(), 3)}
     try:
+      if self._file is None:
+        self._open()
       self._file.write(json.dumps(record) + "\n")
       self._file.flush()
     except OSError as e:
@@ -74,7 +82,8 @@ class MetricsLog:
                               "checkpoint") from None
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:

@@ -188,7 +188,7 @@ def _start(s: setup.Setup, prog: setup.Programs, ckpts, feed: "_Feed", acc, guar
 
   The latest checkpoint when there is one (with the data iterator's position);
   else a fresh state, with `init_from`'s arrays when set. Writes config.json
-  (refusing a resumed run whose config changed) and provenance.json.
+  (refusing a resumed run whose config changed).
   """
   c = s.config
   state = prog.create(s.train_data.sample_batch(), np.int32(c.seed))
@@ -200,7 +200,7 @@ def _start(s: setup.Setup, prog: setup.Programs, ckpts, feed: "_Feed", acc, guar
                               allow_config_change=allow_config_change)
   if latest is not None:
     restored, loop_state = ckpts.restore(latest, workdir_lib.bundle(state, acc, guard),
-                                         feed.iterator)
+                                         feed.iterator, loop_like=loop_state)
     state, acc, guard = restored["train_state"], restored["metric_sums"], restored["guard"]
     if allow_config_change:
       # Hyperparameters are state leaves: without this the resumed run would keep the
@@ -209,7 +209,6 @@ def _start(s: setup.Setup, prog: setup.Programs, ckpts, feed: "_Feed", acc, guar
           opt_state=optim.set_hparams(state.opt_state, optim.hparams_of(c.optim)),
           hparams={k: jnp.asarray(v, jnp.float32) for k, v in s.recipe.hparams.items()})
   state = jax.device_put(state, s.placement.state)  # Restored or transferred arrays: placed.
-  workdir_lib.write_provenance(workdir)
   return state, acc, guard, loop_state
 
 
@@ -271,6 +270,7 @@ class _Records:
         workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
         ["eval/accuracy", "eval/loss"])
     self.progress = null or writers.Progress(c.train.num_steps, start_step)
+    workdir_lib.write_provenance(workdir)  # Once metrics.jsonl read back was checked.
     self.throughput = throughput.Throughput(c.data.batch_size,
                                             c.throughput.peak_tflops_per_device)
     self._pending = None

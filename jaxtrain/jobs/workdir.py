@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors
+from jaxtrain import errors, records
 from jaxtrain.core import lora, metrics, state as state_lib, step
 from jaxtrain.io import checkpoint, provenance, writers
 from jaxtrain.jobs import cadence, setup
@@ -77,7 +77,9 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path, *,
   checkpoint exists, so a record is never replaced by a different run's."""
   path = workdir / "config.json"
   if path.exists():
-    old, new = json.loads(path.read_text()), json.loads(config.to_json())
+    fix = "it records the config this workdir was run with: restore it, or use a new --workdir"
+    old, new = records.read_object(path, fix), json.loads(config.to_json())
+    config_lib.from_snapshot(old, path, fix)  # Every value of the schema's type.
     if kind_of(old) != kind_of(new):
       raise errors.UserError(
           f"{workdir} holds a {kind_of(old)} (its config.json); this is a {kind_of(new)}: "

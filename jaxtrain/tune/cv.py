@@ -143,7 +143,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     orders = folds_lib.new_orders(folds.counts)
     step, last, train_sec = 0, [], 0.0
     if latest is not None:
-      restored, loop = ckpts.restore(latest, {"population": pop, "metric_sums": acc})
+      restored, loop = ckpts.restore(latest, {"population": pop, "metric_sums": acc},
+                                     loop_like={"step": 0, "last": [], "train_sec": 0.0})
       pop, acc = restored["population"], restored["metric_sums"]
       step, last, train_sec = loop["step"], loop["last"], loop["train_sec"]
 

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from jaxtrain import errors, records
 from jaxtrain.io import writers
 
 
@@ -33,21 +34,28 @@ class Lineage:
 
   def __init__(self, path: Path, keep: int):
     self.path = Path(path)
-    lines = []
-    if self.path.exists():
-      lines = [l for l in self.path.read_text(encoding="utf-8").splitlines() if l.strip()]
-    lines = lines[:keep]
-    writers.write_text_atomic(self.path, "".join(l + "\n" for l in lines))
-    self.count = len(lines)
-    self._file = open(self.path, "a", encoding="utf-8")
+    fix = ("the search replays it on resume: restore it, or start the search over in a new "
+           "--workdir")
+    lines = [line for line, _ in records.read_lines(self.path, fix, required=("event",))]
+    if len(lines) < keep:  # Deleted or cut: the replay would silently lose members' histories.
+      what = "is missing" if not self.path.exists() else f"holds {len(lines)} events"
+      raise errors.UserError(f"{self.path} {what}, but the checkpoint being resumed recorded "
+                             f"{keep}: {fix}")
+    self._kept = lines[:keep]
+    self.count = keep
+    self._file = None  # Rewritten at the first event: a refused run leaves it as it was.
 
   def write(self, **event: Any) -> None:
+    if self._file is None:
+      writers.write_text_atomic(self.path, "".join(l + "\n" for l in self._kept))
+      self._file = open(self.path, "a", encoding="utf-8")
     self._file.write(json.dumps(_clean(event)) + "\n")
     self._file.flush()
     self.count += 1
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
 
 
 def read(path: Path) -> list[dict[str, Any]]:

@@ -140,9 +140,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       async_save=c.checkpoint.async_save) as ckpts:
     latest = ckpts.latest_step()
     workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
-    workdir_lib.write_provenance(workdir)
-    study = strategies.open_study(c, tune_dir) if c.tune.strategy == "bayes" else None
-    loop = ckpts.restore_loop(latest) if latest is not None else _new_loop()
+    loop = ckpts.restore_loop(latest, _new_loop()) if latest is not None else _new_loop()
+    study = (strategies.open_study(c, tune_dir, loop["rounds"]) if c.tune.strategy == "bayes"
+             else None)
     if study is not None:  # Trials a killed run finished but did not tell.
       strategies.reconcile(study, loop, c.tune.metric)
     if loop["phases"] is None:
@@ -307,6 +307,7 @@ class _Records:
     self.lineage = lineage_lib.Lineage(workdir / "tune" / "lineage.jsonl",
                                        keep=loop["lineage_count"])
     self.log = writers.MetricsLog(workdir, loop["global_step"] if resumed else -1)
+    workdir_lib.write_provenance(workdir)  # Once the records read back were checked.
     self.tensorboard = writers.TensorBoard(
         workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
         [f"best/{c.tune.metric}"])

@@ -158,8 +158,11 @@ def summary(m: dict, phase: int, status: str) -> dict[str, Any]:
           "steps": (m["history"][-1][0] - m["created_step"]) if m["history"] else 0}
 
 
-def open_study(c, tune_dir: Path):
+def open_study(c, tune_dir: Path, rounds_done: int = 0):
   """The Optuna study of a Bayesian search (WORKDIR/tune/optuna.db), created or resumed.
+
+  `rounds_done`: rounds the checkpoint being resumed has asked; with rounds done the
+  study must exist (a new empty one would silently forget every trial told).
 
   The study optimises `tune.metric` itself, in its own direction: Optuna is told
   the metric's values (e.g. eval/loss, minimised), so `study.best_trial` is the
@@ -173,8 +176,22 @@ def open_study(c, tune_dir: Path):
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   direction = "maximize" if config_lib.mode_of(c.tune.metric) == "max" else "minimize"
   path = tune_dir / "optuna.db"
-  study = optuna.create_study(study_name="jaxtrain", storage=f"sqlite:///{path}",
-                              direction=direction, load_if_exists=True)
+  fix = ("it holds the trials of the rounds done: restore it, or start the search over in "
+         "a new --workdir")
+  if rounds_done and not path.is_file():
+    raise errors.UserError(f"{path} is missing, but the checkpoint being resumed has asked "
+                           f"{rounds_done} rounds of it: {fix}")
+  try:
+    study = optuna.create_study(study_name="jaxtrain", storage=f"sqlite:///{path}",
+                                direction=direction, load_if_exists=True)
+    told = len(study.get_trials(deepcopy=False))
+  except Exception as e:  # pylint: disable=broad-except
+    # SQLAlchemy and Optuna raise many types for a damaged database file.
+    raise errors.UserError(f"{path} cannot be read as an Optuna study ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:160]}): {fix}") from None
+  if rounds_done and not told:
+    raise errors.UserError(f"{path} holds no trials, but the checkpoint being resumed has "
+                           f"asked {rounds_done} rounds of it: {fix}")
   if study.direction.name.lower() != direction:
     raise errors.UserError(
         f"{path} holds a study that {study.direction.name.lower()}s {c.tune.metric}, but "
