@@ -11,7 +11,6 @@ that own them, all called from `jaxtrain.jobs.checks.validate`.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 from typing import Any

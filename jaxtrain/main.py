@@ -9,9 +9,12 @@ line on stderr with exit code 2.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 from jaxtrain import errors
+from jaxtrain.io import preemption
 from jaxtrain.parallel import distributed
 from jaxtrain.cli import HelpRequested, parse
 
@@ -28,12 +31,24 @@ def main(argv: list[str] | None = None) -> int:
     return e.exit_code
   # What Orbax and TFDS log, and what their threads raise, goes to WORKDIR/jaxtrain.log:
   # the terminal gets jaxtrain's progress lines and, on failure, one error line.
-  with errors.library_output_to_log(workdir):
+  with errors.library_output_to_log(workdir), preemption.early_interrupts():
     try:
       return _run(config, workdir, options)
     except errors.JaxtrainError as e:
       print(f"error: {e}", file=sys.stderr)
       return e.exit_code
+    except KeyboardInterrupt:  # Before training started or after it ended (else exit 75).
+      return _interrupted()
+    except Exception:  # pylint: disable=broad-except
+      if preemption.interrupted_early():  # A library turned the Ctrl-C into another error.
+        return _interrupted()
+      raise
+
+
+def _interrupted() -> int:
+  print("error: interrupted (Ctrl-C) outside the training loop; rerun the same command to "
+        "continue from the last checkpoint", file=sys.stderr)
+  return 128 + signal.SIGINT
 
 
 def _run(config, workdir, options) -> int:
@@ -44,6 +59,7 @@ def _run(config, workdir, options) -> int:
     from jaxtrain.jobs import checks  # pylint: disable=g-import-not-at-top
     checks.validate(config)
     compilation.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
+  preemption.check_early()  # A Ctrl-C during the imports above stops here.
   # Each entry point also validates (dataset splits too) before device work.
   if options["mode"] == "eval":
     from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
@@ -100,4 +116,12 @@ def _run(config, workdir, options) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  code = main()
+  if code == 128 + signal.SIGINT:
+    # Interrupted: leave without waiting for library threads whose work was cut
+    # short (jax's backend start-up warned from one after the error line). Every
+    # jaxtrain writer was closed as the interrupt unwound.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)

@@ -251,6 +251,16 @@ CASES = [
      ["data.classes=(3, 12)", "[12] not in digits", "0..9"]),
     ("negative_examples_per_class", [CONFIG, WORKDIR, "--config.data.examples_per_class=-1"],
      ["data.examples_per_class=-1 must be >= 0"]),
+    # Resources: states that cannot fit are refused before anything is allocated (a huge
+    # population worked silently for over an hour; a huge model hung).
+    ("population_too_large_for_memory", ["--config=configs/digits_pbt.py", WORKDIR,
+                                         "--config.tune.population_size=100000000"],
+     ["a population of 100000000 members needs at least", "GiB", "lower tune.population_size"]),
+    ("model_too_large_for_memory", [CONFIG, WORKDIR, "--config.model.hidden_sizes=(200000,200000)"],
+     ["this model needs at least", "choose a smaller model"]),
+    ("folds_too_large_for_memory", [CONFIG, WORKDIR, "--config.eval.cross_validation.folds=50",
+                                    "--config.model.hidden_sizes=(40000,40000)"],
+     ["cross-validation with 50 folds needs at least", "lower eval.cross_validation.folds"]),
 ]
 
 # Run as `python -m jaxtrain.main` too: whole stderr, start-up time included.
@@ -570,3 +580,69 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(stopped_runs, tmp_path):
   assert main.main(["jaxtrain", *SINGLE, f"--workdir={workdir}"]) == 0
   steps = [r["step"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
   assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+# --- Signals and leftovers.
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
+def test_ctrl_c_before_training_is_one_line_and_never_ignored(delay, tmp_path):
+  """Ctrl-C while jaxtrain imports and sets up: one line and exit 130 (or, once the
+  loop has started, a checkpoint and exit 75), never a traceback, an abort, or a run
+  that goes on. Raised inside jax's import, KeyboardInterrupt aborted the process
+  (a C++ 'terminate called'); swallowed by a library, the run completed."""
+  import signal
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, "-m", "jaxtrain.main", CONFIG, f"--workdir={workdir}",
+                           "--config.train.num_steps=5000", "--config.mesh.num_devices=1"],
+                          cwd=REPO, env=os.environ.copy(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  time.sleep(delay)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  lines = [l for l in err.splitlines() if not l.startswith("step ")]  # Progress lines.
+  assert proc.returncode in (130, 75), (proc.returncode, err[-2000:])
+  assert len(lines) == 1, err[-2000:]
+  want = "error: interrupted (Ctrl-C)" if proc.returncode == 130 else "preempted at step"
+  assert lines[0].startswith(want), lines[0]
+
+
+def test_a_killed_saves_temporary_directory_is_removed_by_the_next_writer(tmp_path, capsys):
+  """Two SIGTERMs close together killed the save the first one started; Orbax removes
+  a temporary step directory only when it saves that same step again."""
+  workdir = tmp_path / "run"
+  args = ["jaxtrain", CONFIG, f"--workdir={workdir}", "--config.train.num_steps=40",
+          "--config.checkpoint.every_steps=10", "--config.mesh.num_devices=1"]
+  assert main.main(args + ["--stop_after_steps=20"]) == 0
+  leftover = workdir / "checkpoints" / "25.orbax-checkpoint-tmp"  # A step never saved again.
+  (leftover / "state").mkdir(parents=True)
+  (leftover / "state" / "junk").write_bytes(b"x" * 1000)
+  assert main.main(args[:3] + ["--mode=eval"]) == 0  # A reader leaves it alone.
+  assert leftover.exists()
+  assert main.main(args) == 0  # The writer (it holds the workdir lock) removes it.
+  assert not leftover.exists()
+  names = [p.name for p in (workdir / "checkpoints").iterdir()]
+  assert "40" in names and not [n for n in names if "tmp" in n], names
+
+
+def test_eval_of_a_read_only_workdir_prints_the_result(tmp_path, capsys):
+  source = tmp_path / "source"
+  assert main.main(["jaxtrain", CONFIG, f"--workdir={source / 'run'}",
+                    "--config.train.num_steps=20", "--config.mesh.num_devices=1"]) == 0
+  mount = tmp_path / "ro"
+  mount.mkdir()
+  if subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(mount)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount read-only here")
+  try:
+    if os.access(mount, os.W_OK):
+      pytest.skip("the bind mount is writable here")
+    before = _tree_bytes(mount)
+    capsys.readouterr()
+    assert main.main(["jaxtrain", f"--workdir={mount / 'run'}", "--mode=eval"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["step"] == 20
+    err = out.err.splitlines()
+    assert len(err) == 1 and "is read-only: eval.json and report/ not written" in err[0], err
+    assert _tree_bytes(mount) == before
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)

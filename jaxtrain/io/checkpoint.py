@@ -43,7 +43,11 @@ class CheckpointError(errors.WriteError):
 class Checkpoints:
   """Saves and restores one run's checkpoints under `directory`."""
 
-  def __init__(self, directory: str | Path, *, keep: int, async_save: bool = True):
+  def __init__(self, directory: str | Path, *, keep: int, async_save: bool = True,
+               clean_up: bool = False):
+    """`clean_up`: the caller is the workdir's one writer (it holds its lock), so the
+    temporary directories of saves that a killed process left are removed now (a
+    second SIGTERM during the save of the first left one that nothing removed)."""
     import grain  # pylint: disable=g-import-not-at-top
     self.directory = Path(directory).absolute()
     policy = checkpoint_managers.AnyPreservationPolicy([
@@ -56,7 +60,8 @@ class Checkpoints:
     # step is still known, and kept, after a restart.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, best_fn=lambda m: m["score"], best_mode="max",
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=clean_up)
     # Handlers are named so that metadata (shapes, dtypes) can be read before
     # a restore, to compare against what this run expects.
     handlers = {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler(),

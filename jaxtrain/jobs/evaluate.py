@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,10 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
     result["weights"] = weights
   if not math.isfinite(result["eval/loss"]):  # Diverged parameters: every metric is NaN.
     result["diverged"] = True
+  if not os.access(workdir, os.W_OK):  # E.g. a finished run on a read-only mount.
+    print(f"warning: {workdir} is read-only: {record}{' and report/' if report else ''} not "
+          "written; the result is printed only", file=sys.stderr)
+    return result
   workdir_lib.write_json(workdir / record, result)
   if report:
     header = {"workdir": str(workdir), "step": run_.step, "checkpoint": run_.which,

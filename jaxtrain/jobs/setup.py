@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxtrain import models
+from jaxtrain import errors, models
 from jaxtrain.core import ema, lora, metrics, multistep, optim, state as state_lib, step
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import compilation
@@ -128,9 +128,53 @@ def build(config, *, data_pipeline: str | None = None, placement: bool = True) -
   r = recipe(c, info)
   placed = None
   if placement:  # Validates config.mesh against the devices and the batch size.
-    placed = sharding.Placement.for_run(
-        c, r.tx, jax.eval_shape(r.create, train_data.sample_batch(), RNG_SHAPE))
+    shapes = jax.eval_shape(r.create, train_data.sample_batch(), RNG_SHAPE)
+    check_memory(shapes, 1, train_data, "this model",
+                 "choose a smaller model (model.*), or run on more or larger devices")
+    placed = sharding.Placement.for_run(c, r.tx, shapes)
   return Setup(c, info, train_data, eval_inputs, eval_labels, r, placed)
+
+
+def _gib(n: float) -> str:
+  return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
+def memory_available() -> tuple[int | None, str]:
+  """(bytes, what) a run can hold: the local accelerators' memory together, or on CPU
+  the host's available RAM; (None, '') when neither can be read."""
+  devices = jax.local_devices()
+  if devices[0].platform != "cpu":
+    limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+    if all(limits):
+      return sum(limits), f"{len(devices)} x {devices[0].device_kind}"
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) * 1024, "this host's available RAM"
+  except (OSError, KeyError, ValueError):
+    return None, ""
+
+
+def check_memory(state_shapes, copies: int, train_data, what: str, fix: str) -> None:
+  """Refuses, before anything is allocated or compiled, a run whose states alone
+  (`copies` of `state_shapes`: parameters, optimizer state) plus the device-resident
+  data cannot fit. A lower bound (activations come on top): what it refuses cannot
+  run, where it went on allocating for an hour or hung.
+
+  Raises:
+    UserError: naming the sizes and `fix`.
+  """
+  per_copy = sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                 for x in jax.tree_util.tree_leaves(state_shapes))
+  data = sum(int(a.nbytes) for a in jax.tree_util.tree_leaves(
+      getattr(train_data, "arrays", None) or {}))  # Grain data: read as it goes.
+  need = per_copy * copies + data
+  have, where = memory_available()
+  if have is not None and need > have:
+    copies_text = f"{copies} x {_gib(per_copy)}" if copies > 1 else _gib(per_copy)
+    raise errors.UserError(
+        f"{what} needs at least {_gib(need)} (states {copies_text}, data {_gib(data)}) but "
+        f"{where} is {_gib(have)}; {fix}")
 
 
 @dataclasses.dataclass

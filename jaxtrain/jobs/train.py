@@ -20,7 +20,7 @@ import numpy as np
 from jaxtrain import config as config_lib
 from jaxtrain import errors
 from jaxtrain.core import lora, metrics, multistep, optim, state as state_lib
-from jaxtrain.io import checkpoint, compilation, preemption, profiling, throughput, writers
+from jaxtrain.io import compilation, preemption, profiling, throughput, writers
 from jaxtrain.jobs import cadence, checks, setup, transfer, workdir as workdir_lib
 from jaxtrain.parallel import distributed, sharding
 
@@ -57,8 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   eval_batches = [s.placement.eval_batch(b) for b in s.eval_batches()]
 
   # --- Start: the latest checkpoint, else init_from, else the fresh state.
-  with workdir_lib.lock(workdir), checkpoint.Checkpoints(  # One writer; closed on any exit.
-      workdir / "checkpoints", keep=c.checkpoint.keep, async_save=c.checkpoint.async_save) as ckpts:
+  with workdir_lib.lock(workdir), workdir_lib.checkpoints(workdir / "checkpoints", c) as ckpts:
     acc, guard, order, data_args = setup.initial_args(s)
     feed = _Feed(s, data_args)
     state, acc, guard, loop_state = _start(s, prog, ckpts, feed, acc, guard, workdir,

@@ -137,6 +137,13 @@ def lock(workdir: Path):
     held.release()
 
 
+def checkpoints(directory: Path, c: ml_collections.ConfigDict) -> checkpoint.Checkpoints:
+  """The checkpoints a run writes under `directory`, as the config sets them (opened
+  inside `lock`: the one writer removes what killed saves left)."""
+  return checkpoint.Checkpoints(directory, keep=c.checkpoint.keep,
+                                async_save=c.checkpoint.async_save, clean_up=True)
+
+
 def write_provenance(workdir: Path) -> None:
   """WORKDIR/provenance.json: what ran, where and from which code (process 0)."""
   if distributed.is_main():

@@ -32,7 +32,7 @@ import numpy as np
 from jaxtrain import errors
 from jaxtrain.core import metrics
 from jaxtrain.data import catalog, pipeline, subset
-from jaxtrain.io import checkpoint, preemption, writers
+from jaxtrain.io import preemption, writers
 from jaxtrain.jobs import cadence, checks, setup, transfer, workdir as workdir_lib
 from jaxtrain.tune import folds as folds_lib
 from jaxtrain.tune import population as pop_lib
@@ -130,13 +130,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   # --- Build: the training split on the device; folds are index sets into it.
   s = setup.build(c, data_pipeline="device", placement=False)
+  k = c.eval.cross_validation.folds or 1  # A holdout split trains one member.
+  setup.check_memory(s.recipe.shapes(s.train_data.sample_batch()), k, s.train_data,
+                     f"cross-validation with {k} folds",
+                     "lower eval.cross_validation.folds, or choose a smaller model")
   folds = _Folds(c, s.train_data)
   prog = _programs(s, folds)
 
   # --- Start: the latest checkpoint, else every fold from the same state (init_from's).
-  with workdir_lib.lock(workdir), checkpoint.Checkpoints(  # One writer; closed on any exit.
-      workdir / "checkpoints", keep=c.checkpoint.keep,
-      async_save=c.checkpoint.async_save) as ckpts:
+  # One writer; closed on any exit.
+  with workdir_lib.lock(workdir), workdir_lib.checkpoints(workdir / "checkpoints", c) as ckpts:
     latest = ckpts.latest_step()
     workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
     pop, acc = _initial_population(s, folds, prog, workdir)

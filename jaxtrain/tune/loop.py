@@ -25,7 +25,7 @@ import numpy as np
 from jaxtrain import config as config_lib
 from jaxtrain import errors
 from jaxtrain.data import catalog
-from jaxtrain.io import checkpoint, compilation, preemption, writers
+from jaxtrain.io import compilation, preemption, writers
 from jaxtrain.jobs import cadence, checks, evaluate, setup, transfer, workdir as workdir_lib
 from jaxtrain.tune import export, strategies
 from jaxtrain.tune import lineage as lineage_lib
@@ -132,12 +132,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   # --- Build: the data, on the device (each member gathers its own batches in jit).
   s = setup.build(c, data_pipeline="device", placement=False)
+  phase_lib.check_memory(c, s)  # Before any member is allocated.
   eval_batches = [jax.device_put(b) for b in s.eval_batches()]
 
   # --- Start: the loop state of the latest checkpoint, else a plan of phases.
-  with workdir_lib.lock(workdir), checkpoint.Checkpoints(  # One writer; closed on any exit.
-      tune_dir / "checkpoints", keep=c.checkpoint.keep,
-      async_save=c.checkpoint.async_save) as ckpts:
+  # One writer; closed on any exit.
+  with workdir_lib.lock(workdir), workdir_lib.checkpoints(tune_dir / "checkpoints", c) as ckpts:
     latest = ckpts.latest_step()
     workdir_lib.snapshot_config(c, workdir, resuming=latest is not None)
     loop = ckpts.restore_loop(latest, _new_loop()) if latest is not None else _new_loop()

@@ -48,6 +48,16 @@ def check_init_from(config, settings: dict[str, Any], info, sample_batch) -> dic
   return transfer.load(c.init_from, shapes.params, shapes.model_state, read=False)[1]
 
 
+def check_memory(config, s: setup.Setup) -> None:
+  """Refuses a population whose states cannot fit, before any is allocated:
+  tune.population_size members of the config's model (a searched static key may
+  give a phase another model; this is a lower bound, as setup.check_memory says)."""
+  n = config.tune.population_size
+  setup.check_memory(s.recipe.shapes(s.train_data.sample_batch()), n, s.train_data,
+                     f"a population of {n} members",
+                     "lower tune.population_size, or choose a smaller model")
+
+
 def steps_per_call(config, model_name: str) -> int:
   """Population steps per dispatch: tune.steps_per_call, or with 0 (auto) the whole
   evaluation interval in one rolled `lax.scan` (one dispatch per interval instead of
