@@ -78,8 +78,11 @@ def parse(argv: list[str]):
     raise errors.UserError("--config is required, e.g. --config=configs/digits_mlp.py")
   if not fv.workdir:
     raise errors.UserError("--workdir is required, e.g. --workdir=runs/digits_mlp")
+  if fv.start_over and fv.mode != "train":
+    raise errors.UserError(f"--start_over starts a new run; it does not go with --mode={fv.mode}")
   return fv.config, fv.workdir, {"mode": fv.mode, "stop_after_steps": fv.stop_after_steps,
                                  "allow_config_change": fv.allow_config_change,
+                                 "start_over": fv.start_over,
                                  "distributed": (fv.coordinator_address, fv.num_processes,
                                                  fv.process_id),
                                  "step": _step_choice(fv.step)}
@@ -99,6 +102,9 @@ def _flags(argv: list[str] | None = None) -> flags.FlagValues:
                       "(default) or 'best' (by checkpoint.best_metric).", flag_values=fv)
   flags.DEFINE_bool("allow_config_change", False, "Resume even if the config differs "
                     "from WORKDIR/config.json.", flag_values=fv)
+  flags.DEFINE_bool("start_over", False, "Move a used --workdir aside (renamed "
+                    "WORKDIR.old-DATE-TIME, nothing deleted) and start a new run there.",
+                    flag_values=fv)
   # Multi-host (jaxtrain/parallel/distributed.py); a TPU pod slice needs none of these.
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a "
                       "multi-process run.", flag_values=fv)

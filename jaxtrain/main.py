@@ -13,6 +13,20 @@ import os
 import signal
 import sys
 
+INTERRUPTED = ("error: interrupted (Ctrl-C) outside the training loop; rerun the same command "
+               "to continue from the last checkpoint")
+
+
+def _exit_interrupted(signum, frame):
+  del signum, frame
+  print(INTERRUPTED, file=sys.stderr, flush=True)
+  os._exit(128 + signal.SIGINT)  # Nothing is written yet: nothing to unwind.
+
+
+if __name__ == "__main__":  # Ctrl-C while the modules below load: one line, no traceback.
+  signal.signal(signal.SIGINT, _exit_interrupted)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxtrain import errors
 from jaxtrain.io import preemption
 from jaxtrain.parallel import distributed
@@ -21,6 +35,11 @@ from jaxtrain.cli import HelpRequested, parse
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv if argv is None else argv
+  with preemption.early_interrupts():
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
   try:
     config, workdir, options = parse(argv)
   except HelpRequested as e:
@@ -29,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
   except errors.JaxtrainError as e:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code
+  except KeyboardInterrupt:
+    return _interrupted()
   # What Orbax and TFDS log, and what their threads raise, goes to WORKDIR/jaxtrain.log:
   # the terminal gets jaxtrain's progress lines and, on failure, one error line.
-  with errors.library_output_to_log(workdir), preemption.early_interrupts():
+  with errors.library_output_to_log(workdir):
     try:
       return _run(config, workdir, options)
     except errors.JaxtrainError as e:
@@ -46,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interrupted() -> int:
-  print("error: interrupted (Ctrl-C) outside the training loop; rerun the same command to "
-        "continue from the last checkpoint", file=sys.stderr)
+  print(INTERRUPTED, file=sys.stderr)
   return 128 + signal.SIGINT
 
 
@@ -60,6 +80,11 @@ def _run(config, workdir, options) -> int:
     checks.validate(config)
     compilation.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
   preemption.check_early()  # A Ctrl-C during the imports above stops here.
+  if options["start_over"]:  # After every check of the config: a refused run moves nothing.
+    from jaxtrain.jobs import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    moved = workdir_lib.move_aside(workdir)
+    if moved is not None:
+      print(f"moved the old contents of {workdir} to {moved}", file=sys.stderr)
   # Each entry point also validates (dataset splits too) before device work.
   if options["mode"] == "eval":
     from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
@@ -117,6 +142,7 @@ def _run(config, workdir, options) -> int:
 
 if __name__ == "__main__":
   code = main()
+  signal.signal(signal.SIGINT, signal.SIG_DFL)  # Done: a late Ctrl-C just ends the process.
   if code == 128 + signal.SIGINT:
     # Interrupted: leave without waiting for library threads whose work was cut
     # short (jax's backend start-up warned from one after the error line). Every

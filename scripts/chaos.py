@@ -5,6 +5,8 @@
   # Synchronous saves, every kill right after a commit:
   python scripts/chaos.py --kills=8 --save_fraction=0 --commit_fraction=1 \
     --override=--config.checkpoint.async_save=False
+  # Damaged files, two writers, signals at awkward moments (scripts/chaos_cases.py):
+  JAXTRAIN_DATA_DIR=/tmp/tfdsdata python scripts/chaos.py --mode=cases --out=chaos_cases.json
 
 Runs a small job (`python -m jaxtrain.main ...`, see MODES) once uninterrupted
 as the reference, then again in a fresh workdir, SIGKILLing it `--kills` times
@@ -358,7 +360,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n", 2)[2])
-  p.add_argument("--mode", choices=sorted(MODES), default="train")
+  p.add_argument("--mode", choices=sorted([*MODES, "cases"]), default="train",
+                 help="train or tune: kill and resume; cases: damaged files, two writers "
+                      "and signals (scripts/chaos_cases.py)")
   p.add_argument("--kills", type=int, default=20, help="SIGKILLs to deliver (default 20)")
   p.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
   p.add_argument("--save_fraction", type=float, default=0.6,
@@ -377,6 +381,11 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   # SIGTERM unwinds like Ctrl-C, so the running child is killed on the way out.
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+  if args.mode == "cases":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import chaos_cases  # pylint: disable=g-import-not-at-top
+    return chaos_cases.run_cases(args.seed, args.workdir, args.out)
 
   mode = MODES[args.mode]
   base = Path(args.workdir or tempfile.mkdtemp(prefix=f"chaos_{args.mode}_")).absolute()

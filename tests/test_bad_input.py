@@ -646,3 +646,28 @@ def test_eval_of_a_read_only_workdir_prints_the_result(tmp_path, capsys):
     assert _tree_bytes(mount) == before
   finally:
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_start_over_moves_the_old_workdir_aside_and_only_when_the_run_can_start(tmp_path,
+                                                                                capsys):
+  workdir = tmp_path / "run"
+  single = ["jaxtrain", CONFIG, f"--workdir={workdir}", "--config.train.num_steps=20",
+            "--config.mesh.num_devices=1"]
+  assert main.main(single) == 0
+  before = _tree_bytes(workdir)
+  capsys.readouterr()
+  # A bad config is refused before anything moves.
+  assert main.main(single + ["--start_over", "--config.optim.learning_rate=-1"]) == 2
+  assert [p.name for p in tmp_path.iterdir()] == ["run"] and _tree_bytes(workdir) == before
+  # Another kind of run: refused without the flag, started afresh with it.
+  search = ["jaxtrain", "--config=configs/digits_pbt.py", f"--workdir={workdir}",
+            "--config.train.num_steps=100", "--config.tune.population_size=2"]
+  assert main.main(search) == 2
+  assert "pass --start_over" in capsys.readouterr().err
+  assert main.main(search + ["--start_over"]) == 0
+  err = capsys.readouterr().err
+  old = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+  assert len(old) == 1 and f"moved the old contents of {workdir} to {old[0]}" in err
+  assert _tree_bytes(old[0]) == before  # The old run, whole.
+  assert json.loads((workdir / "config.json").read_text())["tune"]["strategy"] == "pbt"
+  assert main.main(["jaxtrain", f"--workdir={workdir}", "--mode=eval", "--start_over"]) == 2

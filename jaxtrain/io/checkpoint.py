@@ -280,6 +280,8 @@ def verify(step_dir: Path, restored, prefix: str = "") -> list[str]:
 
 
 def damaged_text(paths: list[str]) -> str:
+  if paths and paths[0].startswith(f"{CHECKSUMS} file "):
+    return (f"is damaged: its {paths[0]}, so its arrays cannot be verified")
   shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
   return f"is damaged: array bytes differ from the checksums written at save time ({shown})"
 

@@ -55,6 +55,28 @@ def prepare(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   return path
 
 
+def move_aside(workdir: str | Path) -> Path | None:
+  """--start_over: renames a used `workdir` to WORKDIR.old-YYYYmmdd-HHMMSS beside it (so a
+  new run starts empty and nothing of the old one is lost); returns the new name, or
+  None when there was nothing to move. Refused while another process writes there.
+  """
+  path = Path(workdir).expanduser()
+  if not path.is_dir() or not any(path.iterdir()):
+    return None
+  if jax.process_count() > 1:
+    raise errors.UserError("--start_over moves the workdir of a single process only; move "
+                           f"{path} aside by hand, then start every process")
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  target = path.with_name(f"{path.name}.old-{stamp}")
+  with lock(path):  # Not under a running process's feet.
+    try:
+      path.rename(target)
+    except OSError as e:
+      raise errors.UserError(f"--start_over cannot move {path} to {target} ({e.strerror}); "
+                             "move it aside by hand") from None
+  return target
+
+
 def config_json(config: ml_collections.ConfigDict) -> str:
   """The config snapshot's text: every key, sorted, as WORKDIR/config.json holds it."""
   return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n"
@@ -83,13 +105,13 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path, *,
     if kind_of(old) != kind_of(new):
       raise errors.UserError(
           f"{workdir} holds a {kind_of(old)} (its config.json); this is a {kind_of(new)}: "
-          "use a new --workdir, or move that one aside to start over")
+          "use a new --workdir, or pass --start_over to move that one aside")
     diff = config_lib.differences(old, new)
     if diff and not allow_config_change:
       raise errors.UserError(
           f"{workdir} holds a run with a different config (keys: {', '.join(diff)}); "
-          "use a new --workdir (or, for a single run, pass --allow_config_change to resume "
-          "with the new values)")
+          "use a new --workdir, pass --start_over to move that one aside, or (a single run) "
+          "pass --allow_config_change to resume with the new values")
 
 
 def snapshot_config(config: ml_collections.ConfigDict, workdir: Path, *, resuming: bool,
