@@ -97,7 +97,11 @@ def _run(config, workdir, options) -> int:
     return 0
   if options["mode"] == "compile":  # Compile the train step, report memory and FLOPs.
     from jaxtrain.jobs import compile as compile_lib  # pylint: disable=g-import-not-at-top
-    report = compile_lib.run(config, workdir)
+    if config.tune.strategy != "none":  # The population's program, not one member's.
+      from jaxtrain.tune import loop as tune_loop  # pylint: disable=g-import-not-at-top
+      report = tune_loop.compile_report(config)
+    else:
+      report = compile_lib.run(config, workdir)
     print(compile_lib.format_report(report), file=sys.stderr)
     print(json.dumps(report), file=sys.stdout)
     return 0

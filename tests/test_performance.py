@@ -165,6 +165,25 @@ def test_compile_mode_reports_memory_and_flops(tmp_path, capsys):
   assert "needs" in err and "compile.device_memory_gb=0.001" in err and "data.batch_size" in err
 
 
+
+def test_compile_mode_of_a_search_reports_the_whole_population(tmp_path, capsys):
+  """It reported one member's single-run step; the population's program holds every
+  member's state, so its arguments grow by one state per member."""
+  arguments = {}
+  for n in (2, 4, 8):
+    assert main.main(["jaxtrain.main", "--config=configs/digits_pbt.py",
+                      f"--workdir={tmp_path}/run", "--mode=compile",
+                      f"--config.tune.population_size={n}",
+                      "--config.mesh.num_devices=1"]) == 0  # All on one device.
+    report = json.loads(capsys.readouterr().out)
+    assert report["population"] == n and report["execution"] == "vmap"
+    arguments[n] = report["programs"]["train_step"]["memory_bytes"]["arguments"]
+  per_member = (arguments[4] - arguments[2]) / 2
+  assert arguments[8] - arguments[4] == 4 * per_member  # Linear in the members.
+  # At least one member's parameters and Adam moments (MLP 64-256-256-10: 85k floats).
+  assert per_member >= 3 * 85_000 * 4
+  assert not (tmp_path / "run").exists()
+
 def test_compilation_cache_dir(tmp_path):
   before = jax.config.jax_compilation_cache_dir
   min_secs = jax.config.jax_persistent_cache_min_compile_time_secs

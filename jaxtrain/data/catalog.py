@@ -9,8 +9,10 @@ run time. Every failure becomes one `UserError` line that says what to do.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import io
 import os
 from pathlib import Path
 
@@ -102,8 +104,11 @@ def open_split(name: str, split: str, data_dir: str = ""):
       raise errors.UserError(f"data.data_dir={data_dir!r} cannot be created ({e.strerror}); "
                              "set data.data_dir to a writable directory") from None
     tfds.disable_progress_bar()  # The data is small; a bar per split is noise.
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    # TFDS prints "Downloading and preparing dataset ..." to stdout, where --mode=eval
+    # and --mode=compile print their JSON: a first run's output did not parse.
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   file_format = builder.info.file_format
   if file_format is not None and getattr(file_format, "value", file_format) != "array_record":
     raise errors.UserError(

@@ -63,6 +63,10 @@ def format_report(result: dict[str, Any]) -> str:
   def gb(n):
     return "unknown" if n is None else f"{n / 1e9:.4g} GB"
   lines = []
+  if "population" in result:  # A tuning config (jaxtrain.tune.loop.compile_report).
+    lines.append(f"population: {result['population']} members in one program "
+                 f"(execution={result['execution']}), {result['steps_per_call']} steps per "
+                 "dispatch: memory and FLOPs are the whole population's, per dispatch")
   for name, p in result["programs"].items():
     m = p["memory_bytes"] or {}
     lines.append(f"{name}: memory per device {gb(m.get('total'))} (arguments "

@@ -65,6 +65,7 @@ class HostLoop:
       return member_fn(*args)
 
     self._step = jax.jit(traced, donate_argnums=(0, 1, 2))
+    self.member_step = self._step  # (pop, acc, orders, member index, data, data_keys)
     # Index arrays made once: a fresh host scalar per call would cost a transfer.
     self._indices: list[jax.Array] = []
 

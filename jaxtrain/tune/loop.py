@@ -415,3 +415,31 @@ def _result(c, loop, compiles, executions, wall_sec) -> dict[str, Any]:
       "train_time_sec": loop["elapsed_sec"],
       "wall_time_sec": wall_sec,
   }
+
+
+
+def compile_report(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`--mode=compile` of a tuning config: the memory and FLOPs of the program that trains
+  the largest planned phase -- every member in one dispatch (or, with
+  tune.execution=map, the member step that takes the whole population) -- not one
+  member's single-run step. Nothing is allocated, trained or written.
+
+  Raises:
+    UserError: a bad config, a population that cannot fit (before compiling), or a
+      program that needs more memory per device than the device has.
+  """
+  from jaxtrain.jobs import compile as compile_lib  # pylint: disable=g-import-not-at-top
+  dims = validate(config)
+  c = config
+  compilation.enable_cache(c.compile.cache_dir)
+  s = setup.build(c, data_pipeline="device", placement=False)
+  phase_lib.check_memory(c, s)
+  # Bayesian rounds are asked at run time; a sample of the space stands in for one.
+  settings = max(_plan_initial(c, dims, strategies.rng_for(c.seed, 0)), key=len)
+  phase = Phase(c, settings[0], s.info, s.train_data, [], [d for d in dims if d.dynamic],
+                len(settings))
+  fn, args = phase.train_program([{"id": i, "settings": st} for i, st in enumerate(settings)])
+  result = compile_lib.report(c, {"train_step": (fn, args)})
+  result.update(population=len(settings), execution=phase.execution,
+                steps_per_call=phase.steps_per_call)
+  return result

@@ -169,6 +169,20 @@ class Phase:
     self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
     return self._put(pop), self._put(metrics.new_sums((len(members),)))
 
+  def train_program(self, members):
+    """(jitted train function, abstract arguments) of one dispatch for `members`, as
+    `train` would call it: what --mode=compile compiles (nothing is allocated)."""
+    n = len(members)
+    ids = np.asarray([m["id"] for m in members], np.int32)
+    pop, data_keys = jax.eval_shape(self._init, np.int32(self.seed), ids,
+                                    self.dynamic_values(members), self.init_copies)
+    acc = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, metrics.new_sums((n,))))
+    orders = jax.eval_shape(lambda: pipeline.new_epoch_order(self.num_examples, (n,)))
+    if self._host_loop is None:
+      return self._train, (pop, acc, orders, None, self.data, data_keys)
+    index = jax.ShapeDtypeStruct((), jnp.int32)  # The member step takes the whole population.
+    return self._host_loop.member_step, (pop, acc, orders, index, self.data, data_keys)
+
   def fresh_sums(self, size: int):
     """Zero metric sums for `size` members, placed like the population."""
     return self._put(metrics.new_sums((size,)))
