@@ -97,6 +97,8 @@ class LibraryLog:
         else:
           self.path = Path(tempfile.gettempdir()) / f"jaxtrain-{os.getpid()}.log"
       try:
+        from jaxtrain import redact  # pylint: disable=g-import-not-at-top
+        text = redact.text(text)  # Libraries log URLs (storage, data) as they are given.
         with open(self.path, "a", encoding="utf-8") as f:
           f.write(text if text.endswith("\n") else text + "\n")
       except OSError:

@@ -27,7 +27,7 @@ if __name__ == "__main__":  # Ctrl-C while the modules below load: one line, no 
   signal.signal(signal.SIGINT, _exit_interrupted)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxtrain import errors
+from jaxtrain import errors, redact
 from jaxtrain.io import preemption
 from jaxtrain.parallel import distributed
 from jaxtrain.cli import HelpRequested, parse
@@ -46,7 +46,7 @@ def _main(argv: list[str]) -> int:
     print(e, end="", file=sys.stdout)
     return 0
   except errors.JaxtrainError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {redact.text(str(e))}", file=sys.stderr)
     return e.exit_code
   except KeyboardInterrupt:
     return _interrupted()
@@ -56,7 +56,7 @@ def _main(argv: list[str]) -> int:
     try:
       return _run(config, workdir, options)
     except errors.JaxtrainError as e:
-      print(f"error: {e}", file=sys.stderr)
+      print(f"error: {redact.text(str(e))}", file=sys.stderr)
       return e.exit_code
     except KeyboardInterrupt:  # Before training started or after it ended (else exit 75).
       return _interrupted()

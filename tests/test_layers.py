@@ -22,6 +22,7 @@ LAYERS = {
     "jaxtrain.errors": 0,
     "jaxtrain.config": 0,
     "jaxtrain.records": 0,
+    "jaxtrain.redact": 0,
     "jaxtrain.core": 1,
     "jaxtrain.models": 1,
     "jaxtrain.data": 1,

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jaxtrain import redact
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
             "grain", "tensorboardX", "ml-collections", "numpy", "jaxtrain")
 
@@ -35,7 +37,7 @@ def collect() -> dict[str, Any]:
     except importlib.metadata.PackageNotFoundError:
       versions[name] = None
   return {
-      "command_line": sys.argv,
+      "command_line": redact.argv(sys.argv),
       "cwd": str(Path.cwd()),
       "git_commit": git_commit(Path(__file__).resolve().parent.parent),
       "python": sys.version.split()[0],

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxtrain import records
+from jaxtrain import records, redact
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -167,6 +167,7 @@ def hparams_for_tensorboard(flat_config: dict[str, Any]) -> dict[str, Any]:
   """Config leaves as TensorBoard hparams values (str, float, bool)."""
   out = {}
   for k, v in flat_config.items():
+    v = redact.value(k, v)
     out[k] = v if isinstance(v, (bool, int, float, str)) else str(v)
   return out
 

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors, records
+from jaxtrain import errors, records, redact
 from jaxtrain.core import lora, metrics, state as state_lib, step
 from jaxtrain.io import checkpoint, provenance, writers
 from jaxtrain.jobs import cadence, setup
@@ -79,7 +79,9 @@ def move_aside(workdir: str | Path) -> Path | None:
 
 def config_json(config: ml_collections.ConfigDict) -> str:
   """The config snapshot's text: every key, sorted, as WORKDIR/config.json holds it."""
-  return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n"
+  # Credentials never reach the record (jaxtrain/redact.py); a resume compares redacted
+  # with redacted and takes the secret from its command line again.
+  return json.dumps(redact.tree(json.loads(config.to_json())), indent=2, sort_keys=True) + "\n"
 
 
 def kind_of(config: dict) -> str:
@@ -100,7 +102,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path, *,
   path = workdir / "config.json"
   if path.exists():
     fix = "it records the config this workdir was run with: restore it, or use a new --workdir"
-    old, new = records.read_object(path, fix), json.loads(config.to_json())
+    old, new = records.read_object(path, fix), redact.tree(json.loads(config.to_json()))
     config_lib.from_snapshot(old, path, fix)  # Every value of the schema's type.
     if kind_of(old) != kind_of(new):
       raise errors.UserError(

@@ -1,0 +1,77 @@
+"""One rule for credentials, used by everything jaxtrain writes or prints.
+
+config.json, provenance.json (the command line), TensorBoard hparams, error lines
+and WORKDIR/jaxtrain.log are copied, shared and uploaded; a password or token in
+them is leaked. Whatever is written goes through this module first:
+
+- the password of a URL's userinfo: `postgresql://user:PASSWORD@host/db` ->
+  `postgresql://user:***@host/db`;
+- the value of a key whose last component names a credential (password, passwd,
+  secret, token, api_key/apikey, credential(s), access_key, secret_key, private_key).
+
+Redacted values are never read back as values: a resume compares redacted with
+redacted, and the secret comes again from where the user keeps it (the command line,
+the environment).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+MASK = "***"
+_CREDENTIAL = re.compile(
+    r"(^|[_.-])(password|passwd|secret|token|api_?key|credentials?|access_?key|secret_?key|"
+    r"private_?key)$", re.IGNORECASE)
+# scheme://user:password@ -- the user name stays (it says whose), the password goes.
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*:)([^\s/@]+)(@)")
+
+
+def is_credential_key(key: str) -> bool:
+  """Whether a (dotted) key's last component names a credential."""
+  return bool(_CREDENTIAL.search(str(key).rsplit(".", 1)[-1]))
+
+
+def text(s: str) -> str:
+  """`s` with every URL password replaced by ***."""
+  return _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), s)
+
+
+def value(key: str, v: Any) -> Any:
+  """`v` as it may be written under `key`."""
+  if is_credential_key(key) and v not in (None, "", MASK):
+    return MASK
+  if isinstance(v, str):
+    return text(v)
+  if isinstance(v, (list, tuple)):
+    return type(v)(value(key, x) for x in v)
+  if isinstance(v, dict):
+    return tree(v, key)
+  return v
+
+
+def tree(record: dict, prefix: str = "") -> dict:
+  """A nested dict (a config as JSON) with every credential redacted."""
+  return {k: value(f"{prefix}.{k}" if prefix else k, v) for k, v in record.items()}
+
+
+def argv(args: list[str]) -> list[str]:
+  """A command line with credentials redacted: `--config.x.token=V` and
+  `--config.x.token V` lose V, and every URL its password."""
+  out, mask_next = [], False
+  for arg in args:
+    if mask_next:
+      out.append(MASK)
+      mask_next = False
+      continue
+    name, eq, val = arg.partition("=")
+    flag = name.lstrip("-")
+    if arg.startswith("-") and is_credential_key(flag):
+      if eq:
+        out.append(f"{name}={MASK}")
+      else:
+        out.append(arg)
+        mask_next = True
+      continue
+    out.append(text(arg))
+  return out
