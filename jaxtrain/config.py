@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxtrain import errors, records
+from jaxtrain import errors, records, redact
 
 # Metrics that early stopping and best-checkpoint selection may rank by (they
 # are computed at every evaluation), with the direction that counts as better.
@@ -336,6 +336,13 @@ def with_settings(config: ml_collections.ConfigDict, settings: dict[str, Any]):
   with out.unlocked():
     set_flat(out, settings)
   return out
+
+
+def check_references(config: ml_collections.ConfigDict) -> None:
+  """Every 'env:'/'file:' value resolves (before anything is compiled)."""
+  for key, value in flatten(config).items():
+    if not key.startswith("tune.space."):
+      redact.resolve(key, value)
 
 
 def load_snapshot(workdir: str | Path) -> ml_collections.ConfigDict:

@@ -84,8 +84,9 @@ class LibraryLog:
   itself: a run refused before it made its workdir leaves none; the text then goes
   to a file in the system's temporary folder)."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, clean=lambda text: text):
     self.workdir = Path(workdir) if workdir is not None else None
+    self.clean = clean  # main passes redact.text: no password reaches the file.
     self.path: Path | None = None
     self._lock = threading.Lock()
 
@@ -97,8 +98,7 @@ class LibraryLog:
         else:
           self.path = Path(tempfile.gettempdir()) / f"jaxtrain-{os.getpid()}.log"
       try:
-        from jaxtrain import redact  # pylint: disable=g-import-not-at-top
-        text = redact.text(text)  # Libraries log URLs (storage, data) as they are given.
+        text = self.clean(text)  # Libraries log URLs (storage, data) as they are given.
         with open(self.path, "a", encoding="utf-8") as f:
           f.write(text if text.endswith("\n") else text + "\n")
       except OSError:
@@ -120,7 +120,7 @@ class _LogHandler(logging.Handler):
 
 
 @contextlib.contextmanager
-def library_output_to_log(workdir):
+def library_output_to_log(workdir, clean=lambda text: text):
   """While a job runs, what the libraries log (absl: Orbax, TFDS) and what their
   own threads raise goes to WORKDIR/jaxtrain.log instead of the terminal.
 
@@ -129,7 +129,7 @@ def library_output_to_log(workdir):
   the one line that says what happened (the failure itself reaches the main thread,
   which reports it). Yields the log, so that the error line can point at it.
   """
-  log = LibraryLog(workdir)
+  log = LibraryLog(workdir, clean)
   absl = logging.getLogger("absl")
   handler = _LogHandler(log)
   saved = absl.propagate, threading.excepthook, sys.unraisablehook

@@ -52,7 +52,7 @@ def _main(argv: list[str]) -> int:
     return _interrupted()
   # What Orbax and TFDS log, and what their threads raise, goes to WORKDIR/jaxtrain.log:
   # the terminal gets jaxtrain's progress lines and, on failure, one error line.
-  with errors.library_output_to_log(workdir):
+  with errors.library_output_to_log(workdir, clean=redact.text):
     try:
       return _run(config, workdir, options)
     except errors.JaxtrainError as e:

@@ -16,8 +16,12 @@ the environment).
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
+
+from jaxtrain import errors
 
 MASK = "***"
 _CREDENTIAL = re.compile(
@@ -75,3 +79,34 @@ def argv(args: list[str]) -> list[str]:
       continue
     out.append(text(arg))
   return out
+
+
+def resolve(key: str, value: Any) -> Any:
+  """A string value given by reference: 'env:NAME' is the environment variable NAME,
+  'file:PATH' the text of that file (stripped); anything else is itself.
+
+  For secrets (a storage or data URL with a password): the config, config.json and
+  every record keep the reference, never the secret, and a rerun or --mode=eval reads
+  it again from where it is kept. (`file://...` is a URL, not a reference.)
+
+  Raises:
+    UserError: the variable is not set or the file cannot be read (naming `key`).
+  """
+  if not isinstance(value, str):
+    return value
+  if value.startswith("env:"):
+    name = value[len("env:"):]
+    if not name or name not in os.environ:
+      raise errors.UserError(f"{key}={value!r}: the environment variable {name or '(empty)'} "
+                             f"is not set; export {name or 'NAME'}=... before the run, or give "
+                             "the value itself")
+    return os.environ[name]
+  if value.startswith("file:") and not value.startswith("file://"):
+    path = Path(value[len("file:"):]).expanduser()
+    try:
+      return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+      raise errors.UserError(f"{key}={value!r}: cannot read {path} "
+                             f"({getattr(e, 'strerror', None) or type(e).__name__}); give a "
+                             "readable file, or the value itself") from None
+  return value

@@ -74,7 +74,7 @@ def test_every_writer_masks_what_a_config_holds(tmp_path, monkeypatch):
   assert hparams["data.data_dir"] == "gs://reader:***@bucket/tfds"
   monkeypatch.setattr("sys.argv", ["jaxtrain", f"--config.data.data_dir={url}"])
   assert SECRET not in json.dumps(provenance.collect())
-  errors.LibraryLog(workdir).write(f"WARNING opening {url} failed")
+  errors.LibraryLog(workdir, redact.text).write(f"WARNING opening {url} failed")
   assert SECRET not in (workdir / "jaxtrain.log").read_text()
 
 
@@ -85,3 +85,39 @@ def test_an_error_line_does_not_quote_a_password(tmp_path, capsys):
   err = capsys.readouterr().err
   assert code == 2 and len(err.splitlines()) == 1, err
   assert SECRET not in err and "https://u:***@host/run" in err
+
+
+def test_a_value_given_by_reference_is_read_at_run_time_and_recorded_as_the_reference(
+    tmp_path, capsys, monkeypatch, data_dir):
+  """'env:NAME' / 'file:PATH' keep a secret (here the data directory stands in for a
+  storage URL) off the command line and out of every record; resume and --mode=eval
+  read it again, and a missing one is one line naming the variable."""
+  monkeypatch.setenv("JAXTRAIN_TEST_DATA", data_dir)
+  workdir = tmp_path / "run"
+  args = ["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={workdir}",
+          "--config.data.data_dir=env:JAXTRAIN_TEST_DATA", "--config.train.num_steps=20",
+          "--config.train.eval_every_steps=10", "--config.checkpoint.every_steps=10",
+          "--config.mesh.num_devices=1"]
+  assert main.main(args + ["--stop_after_steps=10"]) == 0
+  assert main.main(args) == 0  # Resumes.
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["data"]["data_dir"] == "env:JAXTRAIN_TEST_DATA"
+  assert main.main(["jaxtrain", f"--workdir={workdir}", "--mode=eval"]) == 0  # Read again.
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  capsys.readouterr()
+  monkeypatch.delenv("JAXTRAIN_TEST_DATA")
+  for argv in (args, ["jaxtrain", f"--workdir={workdir}", "--mode=eval"]):
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "data.data_dir='env:JAXTRAIN_TEST_DATA'" in err[0], err
+    assert "the environment variable JAXTRAIN_TEST_DATA is not set" in err[0]
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+  # From a file: its text, stripped.
+  (tmp_path / "data_dir.txt").write_text(data_dir + "\n")
+  other = tmp_path / "other"
+  assert main.main(["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={other}",
+                    f"--config.data.data_dir=file:{tmp_path / 'data_dir.txt'}",
+                    "--config.train.num_steps=10", "--config.mesh.num_devices=1"]) == 0
+  assert json.loads((other / "config.json").read_text())["data"]["data_dir"].startswith("file:")
+  assert main.main(["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={tmp_path / 'x'}",
+                    f"--config.data.data_dir=file:{tmp_path / 'missing.txt'}"]) == 2

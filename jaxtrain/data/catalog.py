@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxtrain import errors
+from jaxtrain import errors, redact
 
 EMBEDDED = ("digits", "mnist1d", "charlm")
 
@@ -85,7 +85,7 @@ def open_split(name: str, split: str, data_dir: str = ""):
   from jaxtrain.data import builders  # pylint: disable=g-import-not-at-top,unused-import
 
   check_name(name)
-  data_dir = data_dir or default_data_dir()
+  data_dir = redact.resolve("data.data_dir", data_dir) or default_data_dir()
   base = name.split("/")[0].split(":")[0]
   embedded = base in EMBEDDED
   try:

@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from jaxtrain import errors
+from jaxtrain import errors, redact
 
 CACHE_MAX_BYTES = 4 * 2**30  # Least recently used entries are evicted beyond this.
 
@@ -32,6 +32,7 @@ def enable_cache(cache_dir: str) -> str | None:
   file lock, and concurrent runs (or test processes) can share the directory.
   """
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  cache_dir = redact.resolve("compile.cache_dir", cache_dir)
   path = str(Path(os.path.expanduser(cache_dir)).absolute()) if cache_dir else None
   current = jax.config.jax_compilation_cache_dir
   if path == current and bool(path) == jax.config.jax_enable_compilation_cache:

@@ -28,6 +28,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   metric) exists.
   """
   config_lib.check_schema(config)
+  config_lib.check_references(config)  # env:/file: values (secrets kept off the record).
   if not 0 <= config.seed < 2**31:  # PRNG seeds are int32 inside the programs.
     raise errors.UserError(f"seed={config.seed} must be in [0, 2**31), e.g. 0")
   pipeline.check_config(config.data)
