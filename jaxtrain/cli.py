@@ -7,7 +7,9 @@ one-line `UserError` instead.
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -54,7 +56,15 @@ def parse(argv: list[str]):
   spec = _flag_arg(argv, "config")
   if spec is not None:
     _check_config_path(spec)
+    # A user's own model (model.name='module:Attr') may live beside the config file.
+    config_dir = str(Path(spec.split(":")[0]).expanduser().resolve().parent)
+    if config_dir not in sys.path:
+      sys.path.append(config_dir)
   _check_override_keys(argv)
+  # --config.model.kwargs.NAME=VALUE may add an argument the config file does not set
+  # (the locked config refuses new keys): applied here, after the file has loaded.
+  kwargs_overrides = [a for a in argv[1:] if re.match(r"-{1,2}config\.model\.kwargs\.[^=]+=", a)]
+  argv = [a for a in argv if a not in kwargs_overrides]
 
   fv = _flags(argv)
   try:
@@ -74,6 +84,8 @@ def parse(argv: list[str]):
                            "--name=value, e.g. --config=configs/digits_mlp.py")
   if fv["config"].present and not isinstance(fv.config, ml_collections.ConfigDict):
     raise errors.UserError(_not_a_config_line(fv.config, spec))
+  if kwargs_overrides and fv.config is not None:
+    _set_model_kwargs(fv.config, kwargs_overrides)
   if fv.config is None and fv.mode != "eval":
     raise errors.UserError("--config is required, e.g. --config=configs/digits_mlp.py")
   if not fv.workdir:
@@ -147,6 +159,18 @@ def _check_config_path(spec: str) -> None:
         "pass the path of a config file, e.g. --config=configs/digits_mlp.py")
 
 
+def _set_model_kwargs(config, overrides: list[str]) -> None:
+  """Applies --config.model.kwargs.NAME=VALUE (VALUE a Python literal, else a string)."""
+  for arg in overrides:
+    key, _, text = arg.lstrip("-")[len("config.model.kwargs."):].partition("=")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    with config.unlocked():
+      config.model.kwargs[key] = value
+
+
 def _override_keys(argv: list[str]) -> list[str]:
   """The keys of --config.KEY=VALUE (and --[no]config.KEY) overrides in argv."""
   matches = (re.match(r"-{1,2}(?:no)?config\.([^=]+)", arg) for arg in argv[1:])
@@ -159,7 +183,7 @@ def _check_override_keys(argv: list[str]) -> None:
   for key in _override_keys(argv):
     # tune.space is free-form (the config file defines its keys); parents of
     # known keys (e.g. --config.optim.schedule) are ml_collections' to check.
-    if (key in known or key.startswith("tune.space.")
+    if (key in known or key.startswith(config_lib.FREE_FORM)
         or any(k.startswith(key + ".") for k in known)):
       continue
     raise errors.UserError(

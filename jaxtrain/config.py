@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.activation = "relu"
   c.model.batch_norm = False
   c.model.dropout_rate = 0.0  # A hyperparameter (array leaf in the state).
+  # model.name = "package.module:Attr" (your own Flax module, jaxtrain/models/reference.py):
+  # its constructor's keyword arguments. Free-form, like tune.space.
+  c.model.kwargs = ml_collections.ConfigDict()
   c.model.remat = False  # Recompute each block's activations in the backward pass (nn.remat).
   # LoRA (jaxtrain/core/lora.py): low-rank adapters on the kernels whose '/'-joined path
   # matches lora_targets (re.search); the base weights are frozen. 0 = off.
@@ -263,6 +266,9 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[
   return out
 
 
+FREE_FORM = ("tune.space.", "model.kwargs.")
+
+
 def check_schema(config) -> None:
   """Raises a one-line `UserError` unless `config` is a ConfigDict with every key of
   `base_config()`, no other key, and each value of its default's type."""
@@ -271,8 +277,9 @@ def check_schema(config) -> None:
         f"a config must be an ml_collections.ConfigDict, got {type(config).__name__}; "
         "get_config() should return jaxtrain.config.base_config() with overrides")
   known = flatten(base_config())
-  # The search space is free-form here; jaxtrain.tune.space checks it.
-  given = {k: v for k, v in flatten(config).items() if not k.startswith("tune.space.")}
+  # The search space and a user model's kwargs are free-form here; jaxtrain.tune.space
+  # and the user's module check them.
+  given = {k: v for k, v in flatten(config).items() if not k.startswith(FREE_FORM)}
   for key, value in given.items():
     if key not in known:
       raise errors.UserError(
@@ -370,6 +377,9 @@ def from_snapshot(saved: dict[str, Any], path: Path, fix: str) -> ml_collections
   """
   config = base_config()
   defaults = flatten(config)
+  kwargs = saved.get("model", {}).get("kwargs") if isinstance(saved.get("model"), dict) else None
+  if isinstance(kwargs, dict) and kwargs:  # A user model's arguments (free-form).
+    config.model.kwargs = ml_collections.ConfigDict(kwargs)
   for key, value in flatten(saved).items():
     if key.startswith("tune.space.") or key not in defaults:
       continue

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxtrain import errors, redact
+from jaxtrain.data import arrays
 
 EMBEDDED = ("digits", "mnist1d", "charlm")
 
@@ -40,7 +41,10 @@ def _catalog_names() -> tuple[str, ...]:
 
 
 def check_name(name: str) -> None:
-  """Raises a `UserError` unless `name` is an embedded or TFDS catalog dataset."""
+  """Raises a `UserError` unless `name` is an embedded or TFDS catalog dataset, or
+  a user's arrays ('npz:PATH', jaxtrain/data/arrays.py)."""
+  if arrays.is_reference(name):
+    return
   base = name.split("/")[0].split(":")[0]
   if base in EMBEDDED:
     return
@@ -81,6 +85,9 @@ def open_split(name: str, split: str, data_dir: str = ""):
   Raises:
     UserError: the dataset is not available here, or the split does not exist.
   """
+  if arrays.is_reference(name):  # A user's arrays: no TFDS, no data_dir.
+    source, fields = arrays.open_split(name, split)
+    return source, DatasetInfo(**fields)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from jaxtrain.data import builders  # pylint: disable=g-import-not-at-top,unused-import
 

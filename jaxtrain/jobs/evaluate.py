@@ -51,7 +51,9 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
   `UserError` line.
   """
   workdir = Path(workdir)
-  config = config if config is not None else config_lib.load_snapshot(workdir)
+  if config is None:  # From the workdir's record, own model included.
+    workdir_lib.add_model_paths(workdir)
+    config = config_lib.load_snapshot(workdir)
   checks.validate(config)
   c = config
   cv = c.eval.cross_validation
@@ -99,7 +101,9 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
   {"step": s, "eval/accuracy": ..., ...}.
   """
   workdir = Path(workdir)
-  config = config if config is not None else config_lib.load_snapshot(workdir)
+  if config is None:  # From the workdir's record, own model included.
+    workdir_lib.add_model_paths(workdir)
+    config = config_lib.load_snapshot(workdir)
   checks.validate(config)
   c = config
   eval_inputs, eval_labels = pipeline.load_eval_arrays(c.data)

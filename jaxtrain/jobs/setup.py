@@ -126,6 +126,8 @@ def build(config, *, data_pipeline: str | None = None, placement: bool = True) -
   train_data, info = pipeline.create_train_data(data_config, c.seed)
   eval_inputs, eval_labels = pipeline.load_eval_arrays(c.data)
   r = recipe(c, info)
+  if models.reference.is_reference(c.model.name):
+    _check_logits(c.model.name, r, train_data.sample_batch(), info)
   placed = None
   if placement:  # Validates config.mesh against the devices and the batch size.
     shapes = jax.eval_shape(r.create, train_data.sample_batch(), RNG_SHAPE)
@@ -133,6 +135,25 @@ def build(config, *, data_pipeline: str | None = None, placement: bool = True) -
                  "choose a smaller model (model.*), or run on more or larger devices")
     placed = sharding.Placement.for_run(c, r.tx, shapes)
   return Setup(c, info, train_data, eval_inputs, eval_labels, r, placed)
+
+
+def _check_logits(name: str, r: Recipe, sample_batch: dict, info: catalog.DatasetInfo) -> None:
+  """A user's module returns [batch, num_classes] logits (traced, nothing compiled)."""
+  def logits(rng, batch):
+    return r.model.apply(r.model.init(rng, batch), batch, rng, False, r.hparams)[0]
+  try:
+    out = jax.eval_shape(logits, RNG_SHAPE, sample_batch)
+  except Exception as e:  # pylint: disable=broad-except  (any error in the user's module)
+    lines = str(e).strip().splitlines()
+    raise errors.UserError(
+        f"model.name={name!r} fails on a batch of inputs {tuple(sample_batch['inputs'].shape)} "
+        f"({type(e).__name__}: {lines[0][:160] if lines else ''})") from None
+  want = (sample_batch["inputs"].shape[0], *info.label_shape, info.num_classes)
+  if tuple(getattr(out, "shape", ())) != want:
+    raise errors.UserError(
+        f"model.name={name!r} returns {getattr(out, 'shape', type(out).__name__)}, but "
+        f"{info.name} needs logits of shape {want} ({info.num_classes} classes); "
+        "make its last layer output num_classes")
 
 
 def _gib(n: float) -> str:

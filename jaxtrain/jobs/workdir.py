@@ -168,6 +168,22 @@ def checkpoints(directory: Path, c: ml_collections.ConfigDict) -> checkpoint.Che
                                 async_save=c.checkpoint.async_save, clean_up=True)
 
 
+def add_model_paths(workdir: Path) -> None:
+  """Puts where a run found its own model (model.name='module:Attr') on sys.path: the
+  directory its command ran in and its config file's, from provenance.json; so that
+  --mode=eval without --config, from anywhere, imports the module again."""
+  import sys  # pylint: disable=g-import-not-at-top
+  try:
+    record = json.loads((Path(workdir) / "provenance.json").read_text())
+    cwd = Path(record["cwd"])
+    specs = [a.split("=", 1)[1] for a in record["command_line"] if a.startswith("--config=")]
+  except (OSError, ValueError, KeyError, TypeError, IndexError):
+    return  # No record: the module must be importable as it is.
+  for directory in [cwd, *((cwd / spec.split(":")[0]).parent for spec in specs)]:
+    if str(directory) not in sys.path:
+      sys.path.append(str(directory))
+
+
 def write_provenance(workdir: Path) -> None:
   """WORKDIR/provenance.json: what ran, where and from which code (process 0)."""
   if distributed.is_main():

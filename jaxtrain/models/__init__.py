@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain import errors
-from jaxtrain.models import cnn, layers, mlp, rnn, zoo
+from jaxtrain.models import cnn, layers, mlp, reference, rnn, zoo
 
 NAMES = ("mlp", "cnn", "gru", "lstm") + zoo.NAMES
 # The top-level `precision` key: "bf16" computes in bfloat16 (parameters stay float32).
@@ -31,24 +31,28 @@ class Model:
   apply: Callable[..., tuple[jax.Array, dict]]
 
 
-def from_flax(module) -> Model:
+def from_flax(module, takes: set[str] | None = None) -> Model:
   """Adapts a Flax linen module to the `Model` contract.
 
   Every variable collection other than `params` (e.g. `batch_stats`) is treated
-  as mutable model state during training.
+  as mutable model state during training. `takes`: the keywords (`train`, model
+  hyperparameters) the module's `__call__` accepts, None for all (the built-ins).
   """
+  def keywords(train: bool, hparams: dict[str, Any]) -> dict[str, Any]:
+    given = {"train": train, **hparams}
+    return given if takes is None else {k: v for k, v in given.items() if k in takes}
 
   def init(rng: jax.Array, batch: dict) -> dict:
     params_rng, dropout_rng = jax.random.split(rng)
     return dict(module.init({"params": params_rng, "dropout": dropout_rng},
-                            batch["inputs"], train=False))
+                            batch["inputs"], **keywords(False, {})))
 
   def apply(variables: dict, batch: dict, rng: jax.Array, train: bool,
             hparams: dict[str, Any]) -> tuple[jax.Array, dict]:
     mutable = [k for k in variables if k != "params"] if train else []
     mutable = mutable or False  # Flax returns (out, state) for any list, even [].
-    out = module.apply(variables, batch["inputs"], train=train, rngs={"dropout": rng},
-                       mutable=mutable, **hparams)
+    out = module.apply(variables, batch["inputs"], rngs={"dropout": rng},
+                       mutable=mutable, **keywords(train, hparams))
     if mutable:
       logits, new_state = out
       return logits, dict(new_state)
@@ -59,8 +63,11 @@ def from_flax(module) -> Model:
 
 def check_config(model_config) -> None:
   """Raises `UserError` for an unknown model name or a bad model field."""
-  if model_config.name not in NAMES:
-    raise errors.unknown_choice("model.name", model_config.name, NAMES)
+  if reference.is_reference(model_config.name):  # A user's module: it must import.
+    reference.load(model_config.name)
+  elif model_config.name not in NAMES:
+    raise errors.unknown_choice("model.name", model_config.name,
+                                NAMES + ("package.module:Attr (your own Flax module)",))
   errors.check_in_range("model.dropout_rate", model_config.dropout_rate, 0.0, 1.0)
   if model_config.activation not in layers.ACTIVATIONS:
     raise errors.unknown_choice("model.activation", model_config.activation, layers.ACTIVATIONS)
@@ -91,6 +98,16 @@ def build(model_config, num_classes: int, input_shape: tuple[int, ...],
   model config also takes `remat` (rematerialize each block).
   """
   check_config(model_config)
+  if reference.is_reference(model_config.name):
+    module = reference.build(model_config.name, dict(model_config.kwargs), num_classes)
+    takes = reference.call_keywords(module)
+    if (model_config.dropout_rate > 0 or force_dropout) and not (
+        takes is None or "dropout_rate" in takes):
+      raise errors.UserError(
+          f"model.dropout_rate is set or searched, but {model_config.name}'s __call__ does not "
+          "take dropout_rate; add a dropout_rate keyword (used by its nn.Dropout layers) or "
+          "leave model.dropout_rate at 0")
+    return from_flax(module, takes)
   common = dict(num_classes=num_classes, activation=model_config.activation,
                 batch_norm=model_config.batch_norm,
                 dropout=model_config.dropout_rate > 0 or force_dropout,

@@ -1,0 +1,135 @@
+"""A user's own arrays as a dataset: `data.name = "npz:PATH"`.
+
+The file (numpy's `.npz`) holds `x_train, y_train` and, optionally, `x_val, y_val`
+and `x_test, y_test`: inputs of any shape `[N, ...]` (float, or uint8 images scaled
+to [0, 1] like the catalog's) and integer class labels `[N]` in `0..K-1`, where K is
+one more than the largest label of any split. Splits are named `train`,
+`validation` and `test`, with TFDS's slice syntax: `train[:80%]`, `train[800:]`.
+Every check is one line before anything is compiled: missing or mismatched arrays,
+non-integer or negative labels, non-finite inputs, an empty split.
+
+The split is served as a random-access source (`len`, `__getitem__`,
+`__getitems__`), so both pipelines (device and Grain) read it as they read TFDS.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import numpy as np
+
+from jaxtrain import errors
+
+PREFIX = "npz:"
+SPLITS = {"train": "train", "validation": "val", "test": "test"}
+_SPLIT = re.compile(r"^(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
+
+
+def is_reference(name: str) -> bool:
+  return name.startswith(PREFIX)
+
+
+class ArraySource:
+  """Random access to (inputs, labels) arrays, one example a dict as TFDS's are."""
+
+  def __init__(self, inputs: np.ndarray, labels: np.ndarray):
+    self.inputs, self.labels = inputs, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    return {"inputs": self.inputs[i], "label": self.labels[i]}
+
+  def __getitems__(self, indices):
+    indices = list(indices)
+    return [{"inputs": x, "label": y}
+            for x, y in zip(self.inputs[indices], self.labels[indices])]
+
+
+def _load(path: str) -> dict[str, np.ndarray]:
+  """The file's arrays, checked (read once per version of the file)."""
+  try:
+    stamp = Path(path).expanduser().stat().st_mtime_ns
+  except OSError:
+    stamp = None
+  return _load_checked(path, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_checked(path: str, stamp: int | None) -> dict[str, np.ndarray]:
+  del stamp  # The cache key: a rewritten file is read again.
+  name = PREFIX + path
+  try:
+    with np.load(Path(path).expanduser(), allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise errors.UserError(f"data.name={name!r}: cannot read {path} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else ''}); give a .npz file "
+                           "with x_train and y_train") from None
+  for split, suffix in SPLITS.items():
+    x, y = arrays.get(f"x_{suffix}"), arrays.get(f"y_{suffix}")
+    if (x is None) != (y is None):
+      raise errors.UserError(f"data.name={name!r}: x_{suffix} and y_{suffix} go together; "
+                             f"{path} has only {'x' if y is None else 'y'}_{suffix}")
+    if x is None:
+      if split == "train":
+        raise errors.UserError(f"data.name={name!r}: {path} has no x_train/y_train arrays "
+                               f"(it has {', '.join(sorted(arrays)) or 'none'})")
+      continue
+    _check(name, suffix, x, y)
+  shapes = {arrays[f"x_{s}"].shape[1:] for s in SPLITS.values() if f"x_{s}" in arrays}
+  if len(shapes) > 1:
+    raise errors.UserError(f"data.name={name!r}: the splits' inputs differ in shape {sorted(shapes)}")
+  return arrays
+
+
+def _check(name: str, suffix: str, x: np.ndarray, y: np.ndarray) -> None:
+  where = f"data.name={name!r}: "
+  if x.ndim < 1 or y.ndim != 1 or len(x) != len(y):
+    raise errors.UserError(f"{where}x_{suffix} {x.shape} and y_{suffix} {y.shape} must be "
+                           "[N, ...] inputs and [N] labels")
+  if not len(y):
+    raise errors.UserError(f"{where}the {suffix} split is empty")
+  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    raise errors.UserError(f"{where}x_{suffix} has dtype {x.dtype}; inputs must be numbers")
+  if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+    bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
+    raise errors.UserError(f"{where}x_{suffix}[{bad}] is not finite (NaN or inf); clean the "
+                           "inputs first")
+  if not np.issubdtype(y.dtype, np.integer):
+    if not (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))):
+      raise errors.UserError(f"{where}y_{suffix} has dtype {y.dtype} with non-integer values; "
+                             "labels must be class indices 0..K-1")
+  if y.min() < 0:
+    raise errors.UserError(f"{where}y_{suffix} has a negative label ({int(y.min())}); labels "
+                           "must be class indices 0..K-1")
+
+
+def _bound(text: str | None, n: int, default: int) -> int:
+  if text is None:
+    return default
+  value = int(text[:-1]) * n // 100 if text.endswith("%") else int(text)
+  return max(0, min(n, value + n if value < 0 else value))
+
+
+def open_split(name: str, split: str):
+  """(source, the DatasetInfo fields) of split `split` of the npz file `name` names."""
+  arrays = _load(name[len(PREFIX):])
+  match = _SPLIT.match(split.strip())
+  if not match or match.group(1) not in SPLITS or f"x_{SPLITS[match.group(1)]}" not in arrays:
+    have = [s for s, suffix in SPLITS.items() if f"x_{suffix}" in arrays]
+    raise errors.UserError(f"split {split!r} of data.name={name!r} does not exist; available "
+                           f"splits: {', '.join(have)} (with slices such as train[:80%])")
+  suffix = SPLITS[match.group(1)]
+  x, y = arrays[f"x_{suffix}"], arrays[f"y_{suffix}"]
+  lo, hi = _bound(match.group(2), len(y), 0), _bound(match.group(3), len(y), len(y))
+  if hi <= lo:
+    raise errors.UserError(f"split {split!r} of data.name={name!r} is empty ({len(y)} examples)")
+  num_classes = int(max(int(arrays[f"y_{s}"].max()) for s in SPLITS.values()
+                        if f"y_{s}" in arrays)) + 1
+  info = dict(name=name, input_key="inputs", label_key="label", num_classes=num_classes,
+              input_shape=tuple(x.shape[1:]), input_dtype=np.dtype(x.dtype).name)
+  return ArraySource(x[lo:hi], y[lo:hi].astype(np.int32)), info

@@ -1,0 +1,207 @@
+"""A user's own Flax module (linen or NNX, `model.name="module:Attr"`) and own arrays
+(`data.name="npz:PATH"`), through `python -m jaxtrain.main` as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxtrain import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODELS = textwrap.dedent('''
+    import flax.linen as nn
+    from flax import nnx
+    import jax.numpy as jnp
+    from jaxtrain.models import mlp
+
+
+    class MLP(nn.Module):
+      """A user's linen MLP: its own signature, no dropout_rate."""
+      width: int = 32
+      num_classes: int = 2
+
+      @nn.compact
+      def __call__(self, x, *, train: bool = False):
+        x = nn.relu(nn.Dense(self.width)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(self.num_classes)(x)
+
+
+    class NNXMLP(nnx.Module):
+      def __init__(self, in_features: int, width: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(in_features, width, rngs=rngs)
+        self.out = nnx.Linear(width, num_classes, rngs=rngs)
+
+      def __call__(self, x):
+        return self.out(nnx.relu(self.hidden(x.reshape((x.shape[0], -1)))))
+
+
+    def builtin_mlp(num_classes):
+      """The package's own MLP, built by a user's function."""
+      return mlp.MLP(mlp.MLPConfig(num_classes=num_classes, hidden_sizes=(64,)))
+
+
+    class ThreeLogits(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        return nn.Dense(3)(x.reshape((x.shape[0], -1)))
+
+
+    NOT_A_MODULE = 42
+''')
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory):
+  """A directory outside the package with the user's model file, config and data."""
+  d = tmp_path_factory.mktemp("user")
+  (d / "user_models.py").write_text(MODELS)
+  (d / "user_config.py").write_text(textwrap.dedent('''
+      from jaxtrain.config import base_config
+
+      def get_config():
+        c = base_config()
+        c.model.name = "user_models:MLP"
+        c.data.batch_size = 32
+        c.train.num_steps = 300
+        c.train.eval_every_steps = 100
+        c.checkpoint.every_steps = 100
+        c.mesh.num_devices = 1
+        return c
+  '''))
+  (d / "user_pbt.py").write_text(textwrap.dedent('''
+      import user_config
+
+      def get_config():
+        c = user_config.get_config()
+        c.tune.strategy = "pbt"
+        c.tune.population_size = 4
+        c.tune.space.optim = dict(learning_rate="loguniform(1e-3, 3e-2)")
+        return c
+  '''))
+  rng = np.random.default_rng(0)
+  centers = rng.normal(0, 3, (3, 20))
+  def split(n):
+    y = rng.integers(0, 3, n)
+    return (centers[y] + rng.normal(0, 1, (n, 20))).astype(np.float32), y
+  (xt, yt), (xv, yv), (xs, ys) = split(600), split(200), split(200)
+  np.savez(d / "blobs.npz", x_train=xt, y_train=yt, x_val=xv, y_val=yv, x_test=xs, y_test=ys)
+  return d
+
+
+def _cli(args, cwd, timeout=300):
+  proc = subprocess.run([sys.executable, "-m", "jaxtrain.main", *args], cwd=cwd,
+                        env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                        text=True, timeout=timeout)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_a_linen_module_of_ones_own_on_ones_own_arrays(user_dir, tmp_path):
+  """Trained, stopped and resumed (bitwise the uninterrupted run), evaluated without
+  --config from another directory, and tuned with PBT: all from the command line."""
+  data = f"npz:{user_dir / 'blobs.npz'}"
+  common = [f"--config={user_dir / 'user_config.py'}", f"--config.data.name={data}",
+            "--config.data.eval_split=validation", "--config.model.kwargs.width=48"]
+  code, _, err = _cli([*common, f"--workdir={tmp_path / 'whole'}"], cwd=tmp_path)
+  assert code == 0, err[-2000:]
+  final = json.loads((tmp_path / "whole" / "final.json").read_text())
+  assert final["final"]["eval/accuracy"] >= 0.9
+  assert json.loads((tmp_path / "whole" / "config.json").read_text())["model"] == {
+      **json.loads((tmp_path / "whole" / "config.json").read_text())["model"],
+      "name": "user_models:MLP", "kwargs": {"width": 48}}
+  # Stopped and resumed: the same parameters as the uninterrupted run.
+  for extra in (["--stop_after_steps=100"], []):
+    code, _, err = _cli([*common, f"--workdir={tmp_path / 'resumed'}", *extra], cwd=tmp_path)
+    assert code == 0, err[-2000:]
+  resumed = json.loads((tmp_path / "resumed" / "final.json").read_text())
+  assert resumed["params_sha256"] == final["params_sha256"]
+  # --mode=eval from elsewhere, from the workdir's record alone.
+  code, out, err = _cli([f"--workdir={tmp_path / 'whole'}", "--mode=eval"], cwd="/")
+  assert code == 0, err[-2000:]
+  assert json.loads(out)["eval/accuracy"] == pytest.approx(final["final"]["eval/accuracy"])
+  # PBT over the learning rate, 4 members of the user's module.
+  code, _, err = _cli([f"--config={user_dir / 'user_pbt.py'}", *common[1:],
+                       f"--workdir={tmp_path / 'pbt'}"], cwd=tmp_path)
+  assert code == 0, err[-2000:]
+  result = json.loads((tmp_path / "pbt" / "tune" / "result.json").read_text())
+  assert result["num_members"] == 4 and result["best_score"] >= 0.9
+
+
+def test_an_nnx_module_trains_and_evaluates(user_dir, tmp_path):
+  args = [f"--config={user_dir / 'user_config.py'}", f"--workdir={tmp_path / 'nnx'}",
+          f"--config.data.name=npz:{user_dir / 'blobs.npz'}", "--config.model.name=user_models:NNXMLP",
+          "--config.model.kwargs.in_features=20", "--config.model.kwargs.width=32"]
+  code, _, err = _cli(args, cwd=tmp_path)
+  assert code == 0, err[-2000:]
+  assert json.loads((tmp_path / "nnx" / "final.json").read_text())["final"]["eval/accuracy"] >= 0.9
+  code, out, err = _cli([f"--workdir={tmp_path / 'nnx'}", "--mode=eval"], cwd="/")
+  assert code == 0 and json.loads(out)["eval/accuracy"] >= 0.9, err[-2000:]
+
+
+def test_the_reference_adds_nothing_to_the_step(user_dir, tmp_path, monkeypatch, capsys):
+  """The package's MLP built by a user's function trains to the same parameters, bit for
+  bit, as model.name='mlp'."""
+  monkeypatch.syspath_prepend(str(user_dir))
+  common = ["jaxtrain", "--config=configs/digits_mlp.py", "--config.model.hidden_sizes=(64,)",
+            "--config.train.num_steps=50", "--config.mesh.num_devices=1"]
+  assert main.main([*common, f"--workdir={tmp_path / 'builtin'}"]) == 0
+  assert main.main([*common, f"--workdir={tmp_path / 'ref'}",
+                    "--config.model.name=user_models:builtin_mlp"]) == 0
+  sha = [json.loads((tmp_path / w / "final.json").read_text())["params_sha256"]
+         for w in ("builtin", "ref")]
+  assert sha[0] == sha[1]
+
+
+def _npz(tmp_path, **arrays):
+  path = tmp_path / "bad.npz"
+  np.savez(path, **arrays)
+  return f"--config.data.name=npz:{path}"
+
+
+X, Y = np.zeros((10, 4), np.float32), np.arange(10) % 2
+BAD = [
+    ("module_does_not_import", lambda t: "--config.model.name=no_such_module:MLP",
+     ["no_such_module", "cannot be imported"]),
+    ("attribute_missing", lambda t: "--config.model.name=user_models:Nope",
+     ["has no attribute 'Nope'"]),
+    ("not_a_module", lambda t: "--config.model.name=user_models:NOT_A_MODULE",
+     ["is an object of type int, not a flax.linen.Module class"]),
+    ("wrong_number_of_logits", lambda t: "--config.model.name=user_models:ThreeLogits",
+     ["returns (32, 3)", "logits of shape (32, 10)"]),
+    ("npz_nan_input", lambda t: _npz(t, x_train=np.where(np.eye(10, 4) > 0, np.nan, X), y_train=Y),
+     ["x_train[0] is not finite"]),
+    ("npz_negative_label", lambda t: _npz(t, x_train=X, y_train=Y - 1),
+     ["y_train has a negative label (-1)"]),
+    ("npz_fractional_label", lambda t: _npz(t, x_train=X, y_train=Y + 0.5),
+     ["non-integer values"]),
+    ("npz_lengths_differ", lambda t: _npz(t, x_train=X, y_train=Y[:5]),
+     ["x_train (10, 4) and y_train (5,)"]),
+    ("npz_empty", lambda t: _npz(t, x_train=X[:0], y_train=Y[:0]),
+     ["the train split is empty"]),
+    ("npz_half_a_split", lambda t: _npz(t, x_train=X, y_train=Y, x_test=X),
+     ["x_test and y_test go together"]),
+    ("npz_missing_file", lambda t: f"--config.data.name=npz:{t / 'nope.npz'}",
+     ["cannot read"]),
+    ("npz_unknown_split", lambda t: _npz(t, x_train=X, y_train=Y),
+     ["split 'test' of data.name=", "available splits: train"]),
+]
+
+
+@pytest.mark.parametrize("make, expected", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_a_bad_model_or_bad_data_is_one_line_before_compiling(make, expected, user_dir,
+                                                              tmp_path, monkeypatch, capsys,
+                                                              compiles):
+  monkeypatch.syspath_prepend(str(user_dir))
+  code = main.main(["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={tmp_path / 'w'}",
+                    "--config.data.batch_size=32", make(tmp_path)])
+  err = capsys.readouterr().err.splitlines()
+  assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+  for text in expected:
+    assert text in err[0], err[0]
+  assert not compiles, "the error came after something was compiled"
