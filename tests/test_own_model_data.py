@@ -158,6 +158,36 @@ def test_the_reference_adds_nothing_to_the_step(user_dir, tmp_path, monkeypatch,
   assert sha[0] == sha[1]
 
 
+def _flowers_csv(path, rows=450, ragged_at=None):
+  rng = np.random.default_rng(1)
+  names = ["setosa", "versicolor", "virginica"]
+  centers = rng.normal(0, 3, (3, 4))
+  lines = ["a,b,species,c,d"]
+  for i in range(rows):
+    y = i % 3
+    x = centers[y] + rng.normal(0, 0.7, 4)
+    lines.append(f"{x[0]:.3f},{x[1]:.3f},{names[y]},{x[2]:.3f},{x[3]:.3f}")
+  if ragged_at is not None:
+    lines[ragged_at - 1] += ",7"
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+def test_a_csv_with_named_classes_trains(tmp_path, capsys):
+  path = _flowers_csv(tmp_path / "flowers.csv")
+  workdir = tmp_path / "run"
+  assert main.main(["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={workdir}",
+                    f"--config.data.name=csv:{path}", "--config.data.label_column=species",
+                    "--config.data.train_split=train[:80%]", "--config.data.eval_split=train[80%:]",
+                    "--config.data.batch_size=32", "--config.train.num_steps=200",
+                    "--config.mesh.num_devices=1"]) == 0
+  assert json.loads((workdir / "final.json").read_text())["final"]["eval/accuracy"] >= 0.9
+
+
+def _csv(tmp_path, **kw):
+  return f"--config.data.name=csv:{_flowers_csv(tmp_path / 'f.csv', **kw)}"
+
+
 def _npz(tmp_path, **arrays):
   path = tmp_path / "bad.npz"
   np.savez(path, **arrays)
@@ -190,6 +220,9 @@ BAD = [
      ["cannot read"]),
     ("npz_unknown_split", lambda t: _npz(t, x_train=X, y_train=Y),
      ["split 'test' of data.name=", "available splits: train"]),
+    ("csv_ragged_row", lambda t: [_csv(t, ragged_at=7), "--config.data.label_column=species"],
+     ["f.csv line 7 has 6 fields, the header 5"]),
+    ("csv_no_label_column", lambda t: _csv(t), ["no column 'label' in", "set data.label_column"]),
 ]
 
 
@@ -198,8 +231,9 @@ def test_a_bad_model_or_bad_data_is_one_line_before_compiling(make, expected, us
                                                               tmp_path, monkeypatch, capsys,
                                                               compiles):
   monkeypatch.syspath_prepend(str(user_dir))
+  extra = make(tmp_path)
   code = main.main(["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={tmp_path / 'w'}",
-                    "--config.data.batch_size=32", make(tmp_path)])
+                    "--config.data.batch_size=32", *([extra] if isinstance(extra, str) else extra)])
   err = capsys.readouterr().err.splitlines()
   assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
   for text in expected:

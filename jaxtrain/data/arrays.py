@@ -23,12 +23,13 @@ import numpy as np
 from jaxtrain import errors
 
 PREFIX = "npz:"
+CSV_PREFIX = "csv:"
 SPLITS = {"train": "train", "validation": "val", "test": "test"}
 _SPLIT = re.compile(r"^(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
 
 
 def is_reference(name: str) -> bool:
-  return name.startswith(PREFIX)
+  return name.startswith((PREFIX, CSV_PREFIX))
 
 
 class ArraySource:
@@ -49,26 +50,30 @@ class ArraySource:
             for x, y in zip(self.inputs[indices], self.labels[indices])]
 
 
-def _load(path: str) -> dict[str, np.ndarray]:
+def _load(name: str, label_column: str) -> dict[str, np.ndarray]:
   """The file's arrays, checked (read once per version of the file)."""
+  path = name.split(":", 1)[1]
   try:
     stamp = Path(path).expanduser().stat().st_mtime_ns
   except OSError:
     stamp = None
-  return _load_checked(path, stamp)
+  return _load_checked(name, label_column if name.startswith(CSV_PREFIX) else "", stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_checked(path: str, stamp: int | None) -> dict[str, np.ndarray]:
+def _load_checked(name: str, label_column: str, stamp: int | None) -> dict[str, np.ndarray]:
   del stamp  # The cache key: a rewritten file is read again.
-  name = PREFIX + path
-  try:
-    with np.load(Path(path).expanduser(), allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
-  except (OSError, ValueError) as e:
-    raise errors.UserError(f"data.name={name!r}: cannot read {path} ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:160] if str(e) else ''}); give a .npz file "
-                           "with x_train and y_train") from None
+  path = name.split(":", 1)[1]
+  if name.startswith(CSV_PREFIX):
+    arrays = _read_csv(name, path, label_column)
+  else:
+    try:
+      with np.load(Path(path).expanduser(), allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+      raise errors.UserError(f"data.name={name!r}: cannot read {path} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160] if str(e) else ''}); give a .npz "
+                             "file with x_train and y_train") from None
   for split, suffix in SPLITS.items():
     x, y = arrays.get(f"x_{suffix}"), arrays.get(f"y_{suffix}")
     if (x is None) != (y is None):
@@ -84,6 +89,48 @@ def _load_checked(path: str, stamp: int | None) -> dict[str, np.ndarray]:
   if len(shapes) > 1:
     raise errors.UserError(f"data.name={name!r}: the splits' inputs differ in shape {sorted(shapes)}")
   return arrays
+
+
+def _read_csv(name: str, path: str, label_column: str) -> dict[str, np.ndarray]:
+  """A CSV file with a header row as the `train` split: every column but `label_column`
+  is a numeric feature; labels are integers, or strings numbered in sorted order.
+
+  The csv module reads it (quoting, delimiters): numpy's loadtxt names no line on a
+  ragged row, and a row of the wrong length must be refused naming its line.
+  """
+  import csv  # pylint: disable=g-import-not-at-top
+  try:
+    with open(Path(path).expanduser(), newline="", encoding="utf-8") as f:
+      rows = list(csv.reader(f))
+  except (OSError, UnicodeDecodeError) as e:
+    raise errors.UserError(f"data.name={name!r}: cannot read {path} "
+                           f"({getattr(e, 'strerror', None) or type(e).__name__})") from None
+  if not rows:
+    raise errors.UserError(f"data.name={name!r}: {path} is empty")
+  header = [h.strip() for h in rows[0]]
+  if label_column not in header:
+    raise errors.UserError(f"data.name={name!r}: no column {label_column!r} in {path} (columns: "
+                           f"{', '.join(header)}); set data.label_column")
+  li = header.index(label_column)
+  features, labels = [], []
+  for number, row in enumerate(rows[1:], start=2):
+    if not row or all(not c.strip() for c in row):
+      continue
+    if len(row) != len(header):
+      raise errors.UserError(f"data.name={name!r}: {path} line {number} has {len(row)} fields, "
+                             f"the header {len(header)}")
+    try:
+      features.append([float(c) for i, c in enumerate(row) if i != li])
+    except ValueError:
+      raise errors.UserError(f"data.name={name!r}: {path} line {number} has a feature that is "
+                             "not a number") from None
+    labels.append(row[li].strip())
+  try:
+    y = np.asarray([int(v) for v in labels], np.int64)
+  except ValueError:  # Named classes: numbered in sorted order.
+    classes = sorted(set(labels))
+    y = np.asarray([classes.index(v) for v in labels], np.int64)
+  return {"x_train": np.asarray(features, np.float32).reshape(len(labels), -1), "y_train": y}
 
 
 def _check(name: str, suffix: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -115,9 +162,9 @@ def _bound(text: str | None, n: int, default: int) -> int:
   return max(0, min(n, value + n if value < 0 else value))
 
 
-def open_split(name: str, split: str):
-  """(source, the DatasetInfo fields) of split `split` of the npz file `name` names."""
-  arrays = _load(name[len(PREFIX):])
+def open_split(name: str, split: str, label_column: str = "label"):
+  """(source, the DatasetInfo fields) of split `split` of the file `name` names."""
+  arrays = _load(name, label_column)
   match = _SPLIT.match(split.strip())
   if not match or match.group(1) not in SPLITS or f"x_{SPLITS[match.group(1)]}" not in arrays:
     have = [s for s, suffix in SPLITS.items() if f"x_{suffix}" in arrays]

@@ -76,7 +76,7 @@ def _prepare_hint(name: str, data_dir: str) -> str:
 
 
 @errors.absl_warnings_muted()  # TFDS warns about unprepared folders; the UserError says it.
-def open_split(name: str, split: str, data_dir: str = ""):
+def open_split(name: str, split: str, data_dir: str = "", label_column: str = "label"):
   """Returns (random-access source, DatasetInfo) for one split of a dataset.
 
   The source supports `len()`, `source[i]` and `source.__getitems__(indices)`,
@@ -86,7 +86,7 @@ def open_split(name: str, split: str, data_dir: str = ""):
     UserError: the dataset is not available here, or the split does not exist.
   """
   if arrays.is_reference(name):  # A user's arrays: no TFDS, no data_dir.
-    source, fields = arrays.open_split(name, split)
+    source, fields = arrays.open_split(name, split, label_column)
     return source, DatasetInfo(**fields)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from jaxtrain.data import builders  # pylint: disable=g-import-not-at-top,unused-import
@@ -139,7 +139,7 @@ def check_splits(data_config) -> None:
   this finds a bad eval split before that (and before any compilation).
   """
   for split in (data_config.train_split, data_config.eval_split):
-    open_split(data_config.name, split, data_config.data_dir)
+    open_split(data_config.name, split, data_config.data_dir, data_config.label_column)
 
 
 def _info_of(name: str, info) -> DatasetInfo:

@@ -224,7 +224,7 @@ def choose_pipeline(requested: str, num_examples: int, input_shape, max_mb: int)
 def create_train_data(data_config, seed: int):
   """Opens the training split; returns (DeviceData or GrainData, DatasetInfo)."""
   source, info = catalog.open_split(data_config.name, data_config.train_split,
-                                    data_config.data_dir)
+                                    data_config.data_dir, data_config.label_column)
   source = subset.apply(source, info, data_config, data_config.train_split, seed, train=True)
   kind = choose_pipeline(data_config.pipeline, len(source), info.input_shape,
                          data_config.device_max_mb)
@@ -246,7 +246,7 @@ def create_train_data(data_config, seed: int):
 def load_eval_arrays(data_config) -> tuple[np.ndarray, np.ndarray]:
   """The evaluation split as host numpy arrays (inputs, labels)."""
   source, info = catalog.open_split(data_config.name, data_config.eval_split,
-                                    data_config.data_dir)
+                                    data_config.data_dir, data_config.label_column)
   source = subset.apply(source, info, data_config, data_config.eval_split, 0, train=False)
   inputs, labels = catalog.load_arrays(source, info)
   return permute_features(inputs, data_config.permute_features_seed), labels

@@ -116,7 +116,8 @@ def build(config, *, data_pipeline: str | None = None, placement: bool = True) -
   """
   c = config
   # e.g. per-token labels need a token model: said before the data is read.
-  _, info = catalog.open_split(c.data.name, c.data.train_split, c.data.data_dir)
+  _, info = catalog.open_split(c.data.name, c.data.train_split, c.data.data_dir,
+                               c.data.label_column)
   models.zoo.check_for_data(c.model, info.input_shape, info.label_shape)
   data_config = c.data
   if data_pipeline is not None:
