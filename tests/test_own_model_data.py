@@ -239,3 +239,43 @@ def test_a_bad_model_or_bad_data_is_one_line_before_compiling(make, expected, us
   for text in expected:
     assert text in err[0], err[0]
   assert not compiles, "the error came after something was compiled"
+
+
+def test_an_nnx_module_and_its_linen_twin_give_equal_losses(user_dir, monkeypatch):
+  """The NNX bridge adds nothing to the numbers: with the same parameters (the linen
+  twin's, renamed), the same batches and optax's Adam, logits and losses stay equal."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import optax
+  from jaxtrain import models
+  from jaxtrain.config import base_config
+  monkeypatch.syspath_prepend(str(user_dir))
+  c = base_config()
+  c.model.name, c.model.kwargs = "user_models:MLP", ml_collections.ConfigDict({"width": 32})
+  linen = models.build(c.model, 3, (20,))
+  c.model.name = "user_models:NNXMLP"
+  c.model.kwargs = ml_collections.ConfigDict({"in_features": 20, "width": 32})
+  nnx_model = models.build(c.model, 3, (20,))
+  rng = np.random.default_rng(0)
+  batches = [{"inputs": jnp.asarray(rng.normal(size=(16, 20)), jnp.float32),
+              "labels": jnp.asarray(rng.integers(0, 3, 16))} for _ in range(5)]
+  params = {"linen": linen.init(jax.random.PRNGKey(0), batches[0])["params"]}
+  assert jax.tree.map(jnp.shape, nnx_model.init(jax.random.PRNGKey(0), batches[0])["params"]) == {
+      "hidden": {"bias": (32,), "kernel": (20, 32)}, "out": {"bias": (3,), "kernel": (32, 3)}}
+  params["nnx"] = {"hidden": params["linen"]["Dense_0"], "out": params["linen"]["Dense_1"]}
+  model = {"linen": linen, "nnx": nnx_model}
+
+  def loss(name, p, batch):
+    logits, _ = model[name].apply({"params": p}, batch, jax.random.PRNGKey(1), True, {})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+
+  tx = optax.adam(1e-2)
+  state = {k: tx.init(v) for k, v in params.items()}
+  for batch in batches:
+    values = {}
+    for name in ("linen", "nnx"):
+      values[name], grads = jax.value_and_grad(lambda p: loss(name, p, batch))(params[name])
+      updates, state[name] = tx.update(grads, state[name], params[name])
+      params[name] = optax.apply_updates(params[name], updates)
+    np.testing.assert_allclose(values["nnx"], values["linen"], rtol=1e-6)
