@@ -279,3 +279,58 @@ def test_an_nnx_module_and_its_linen_twin_give_equal_losses(user_dir, monkeypatc
       updates, state[name] = tx.update(grads, state[name], params[name])
       params[name] = optax.apply_updates(params[name], updates)
     np.testing.assert_allclose(values["nnx"], values["linen"], rtol=1e-6)
+
+
+import flax.linen as nn  # noqa: E402  (the notebook-style model below)
+
+
+class PyMLP(nn.Module):
+  """Defined at this module's top level, as a notebook cell defines it in __main__."""
+  width: int = 32
+  num_classes: int = 2
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.num_classes)(nn.relu(nn.Dense(self.width)(x.reshape((x.shape[0], -1)))))
+
+
+def _blobs(seed, n):
+  rng = np.random.default_rng(seed)
+  centers = np.random.default_rng(0).normal(0, 3, (3, 20))
+  y = rng.integers(0, 3, n)
+  return (centers[y] + rng.normal(0, 1, (n, 20))).astype(np.float32), y
+
+
+def test_python_objects_from_a_notebook_train_tune_and_are_found_again(tmp_path):
+  from jaxtrain import errors, tune
+  from jaxtrain.config import base_config
+  from jaxtrain.jobs import train
+  data = {"train": _blobs(1, 600), "validation": _blobs(2, 200)}
+  c = base_config()
+  c.data.eval_split, c.data.batch_size, c.mesh.num_devices = "validation", 32, 1
+  c.train.num_steps, c.train.eval_every_steps = 200, 100
+  workdir = tmp_path / "run"
+  final = train.run(c, workdir, model=PyMLP, data=data)
+  assert final["final"]["eval/accuracy"] >= 0.9
+  recorded = json.loads((workdir / "config.json").read_text())
+  assert recorded["model"]["name"] == f"{__name__}:PyMLP"
+  assert recorded["data"]["name"] == f"npz:{workdir / 'data.npz'}"
+  assert train.run(c, workdir, model=PyMLP, data=data)["step"] == 200  # The same objects: resumes.
+  with pytest.raises(errors.UserError, match="holds other data"):
+    train.run(c, workdir, model=PyMLP, data={"train": _blobs(3, 600), "validation": data["validation"]})
+  # The command line evaluates it from the record (the module imports from the repository).
+  code, out, err = _cli([f"--workdir={workdir}", "--mode=eval"], cwd=REPO)
+  assert code == 0 and json.loads(out)["eval/accuracy"] >= 0.9, err[-2000:]
+
+  def local_model():  # Inside a function: nothing can name it later.
+    return PyMLP()
+  with pytest.raises(errors.UserError, match="defined inside a function"):
+    train.run(c, tmp_path / "local", model=local_model, data=data)
+  with pytest.raises(errors.UserError, match="pass the module class"):
+    train.run(c, tmp_path / "instance", model=PyMLP(), data=data)
+  assert not (tmp_path / "local").exists() and not (tmp_path / "instance").exists()
+
+  c.tune.strategy, c.tune.population_size, c.checkpoint.every_steps = "random", 2, 100
+  c.tune.space.optim = {"learning_rate": "loguniform(1e-3, 3e-2)"}
+  result = tune.run(c, tmp_path / "search", model=PyMLP, data=data)
+  assert result["num_members"] == 2 and result["best_score"] >= 0.9

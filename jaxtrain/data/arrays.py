@@ -180,3 +180,37 @@ def open_split(name: str, split: str, label_column: str = "label"):
   info = dict(name=name, input_key="inputs", label_key="label", num_classes=num_classes,
               input_shape=tuple(x.shape[1:]), input_dtype=np.dtype(x.dtype).name)
   return ArraySource(x[lo:hi], y[lo:hi].astype(np.int32)), info
+
+
+def save_splits(splits: dict, path: Path) -> str:
+  """Writes {'train': (x, y), 'validation': ..., 'test': ...} (Python objects, e.g. a
+  notebook's arrays) to `path` as the npz this module reads, and returns its
+  `data.name`. A file already there must hold the same arrays: a rerun resumes on
+  the data it trained on, and other data is refused rather than replacing it.
+
+  Raises:
+    UserError: an unknown split name, arrays that fail the checks, or other data
+      already in `path`.
+  """
+  path = Path(path).absolute()
+  arrays = {}
+  for split, pair in splits.items():
+    if split not in SPLITS or not isinstance(pair, (tuple, list)) or len(pair) != 2:
+      raise errors.UserError(f"data={{{split!r}: ...}}: give splits {', '.join(SPLITS)} as "
+                             "(inputs, labels) pairs of arrays")
+    x, y = (np.asarray(a) for a in pair)
+    _check(f"data[{split!r}]", SPLITS[split], x, y)
+    arrays[f"x_{SPLITS[split]}"], arrays[f"y_{SPLITS[split]}"] = x, y
+  if "x_train" not in arrays:
+    raise errors.UserError("data=...: a 'train' split is needed")
+  if path.exists():
+    with np.load(path, allow_pickle=False) as f:
+      same = set(f.files) == set(arrays) and all(np.array_equal(f[k], v) for k, v in arrays.items())
+    if not same:
+      raise errors.UserError(f"{path} holds other data than data=... (this workdir trained on "
+                             "it); use a new workdir for new data")
+  else:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+  return PREFIX + str(path)

@@ -29,8 +29,8 @@ NonFiniteError = errors.NonFiniteError  # train.nan_policy stopped the run.
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
-        stop_after_steps: int | None = None, allow_config_change: bool = False
-        ) -> dict[str, Any]:
+        stop_after_steps: int | None = None, allow_config_change: bool = False,
+        model=None, data=None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the contents of final.json.
 
   Args:
@@ -39,6 +39,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     stop_after_steps: stop after this step (saving a checkpoint), as a
       preempted job would; running again continues from there.
     allow_config_change: resume even if config.json in `workdir` differs.
+    model, data: a notebook's objects for model.name / data.name (workdir.with_objects).
 
   Raises:
     UserError: bad config, workdir, dataset or checkpoint (before compiling).
@@ -46,8 +47,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   """
   wall_start = time.perf_counter()
   # --- Check: everything that can fail does so before device work.
-  checks.validate_single_run(config)
-  c = config
+  c = workdir_lib.with_objects(config, workdir, model, data, allow_config_change)
+  checks.validate_single_run(c)
   workdir = workdir_lib.prepare(workdir, c, allow_config_change=allow_config_change)
   compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
 
@@ -269,7 +270,7 @@ class _Records:
         workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
         ["eval/accuracy", "eval/loss"])
     self.progress = null or writers.Progress(c.train.num_steps, start_step)
-    workdir_lib.write_provenance(workdir)  # Once metrics.jsonl read back was checked.
+    workdir_lib.write_provenance(workdir, c.model.name)  # Once metrics.jsonl was checked.
     self.throughput = throughput.Throughput(c.data.batch_size,
                                             c.throughput.peak_tflops_per_device)
     self._pending = None

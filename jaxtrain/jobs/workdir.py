@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,31 @@ def move_aside(workdir: str | Path) -> Path | None:
       raise errors.UserError(f"--start_over cannot move {path} to {target} ({e.strerror}); "
                              "move it aside by hand") from None
   return target
+
+
+def with_objects(config: ml_collections.ConfigDict, workdir: str | Path, model=None,
+                 data=None, allow_config_change: bool = False) -> ml_collections.ConfigDict:
+  """The config of a run whose model or data are Python objects (a notebook's), named
+  so that the workdir records them: model.name = the object's reference
+  ('__main__:MyMLP'), data.name = 'npz:WORKDIR/data.npz' (the arrays written there).
+  The workdir is checked against that config before data.npz is written.
+  """
+  if model is None and data is None:
+    return config
+  from jaxtrain.data import arrays  # pylint: disable=g-import-not-at-top
+  from jaxtrain.models import reference  # pylint: disable=g-import-not-at-top
+  config = copy.deepcopy(config)
+  path = Path(workdir).expanduser().absolute() / "data.npz"
+  with config.unlocked():
+    if model is not None:
+      config.model.name = reference.name_of(model)
+    if data is not None:
+      config.data.name = arrays.PREFIX + str(path)
+  # Another run's workdir is refused before anything is written.
+  prepare(workdir, config, allow_config_change=allow_config_change)
+  if data is not None:
+    arrays.save_splits(data, path)
+  return config
 
 
 def config_json(config: ml_collections.ConfigDict) -> str:
@@ -172,22 +198,27 @@ def add_model_paths(workdir: Path) -> None:
   """Puts where a run found its own model (model.name='module:Attr') on sys.path: the
   directory its command ran in and its config file's, from provenance.json; so that
   --mode=eval without --config, from anywhere, imports the module again."""
-  import sys  # pylint: disable=g-import-not-at-top
   try:
     record = json.loads((Path(workdir) / "provenance.json").read_text())
     cwd = Path(record["cwd"])
     specs = [a.split("=", 1)[1] for a in record["command_line"] if a.startswith("--config=")]
+    model_dirs = [Path(record["model_file"]).parent] if record.get("model_file") else []
   except (OSError, ValueError, KeyError, TypeError, IndexError):
     return  # No record: the module must be importable as it is.
-  for directory in [cwd, *((cwd / spec.split(":")[0]).parent for spec in specs)]:
+  for directory in [*model_dirs, cwd, *((cwd / spec.split(":")[0]).parent for spec in specs)]:
     if str(directory) not in sys.path:
       sys.path.append(str(directory))
 
 
-def write_provenance(workdir: Path) -> None:
-  """WORKDIR/provenance.json: what ran, where and from which code (process 0)."""
+def write_provenance(workdir: Path, model_name: str = "") -> None:
+  """WORKDIR/provenance.json: what ran, where and from which code (process 0); for a
+  user's model (model.name='module:Attr'), the file its module came from."""
   if distributed.is_main():
-    (workdir / "provenance.json").write_text(json.dumps(provenance.collect(), indent=2) + "\n")
+    record = provenance.collect()
+    module = sys.modules.get(model_name.partition(":")[0]) if ":" in model_name else None
+    if getattr(module, "__file__", None):
+      record["model_file"] = str(Path(module.__file__).absolute())
+    (workdir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:

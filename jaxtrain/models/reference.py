@@ -49,6 +49,10 @@ def load(name: str) -> Any:
         "put it on PYTHONPATH, in the current directory or beside the config file") from None
   for part in attr.split("."):
     if not hasattr(obj, part):
+      if module_name == "__main__":  # A notebook's or script's own: not this process's.
+        raise errors.UserError(
+            f"model.name={name!r} was defined in a notebook or script; the command line cannot "
+            "rebuild it: evaluate it from there (jaxtrain.evaluate.run(workdir))")
       raise errors.UserError(f"model.name={name!r}: {module_name} has no attribute {attr!r}")
     obj = getattr(obj, part)
   return obj
@@ -122,3 +126,25 @@ def call_keywords(module) -> set[str] | None:
   if any(p.kind is p.VAR_KEYWORD for p in params.values()):
     return None
   return set(params)
+
+
+def name_of(obj) -> str:
+  """The reference ('module:QualName') of a module class or factory passed as an object
+  (e.g. defined in a notebook cell: '__main__:MyMLP').
+
+  Raises:
+    UserError: an instance, or something defined inside a function, which no
+      reference can name.
+  """
+  module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+  if not isinstance(obj, type) and not callable(obj) or qualname is None:
+    raise errors.UserError(f"model={type(obj).__name__} instance: pass the module class (or a "
+                           "function returning the module), with its arguments in model.kwargs")
+  if not module or "<locals>" in qualname:
+    raise errors.UserError(f"model={qualname}: defined inside a function, it cannot be found "
+                           "again by name; define it at the top level of a module or notebook")
+  name = f"{module}:{qualname}"
+  if load(name) is not obj:
+    raise errors.UserError(f"model={qualname}: {name} names another object; pass the class or "
+                           "function that module defines")
+  return name

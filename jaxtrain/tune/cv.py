@@ -112,7 +112,7 @@ def validate(config: ml_collections.ConfigDict) -> int:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
-        stop_after_steps: int | None = None) -> dict[str, Any]:
+        stop_after_steps: int | None = None, model=None, data=None) -> dict[str, Any]:
   """Cross-validates (or resumes cross-validating) `config` in `workdir`.
 
   Returns the contents of WORKDIR/cv.json with "status": "completed", or
@@ -124,6 +124,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   """
   wall_start = time.perf_counter()
   # --- Check: the config and its folds, before anything is compiled.
+  config = workdir_lib.with_objects(config, workdir, model, data)  # A notebook's objects.
   validate(config)
   c = config
   workdir = workdir_lib.prepare(workdir, c)

@@ -109,7 +109,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
-        stop_after_steps: int | None = None) -> dict[str, Any]:
+        stop_after_steps: int | None = None, model=None, data=None) -> dict[str, Any]:
   """Runs (or resumes) the search in `workdir`; returns the result summary.
 
   The result (also WORKDIR/tune/result.json) holds the best member's settings
@@ -123,6 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     UserError: bad config, search space, workdir or dataset (before compiling).
   """
   wall_start = time.perf_counter()
+  config = workdir_lib.with_objects(config, workdir, model, data)  # A notebook's objects.
   # --- Check: the config and its search space, before anything is compiled.
   dims = validate(config)
   c = config
@@ -308,7 +309,7 @@ class _Records:
     self.lineage = lineage_lib.Lineage(workdir / "tune" / "lineage.jsonl",
                                        keep=loop["lineage_count"])
     self.log = writers.MetricsLog(workdir, loop["global_step"] if resumed else -1)
-    workdir_lib.write_provenance(workdir)  # Once the records read back were checked.
+    workdir_lib.write_provenance(workdir, c.model.name)  # Once the records were checked.
     self.tensorboard = writers.TensorBoard(
         workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
         [f"best/{c.tune.metric}"])
