@@ -334,3 +334,34 @@ def test_python_objects_from_a_notebook_train_tune_and_are_found_again(tmp_path)
   c.tune.space.optim = {"learning_rate": "loguniform(1e-3, 3e-2)"}
   result = tune.run(c, tmp_path / "search", model=PyMLP, data=data)
   assert result["num_members"] == 2 and result["best_score"] >= 0.9
+
+
+def test_data_from_a_function_of_ones_own(tmp_path, monkeypatch, capsys, compiles):
+  """data.name='module:function': the function returns {'train': (x, y), ...}."""
+  (tmp_path / "user_data.py").write_text(textwrap.dedent('''
+      import numpy as np
+
+      def splits():
+        rng = np.random.default_rng(0)
+        centers = rng.normal(0, 3, (3, 20))
+        def split(n):
+          y = rng.integers(0, 3, n)
+          return (centers[y] + rng.normal(0, 1, (n, 20))).astype(np.float32), y
+        return {"train": split(600), "validation": split(200)}
+
+      def not_a_dict():
+        return [1, 2]
+  '''))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  args = ["jaxtrain", "--config=configs/digits_mlp.py", "--config.data.eval_split=validation",
+          "--config.data.batch_size=32", "--config.train.num_steps=200",
+          "--config.mesh.num_devices=1"]
+  assert main.main([*args, f"--workdir={tmp_path / 'run'}",
+                    "--config.data.name=user_data:splits"]) == 0
+  assert json.loads((tmp_path / "run" / "final.json").read_text())["final"]["eval/accuracy"] >= 0.9
+  compiles.clear()
+  capsys.readouterr()
+  assert main.main([*args, f"--workdir={tmp_path / 'bad'}",
+                    "--config.data.name=user_data:not_a_dict"]) == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and "returned a list" in err[0] and not compiles, err

@@ -28,8 +28,16 @@ SPLITS = {"train": "train", "validation": "val", "test": "test"}
 _SPLIT = re.compile(r"^(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
 
 
+_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # TFDS's 'name:1.0.0' is a version.
+
+
+def is_function(name: str) -> bool:
+  """'package.module:function': a user's function returning the splits."""
+  return bool(_FUNCTION.match(name)) and not name.startswith((PREFIX, CSV_PREFIX))
+
+
 def is_reference(name: str) -> bool:
-  return name.startswith((PREFIX, CSV_PREFIX))
+  return name.startswith((PREFIX, CSV_PREFIX)) or is_function(name)
 
 
 class ArraySource:
@@ -52,6 +60,8 @@ class ArraySource:
 
 def _load(name: str, label_column: str) -> dict[str, np.ndarray]:
   """The file's arrays, checked (read once per version of the file)."""
+  if is_function(name):
+    return _from_function(name)
   path = name.split(":", 1)[1]
   try:
     stamp = Path(path).expanduser().stat().st_mtime_ns
@@ -84,7 +94,7 @@ def _load_checked(name: str, label_column: str, stamp: int | None) -> dict[str, 
         raise errors.UserError(f"data.name={name!r}: {path} has no x_train/y_train arrays "
                                f"(it has {', '.join(sorted(arrays)) or 'none'})")
       continue
-    _check(name, suffix, x, y)
+    _check(f"data.name={name!r}", suffix, x, y)
   shapes = {arrays[f"x_{s}"].shape[1:] for s in SPLITS.values() if f"x_{s}" in arrays}
   if len(shapes) > 1:
     raise errors.UserError(f"data.name={name!r}: the splits' inputs differ in shape {sorted(shapes)}")
@@ -133,8 +143,8 @@ def _read_csv(name: str, path: str, label_column: str) -> dict[str, np.ndarray]:
   return {"x_train": np.asarray(features, np.float32).reshape(len(labels), -1), "y_train": y}
 
 
-def _check(name: str, suffix: str, x: np.ndarray, y: np.ndarray) -> None:
-  where = f"data.name={name!r}: "
+def _check(where: str, suffix: str, x: np.ndarray, y: np.ndarray) -> None:
+  where = f"{where}: "
   if x.ndim < 1 or y.ndim != 1 or len(x) != len(y):
     raise errors.UserError(f"{where}x_{suffix} {x.shape} and y_{suffix} {y.shape} must be "
                            "[N, ...] inputs and [N] labels")
@@ -182,6 +192,47 @@ def open_split(name: str, split: str, label_column: str = "label"):
   return ArraySource(x[lo:hi], y[lo:hi].astype(np.int32)), info
 
 
+@functools.lru_cache(maxsize=8)
+def _from_function(name: str) -> dict[str, np.ndarray]:
+  """The arrays `name`'s function returns ({'train': (x, y), ...}), checked; called
+  once per process."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  module_name, _, attr = name.partition(":")
+  where = f"data.name={name!r}"
+  try:
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+      obj = getattr(obj, part)
+  except Exception as e:  # pylint: disable=broad-except  (any error in the user's module)
+    raise errors.UserError(f"{where}: cannot import {name} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else ''}); put the module "
+                           "on PYTHONPATH, in the current directory or beside the config file"
+                           ) from None
+  try:
+    splits = obj()
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.UserError(f"{where}: the function raised {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else ''}") from None
+  if not isinstance(splits, dict):
+    raise errors.UserError(f"{where} returned a {type(splits).__name__}; return a dict of "
+                           f"(inputs, labels) pairs named {', '.join(SPLITS)}")
+  return _arrays_of(splits, where)
+
+
+def _arrays_of(splits: dict, where: str) -> dict[str, np.ndarray]:
+  arrays = {}
+  for split, pair in splits.items():
+    if split not in SPLITS or not isinstance(pair, (tuple, list)) or len(pair) != 2:
+      raise errors.UserError(f"{where}: split {split!r}: give splits {', '.join(SPLITS)} as "
+                             "(inputs, labels) pairs of arrays")
+    x, y = (np.asarray(a) for a in pair)
+    _check(where, SPLITS[split], x, y)
+    arrays[f"x_{SPLITS[split]}"], arrays[f"y_{SPLITS[split]}"] = x, y
+  if "x_train" not in arrays:
+    raise errors.UserError(f"{where}: a 'train' split is needed")
+  return arrays
+
+
 def save_splits(splits: dict, path: Path) -> str:
   """Writes {'train': (x, y), 'validation': ..., 'test': ...} (Python objects, e.g. a
   notebook's arrays) to `path` as the npz this module reads, and returns its
@@ -193,16 +244,7 @@ def save_splits(splits: dict, path: Path) -> str:
       already in `path`.
   """
   path = Path(path).absolute()
-  arrays = {}
-  for split, pair in splits.items():
-    if split not in SPLITS or not isinstance(pair, (tuple, list)) or len(pair) != 2:
-      raise errors.UserError(f"data={{{split!r}: ...}}: give splits {', '.join(SPLITS)} as "
-                             "(inputs, labels) pairs of arrays")
-    x, y = (np.asarray(a) for a in pair)
-    _check(f"data[{split!r}]", SPLITS[split], x, y)
-    arrays[f"x_{SPLITS[split]}"], arrays[f"y_{SPLITS[split]}"] = x, y
-  if "x_train" not in arrays:
-    raise errors.UserError("data=...: a 'train' split is needed")
+  arrays = _arrays_of(splits, "data=...")
   if path.exists():
     with np.load(path, allow_pickle=False) as f:
       same = set(f.files) == set(arrays) and all(np.array_equal(f[k], v) for k, v in arrays.items())
