@@ -123,11 +123,12 @@ class Phase:
       return pop_train(pop, acc, orders, active, data, data_keys)
 
     ms = self.member_sharding
-    self._train = jax.jit(
+    bounded = functools.partial(sharding.bounded_dispatch, mesh=mesh)  # CPU meshes: sharding.py.
+    self._train = bounded(jax.jit(
         train_fn, donate_argnums=(0, 1, 2),
         in_shardings=(ms, ms, ms, ms, replicated, ms) if shard else None,
-        out_shardings=(ms, ms, ms) if shard else None)
-    self._eval = jax.jit(pop_lib.make_eval_fn(self.model))
+        out_shardings=(ms, ms, ms) if shard else None))
+    self._eval = bounded(jax.jit(pop_lib.make_eval_fn(self.model)))
     # One program makes a population: keys, parameters, init_from's arrays, settings.
     # (Done eagerly, each of those steps compiled a small program of its own.)
     self._init = jax.jit(functools.partial(
@@ -135,14 +136,14 @@ class Phase:
         per_member_data_order=config.tune.per_member_data_order),
         compiler_options=compilation.run_once_options())
     # Every function that replaces the population donates the old one: updated in place.
-    self._exploit = jax.jit(
+    self._exploit = bounded(jax.jit(
         lambda pop, scores, seed, event: pop_lib.exploit_and_explore(
             pop, scores, jax.random.fold_in(jax.random.PRNGKey(seed), event), dynamic_dims,
             method=config.tune.pbt.exploit, fraction=config.tune.pbt.fraction,
             factors=tuple(config.tune.pbt.perturb_factors),
             resample_probability=config.tune.pbt.resample_probability),
-        donate_argnums=0, compiler_options=compilation.run_once_options())
-    self._select = jax.jit(pop_lib.select, donate_argnums=2)
+        donate_argnums=0, compiler_options=compilation.run_once_options()))
+    self._select = bounded(jax.jit(pop_lib.select, donate_argnums=2))
     self.data_keys = None
     self.orders = None  # Per-member epoch permutations (a cache; never checkpointed).
     self.num_examples = train_data.num_examples
