@@ -567,6 +567,9 @@ def test_an_exploited_member_takes_its_parents_early_stopping_state():
     def exploit(self, pop, scores, rng):
       return pop, np.array([1, 1]), np.array([True, False])
 
+    def dynamic_of(self, pop):
+      return jax.device_get(pop_lib.get_dynamic(pop, self.dynamic_keys))
+
   dims = [space_lib.parse_dimension("optim.learning_rate", "loguniform(1e-4, 1e-1)")]
   strategies.act(c, Phase(), pop, acc, loop, [0.5, 0.8], _Lineage(), dims, dims)
   assert (members[1]["best_score"], members[1]["evals_since_best"]) == (0.8, 0)

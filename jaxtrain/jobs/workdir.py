@@ -245,16 +245,19 @@ def export_run(directory: Path, config: ml_collections.ConfigDict, state,
   final.json. A rerun replaces an earlier export."""
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  (directory / "config.json").write_text(config_json(config))
-  for name, value in (extra_files or {}).items():
-    (directory / name).write_text(json.dumps(value, indent=2) + "\n")
+  main = distributed.is_main()  # Every process saves the checkpoint; process 0 the files.
+  if main:
+    (directory / "config.json").write_text(config_json(config))
+    for name, value in (extra_files or {}).items():
+      (directory / name).write_text(json.dumps(value, indent=2) + "\n")
   state = jax.device_get(state)
   ckpts = checkpoint.Checkpoints(directory / "checkpoints", keep=1, async_save=False)
   for old in ckpts.all_steps():
     ckpts.manager.delete(old)
   ckpts.save(int(np.asarray(state.step)), fresh_bundle(state), cadence.new_loop_state())
   ckpts.close()
-  (directory / "final.json").write_text(writers.json_text(final))
+  if main:
+    (directory / "final.json").write_text(writers.json_text(final))
   return directory
 
 

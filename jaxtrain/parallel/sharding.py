@@ -426,14 +426,20 @@ def population_mesh(config, size: int):
   inside a member; an explicit `mesh.pop` (N or -1) is used as given. The
   other axes must then be 1: the tuner shards members, not their batches.
   When `size` does not divide over `pop` (or tune.shard_population is false)
-  the phase runs on one device.
+  the phase runs on one device; with several processes (jax.distributed) `pop`
+  spans all of them and each process holds its slice of the members, so the
+  members must divide over every device (UserError otherwise).
   """
   m = config.mesh
-  if jax.process_count() > 1:
-    raise errors.UserError(
-        f"tuning runs use one process, but this one is 1 of {jax.process_count()}; run "
-        "tune.strategy != 'none' without --coordinator_address/--num_processes/--process_id")
   devices = mesh_devices(m)
+  processes = jax.process_count()
+  if processes > 1 and (not config.tune.shard_population or size % len(devices)):
+    # Across processes every member lives on one process's devices: none is left out.
+    raise errors.UserError(
+        f"a tuning run over {processes} processes splits its members over all "
+        f"{len(devices)} devices, but this phase has {size} members"
+        + ("" if config.tune.shard_population else " and tune.shard_population=False")
+        + f"; make tune.population_size a multiple of {len(devices)}")
   if not config.tune.shard_population or len(devices) == 1:
     return None
   default = (m.data, m.fsdp, m.model, m.pop) == (-1, 1, 1, 1)
@@ -450,11 +456,11 @@ def population_mesh(config, size: int):
 
 
 def on_one_device(abstract_tree):
-  """Abstract arrays (jax.eval_shape) as restore targets on the first device.
+  """Abstract arrays (jax.eval_shape) as restore targets on this process's first device.
 
   Orbax restores a target without shardings with the saved ones, which fail
   when the checkpoint was written on another set of devices.
   """
-  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # Each process its own.
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
                       abstract_tree)

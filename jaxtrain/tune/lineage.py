@@ -32,7 +32,7 @@ def _clean(value: Any) -> Any:
 class Lineage:
   """Appends events; on resume keeps only the first `keep` (those checkpointed)."""
 
-  def __init__(self, path: Path, keep: int):
+  def __init__(self, path: Path, keep: int, write: bool = True):
     self.path = Path(path)
     fix = ("the search replays it on resume: restore it, or start the search over in a new "
            "--workdir")
@@ -44,8 +44,12 @@ class Lineage:
     self._kept = lines[:keep]
     self.count = keep
     self._file = None  # Rewritten at the first event: a refused run leaves it as it was.
+    self._write = write  # False: count events only (processes other than 0).
 
   def write(self, **event: Any) -> None:
+    if not self._write:
+      self.count += 1
+      return
     if self._file is None:
       writers.write_text_atomic(self.path, "".join(l + "\n" for l in self._kept))
       self._file = open(self.path, "a", encoding="utf-8")

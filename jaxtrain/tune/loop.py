@@ -27,6 +27,7 @@ from jaxtrain import errors
 from jaxtrain.data import catalog
 from jaxtrain.io import compilation, preemption, writers
 from jaxtrain.jobs import cadence, checks, evaluate, setup, transfer, workdir as workdir_lib
+from jaxtrain.parallel import distributed, sharding
 from jaxtrain.tune import export, strategies
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import phase as phase_lib
@@ -150,6 +151,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if loop["phases"] is None:
       loop["phases"] = ([] if study is not None
                         else _plan_initial(c, dims, strategies.rng_for(c.seed, 0)))
+    _check_processes(c, loop["phases"])
     if c.init_from.workdir:  # Every planned model must fit the checkpoint: before compiling.
       for planned in loop["phases"]:  # One per static setting (Bayes: per round, in Phase).
         phase_lib.check_init_from(c, {k: v for k, v in planned[0].items() if k != "__trial__"},
@@ -177,9 +179,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
         f"every member of the search diverged (non-finite {c.tune.metric}); no best member "
         f"was exported, see {tune_dir / 'result.json'}; narrow the search space (e.g. lower "
         "learning rates) or set optim.clip_norm, then rerun in a new --workdir")
+  main = distributed.is_main()  # Process 0 alone draws.
   try:
-    from jaxtrain.tune import plots  # pylint: disable=g-import-not-at-top
-    plots.write(workdir, loop, lineage_lib.read(tune_dir / "lineage.jsonl"), c.tune.metric)
+    if main:
+      from jaxtrain.tune import plots  # pylint: disable=g-import-not-at-top
+      plots.write(workdir, loop, lineage_lib.read(tune_dir / "lineage.jsonl"), c.tune.metric)
   except ImportError:  # matplotlib is optional for tuning itself.
     pass
   return result
@@ -234,6 +238,24 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
   return status, clock
 
 
+def _check_processes(c, phases) -> None:
+  """A search over several processes (jax.distributed) shards every phase's members
+  over all their devices; what cannot is refused before anything is compiled."""
+  if jax.process_count() == 1:
+    return
+  if c.tune.strategy == "bayes":
+    raise errors.UserError(
+        f"tune.strategy='bayes' asks Optuna from one process, but this run has "
+        f"{jax.process_count()}; run one search per machine that share one study through "
+        "tune.storage (docs/guide/tuning.md), or use pbt, halving, random or grid")
+  if phase_lib.execution_for(c, c.model.name) == "map":
+    raise errors.UserError(
+        f"tune.execution={c.tune.execution!r} trains {c.model.name} members one at a time "
+        "on one device; a search over several processes needs tune.execution='vmap'")
+  for planned in phases:
+    sharding.population_mesh(c, len(planned))  # UserError when the members do not divide.
+
+
 def _new_loop() -> dict[str, Any]:
   """The loop state (checkpointed as JSON) of a search that has not started."""
   return {"phase": 0, "phases": None, "rounds": 0, "next_member_id": 0, "event": 0, "step": 0,
@@ -272,7 +294,7 @@ def _train_interval(c, phase: Phase, pop, acc, loop, records: "_Records"):
     pop, acc = phase.train(pop, acc, active)
   loop["step"] += c.train.eval_every_steps
   loop["global_step"] += c.train.eval_every_steps
-  train_metrics = pop_lib.compute_member_metrics(acc, "train/")
+  train_metrics = phase.member_metrics(acc, "train/")
   seconds = time.perf_counter() - t0
   acc = phase.fresh_sums(len(members))
   eval_metrics = phase.evaluate(pop)
@@ -306,11 +328,13 @@ class _Records:
   """Where a search's numbers go: metrics.jsonl, TensorBoard, tune/lineage.jsonl."""
 
   def __init__(self, workdir: Path, c, loop, resumed: bool):
+    main = distributed.is_main()  # Other processes count lineage events but write nothing.
     self.lineage = lineage_lib.Lineage(workdir / "tune" / "lineage.jsonl",
-                                       keep=loop["lineage_count"])
-    self.log = writers.MetricsLog(workdir, loop["global_step"] if resumed else -1)
+                                       keep=loop["lineage_count"], write=main)
+    null = None if main else distributed.NullWriter()
+    self.log = null or writers.MetricsLog(workdir, loop["global_step"] if resumed else -1)
     workdir_lib.write_provenance(workdir, c.model.name)  # Once the records were checked.
-    self.tensorboard = writers.TensorBoard(
+    self.tensorboard = null or writers.TensorBoard(
         workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
         [f"best/{c.tune.metric}"])
     self.compiles: dict[int, int] = {}
@@ -376,7 +400,9 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
     status = ("stopped" if not m["active"] else
               "completed" if m["created_step"] == 0 else "cut_short")
     loop["done"].append(strategies.summary(m, loop["phase"], status))
-  export.write_member_hparams(tune_dir.parent, members, c.tune.metric)
+  main = distributed.is_main()
+  if main:
+    export.write_member_hparams(tune_dir.parent, members, c.tune.metric)
   scores = [m["score"] if m["score"] is not None and not math.isnan(m["score"]) else -math.inf
             for m in members]
   best = int(np.argmax(scores))
@@ -386,9 +412,11 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
     loop["best"] = {"id": members[best]["id"], "score": scores[best],
                     "settings": members[best]["settings"], "phase": loop["phase"],
                     "eval": members[best]["last_eval"]}
-    events = lineage_lib.read(tune_dir / "lineage.jsonl")
-    export.export_member(c, members[best], pop_lib.take(pop, best), tune_dir.parent / "best",
-                  lineage_lib.schedule_of(events, members[best]["id"]))
+    # Every process takes part in the export's checkpoint; process 0 writes the files.
+    schedule = (lineage_lib.schedule_of(lineage_lib.read(tune_dir / "lineage.jsonl"),
+                                        members[best]["id"]) if main else None)
+    export.export_member(c, members[best], phase.take(pop, best), tune_dir.parent / "best",
+                         schedule)
 
 
 def _group(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -114,6 +114,9 @@ class Phase:
     shard = mesh is not None
     self.member_sharding = sharding.population_sharding(mesh) if shard else None
     replicated = sharding.replicated(mesh) if shard else None
+    if shard:  # Placed once; with several processes every program's inputs must be global.
+      self.data = sharding.put(self.data, replicated)
+      self.eval_batches = [sharding.put(b, replicated) for b in eval_batches]
     pop_train = pop_lib.make_train_fn(
         self.model, self.tx, schedule, c.data.batch_size, "vmap", self.steps_per_call,
         unroll=True if c.model.name == "cnn" else 1)  # Rolled conv scans are slow on CPU.
@@ -128,12 +131,15 @@ class Phase:
         train_fn, donate_argnums=(0, 1, 2),
         in_shardings=(ms, ms, ms, ms, replicated, ms) if shard else None,
         out_shardings=(ms, ms, ms) if shard else None))
-    self._eval = bounded(jax.jit(pop_lib.make_eval_fn(self.model)))
+    self._eval = bounded(jax.jit(pop_lib.make_eval_fn(self.model),
+                                 in_shardings=(ms, replicated) if shard else None,
+                                 out_shardings=ms if shard else None))
     # One program makes a population: keys, parameters, init_from's arrays, settings.
     # (Done eagerly, each of those steps compiled a small program of its own.)
     self._init = jax.jit(functools.partial(
         _init_population, self.model, self.tx, self.sample_batch, self.base_hparams,
         per_member_data_order=config.tune.per_member_data_order),
+        out_shardings=(ms, ms) if shard else None,
         compiler_options=compilation.run_once_options())
     # Every function that replaces the population donates the old one: updated in place.
     self._exploit = bounded(jax.jit(
@@ -142,8 +148,12 @@ class Phase:
             method=config.tune.pbt.exploit, fraction=config.tune.pbt.fraction,
             factors=tuple(config.tune.pbt.perturb_factors),
             resample_probability=config.tune.pbt.resample_probability),
-        donate_argnums=0, compiler_options=compilation.run_once_options()))
-    self._select = bounded(jax.jit(pop_lib.select, donate_argnums=2))
+        donate_argnums=0, in_shardings=(ms, replicated, replicated, replicated) if shard else None,
+        out_shardings=(ms, replicated, replicated) if shard else None,
+        compiler_options=compilation.run_once_options()))
+    self._select = bounded(jax.jit(pop_lib.select, donate_argnums=2,
+                                   in_shardings=ms if shard else None,
+                                   out_shardings=ms if shard else None))
     self.data_keys = None
     self.orders = None  # Per-member epoch permutations (a cache; never checkpointed).
     self.num_examples = train_data.num_examples
@@ -153,9 +163,22 @@ class Phase:
     return len(self.traces)
 
   def _put(self, tree):
+    """Host values (the same on every process) split over the members' devices."""
     if self.member_sharding is None:
       return tree
-    return jax.device_put(tree, self.member_sharding)
+    return sharding.put(tree, self.member_sharding)
+
+  def member_metrics(self, sums, prefix: str) -> list[dict[str, float]]:
+    """Per-member means of metric sums, on every process (gathered from all of them)."""
+    return pop_lib.compute_member_metrics(sharding.to_host(sums), prefix)
+
+  def dynamic_of(self, pop) -> dict[str, np.ndarray]:
+    """The members' dynamic settings ({key: [P]}) as host arrays, on every process."""
+    return sharding.to_host(pop_lib.get_dynamic(pop, self.dynamic_keys))
+
+  def take(self, pop, index: int):
+    """Member `index`'s state as host arrays, on every process (to export it)."""
+    return sharding.to_host(pop_lib.take(pop, index))
 
   def dynamic_values(self, members) -> dict[str, np.ndarray]:
     return {k: np.asarray([float(m["settings"][k]) for m in members], np.float32)
@@ -166,9 +189,9 @@ class Phase:
     ids = np.asarray([m["id"] for m in members], np.int32)
     pop, data_keys = self._init(np.int32(self.seed), ids, self.dynamic_values(members),
                                 self.init_copies)
-    self.data_keys = self._put(data_keys)
+    self.data_keys = data_keys  # Placed by the program (out_shardings) when sharded.
     self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
-    return self._put(pop), self._put(metrics.new_sums((len(members),)))
+    return pop, self._put(metrics.new_sums((len(members),)))
 
   def train_program(self, members):
     """(jitted train function, abstract arguments) of one dispatch for `members`, as
@@ -191,12 +214,12 @@ class Phase:
   def restore(self, ckpts, step: int, pop, acc):
     """The population and metric sums of checkpoint `step` (shaped like `pop`, `acc`)."""
     restored = ckpts.restore(step, {"population": pop, "metric_sums": acc})[0]
-    return self._put(restored["population"]), self._put(restored["metric_sums"])
+    return restored["population"], restored["metric_sums"]  # Placed like the targets.
 
   def active(self, members) -> jax.Array | None:
     if all(m["active"] for m in members):
       return None  # The step without the member-wise select (population.make_train_fn).
-    return self._put(jnp.asarray([m["active"] for m in members]))
+    return self._put(np.asarray([m["active"] for m in members]))
 
   def train(self, pop, acc, active):
     run = self._host_loop.train if self._host_loop is not None else self._train
@@ -208,7 +231,7 @@ class Phase:
     parameters too (eval/ema_*), as a single run does."""
     def member_metrics(states, prefix):
       sums = metrics.sum_batches(lambda batch: self._eval(states, batch), self.eval_batches)
-      return pop_lib.compute_member_metrics(sums, prefix)
+      return self.member_metrics(sums, prefix)
 
     values = member_metrics(pop, "eval/")
     if pop.ema_params is not None:
@@ -221,16 +244,15 @@ class Phase:
     scores_arr = np.asarray([s if s is not None else math.nan for s in scores], np.float32)
     new_pop, parents, exploited = self._exploit(pop, scores_arr, np.int32(self.seed),
                                                 np.int32(event))
-    # The gathers of exploit return unsharded arrays: put members back on their devices.
-    return self._put(new_pop), np.asarray(parents), np.asarray(exploited)
+    return new_pop, np.asarray(parents), np.asarray(exploited)
 
   def refill(self, pop, acc, members, mask: list[bool]):
     """Replaces the masked slots with fresh members (new init, settings, data order)."""
     fresh = self.initial_state(members)[0]
-    mask_arr = self._put(jnp.asarray(mask))
+    mask_arr = self._put(np.asarray(mask))
     pop = self._select(mask_arr, fresh, pop)
-    acc = self._select(mask_arr, metrics.new_sums((len(members),)), acc)
-    return self._put(pop), self._put(acc)
+    acc = self._select(mask_arr, self._put(metrics.new_sums((len(members),))), acc)
+    return pop, acc
 
 
 

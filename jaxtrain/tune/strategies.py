@@ -69,7 +69,7 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
   if strategy == "pbt":
     before = [dict(m["settings"]) for m in members]
     pop, parents, exploited = phase.exploit(pop, [m["score"] for m in members], loop["event"])
-    new_values = jax.device_get(pop_lib.get_dynamic(pop, phase.dynamic_keys))
+    new_values = phase.dynamic_of(pop)
     old_members = copy.deepcopy(members)
     for i, m in enumerate(members):
       if not exploited[i]:
