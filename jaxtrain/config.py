@@ -189,6 +189,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune.halving.min_steps = 100  # First rung; rungs at min_steps * eta^k.
   c.tune.bayes = ml_collections.ConfigDict()
   c.tune.bayes.rounds = 4  # Each round asks Optuna for population_size settings.
+  # bayes: where the Optuna study lives. "" = WORKDIR/tune/optuna.db, this run's alone.
+  # A storage several jaxtrain processes share (one per machine, each with its own
+  # --workdir) makes them one search: an RDB URL (sqlite:///PATH,
+  # postgresql://USER:PASSWORD@HOST/DB, mysql://...) or "journal:PATH" (an Optuna journal
+  # file on a file system every machine mounts). Give a URL with a password as
+  # "env:NAME" or "file:PATH": the records keep the reference, never the password.
+  c.tune.storage = ""
+  c.tune.study_name = "jaxtrain"  # The study in the storage: searches may share one.
   c.tune.early_stopping = ml_collections.ConfigDict()
   c.tune.early_stopping.patience = 0  # Evaluations without improvement per member; 0 = off.
   c.tune.early_stopping.min_delta = 0.0
@@ -349,7 +357,10 @@ def with_settings(config: ml_collections.ConfigDict, settings: dict[str, Any]):
 def check_references(config: ml_collections.ConfigDict) -> None:
   """Every 'env:'/'file:' value resolves (before anything is compiled)."""
   for key, value in flatten(config).items():
-    if not key.startswith("tune.space."):
+    # tune.storage is read by a Bayesian search alone: a best member's exported config
+    # (tune.strategy='none') keeps the reference, and its --mode=eval needs no storage.
+    unread = key == "tune.storage" and config.tune.strategy != "bayes"
+    if not key.startswith("tune.space.") and not unread:
       redact.resolve(key, value)
 
 

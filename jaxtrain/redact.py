@@ -5,7 +5,8 @@ and WORKDIR/jaxtrain.log are copied, shared and uploaded; a password or token in
 them is leaked. Whatever is written goes through this module first:
 
 - the password of a URL's userinfo: `postgresql://user:PASSWORD@host/db` ->
-  `postgresql://user:***@host/db`;
+  `postgresql://user:***@host/db`, and a credential-named query parameter's value
+  (`...?password=PASSWORD` -> `...?password=***`);
 - the value of a key whose last component names a credential (password, passwd,
   secret, token, api_key/apikey, credential(s), access_key, secret_key, private_key).
 
@@ -29,6 +30,10 @@ _CREDENTIAL = re.compile(
     r"private_?key)$", re.IGNORECASE)
 # scheme://user:password@ -- the user name stays (it says whose), the password goes.
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*:)([^\s/@]+)(@)")
+# A credential in a URL's query: ?password=...&token=... (database URLs take both forms).
+_QUERY_CREDENTIAL = re.compile(
+    r"([?&](?:[a-zA-Z0-9]*[_.-])?(?:password|passwd|secret|token|api_?key|credentials?|"
+    r"access_?key|secret_?key|private_?key)=)([^&#\s]+)", re.IGNORECASE)
 
 
 def is_credential_key(key: str) -> bool:
@@ -37,8 +42,9 @@ def is_credential_key(key: str) -> bool:
 
 
 def text(s: str) -> str:
-  """`s` with every URL password replaced by ***."""
-  return _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), s)
+  """`s` with every URL password (userinfo or credential-named query value) as ***."""
+  s = _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), s)
+  return _QUERY_CREDENTIAL.sub(lambda m: m.group(1) + MASK, s)
 
 
 def value(key: str, v: Any) -> Any:

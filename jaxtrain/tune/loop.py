@@ -82,6 +82,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
         f"train.eval_every_steps={config.train.eval_every_steps}")
   if t.bayes.rounds <= 0:
     raise errors.UserError(f"tune.bayes.rounds={t.bayes.rounds} must be > 0")
+  strategies.check_storage(config)  # tune.storage, tune.study_name: before anything is written.
   if t.grid_points <= 0:
     raise errors.UserError(f"tune.grid_points={t.grid_points} must be > 0")
   catalog.check_splits(config.data)

@@ -10,18 +10,18 @@ round of settings (`ask_round`) and tells it the scores when the round ends.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxtrain import config as config_lib
 from jaxtrain import errors
 from jaxtrain.jobs import cadence
-from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import space as space_lib
+from jaxtrain.tune import storage as storage_lib
 from jaxtrain.tune.phase import Phase
 
 
@@ -158,23 +158,49 @@ def summary(m: dict, phase: int, status: str) -> dict[str, Any]:
           "steps": (m["history"][-1][0] - m["created_step"]) if m["history"] else 0}
 
 
-def open_study(c, tune_dir: Path, rounds_done: int = 0):
-  """The Optuna study of a Bayesian search (WORKDIR/tune/optuna.db), created or resumed.
+@dataclasses.dataclass
+class Study:
+  """A Bayesian search's Optuna study, and which of its trials are this workdir's.
+
+  With tune.storage set, other jaxtrain processes ask and tell in the same study: this
+  one marks each trial it asks with `worker` (trial user attribute
+  `storage.WORKER_ATTR`) and fails or tells only those when it recovers.
+  """
+  optuna: Any  # optuna.study.Study
+  worker: str | None  # None: WORKDIR/tune/optuna.db, every trial this workdir's.
+  where: str  # The study as messages name it (never with a password).
+
+  def owns(self, trial) -> bool:
+    return self.worker is None or trial.user_attrs.get(storage_lib.WORKER_ATTR) == self.worker
+
+
+def check_storage(c) -> None:
+  """tune.storage and tune.study_name (`storage.check`), before anything is written."""
+  storage_lib.check(c)
+
+
+def open_study(c, tune_dir: Path, rounds_done: int = 0) -> Study:
+  """The Optuna study of a Bayesian search, created or resumed: tune.study_name in
+  tune.storage, or (tune.storage='') in WORKDIR/tune/optuna.db.
 
   `rounds_done`: rounds the checkpoint being resumed has asked; with rounds done the
-  study must exist (a new empty one would silently forget every trial told).
+  study must exist and hold this workdir's trials (a new empty one would silently
+  forget every trial told).
 
   The study optimises `tune.metric` itself, in its own direction: Optuna is told
   the metric's values (e.g. eval/loss, minimised), so `study.best_trial` is the
   trial with the best metric as Optuna defines it.
 
   Raises:
-    UserError: the stored study optimises the other direction (written by an older
+    UserError: the storage cannot be opened, the study is missing on a resume, or it
+      optimises another metric or the other direction (e.g. written by an older
       jaxtrain that maximised every metric); it cannot be continued.
   """
   import optuna  # pylint: disable=g-import-not-at-top
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   direction = "maximize" if config_lib.mode_of(c.tune.metric) == "max" else "minimize"
+  if c.tune.storage:
+    return _open_shared_study(c, tune_dir, rounds_done, direction)
   path = tune_dir / "optuna.db"
   fix = ("it holds the trials of the rounds done: restore it, or start the search over in "
          "a new --workdir")
@@ -182,7 +208,7 @@ def open_study(c, tune_dir: Path, rounds_done: int = 0):
     raise errors.UserError(f"{path} is missing, but the checkpoint being resumed has asked "
                            f"{rounds_done} rounds of it: {fix}")
   try:
-    study = optuna.create_study(study_name="jaxtrain", storage=f"sqlite:///{path}",
+    study = optuna.create_study(study_name=c.tune.study_name, storage=f"sqlite:///{path}",
                                 direction=direction, load_if_exists=True)
     told = len(study.get_trials(deepcopy=False))
   except Exception as e:  # pylint: disable=broad-except
@@ -197,10 +223,64 @@ def open_study(c, tune_dir: Path, rounds_done: int = 0):
         f"{path} holds a study that {study.direction.name.lower()}s {c.tune.metric}, but "
         f"{c.tune.metric} is to {direction} (the study was written by an older jaxtrain); "
         "start the search in a new --workdir")
-  return study
+  return Study(study, None, str(path))
 
 
-def tell_round(study, members: list[dict], metric: str) -> None:
+def _open_shared_study(c, tune_dir: Path, rounds_done: int, direction: str) -> Study:
+  """`open_study` of a storage other processes may share (tune.storage set)."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  kind, target = storage_lib.target(c)
+  name = c.tune.study_name
+  where = f"{storage_lib.shown(c)}, study {name!r}"
+  fix = ("it holds the trials of the rounds done: point tune.storage and tune.study_name at "
+         "the study this search began in, or start the search over in a new --workdir")
+  worker = storage_lib.read_worker(tune_dir)
+  if rounds_done:  # Checked before anything is created (a database, a file, a study).
+    if worker is None:
+      raise errors.UserError(
+          f"{tune_dir / storage_lib.WORKER_FILE} is missing, but the checkpoint being resumed "
+          f"has asked {rounds_done} rounds of {where}: it names this workdir's trials there; "
+          "restore it, or start the search over in a new --workdir")
+    file = storage_lib.file_of(kind, target)
+    if file is not None and not file.is_file():
+      raise errors.UserError(f"{where}: {file} is missing, but the checkpoint being resumed "
+                             f"has asked {rounds_done} rounds of it: {fix}")
+  storage = storage_lib.open_storage(c, kind, target)
+  try:
+    if rounds_done:
+      study = optuna.load_study(study_name=name, storage=storage)
+    else:  # Processes starting together: one creates it, the others load it.
+      study = optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                  load_if_exists=True)
+    trials = study.get_trials(deepcopy=False)
+  except KeyError:  # load_study: no study of that name.
+    raise errors.UserError(f"{where} does not exist, but the checkpoint being resumed has "
+                           f"asked {rounds_done} rounds of it: {fix}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.UserError(storage_lib.scrub(
+        f"{where} cannot be read as an Optuna study ({type(e).__name__}: "
+        f"{' '.join(str(e).split())[:160]}): {fix}", target)) from None
+  other = "another search (of another metric) wrote it; give this one another tune.study_name"
+  if study.direction.name.lower() != direction:
+    raise errors.UserError(f"{where} is a study that {study.direction.name.lower()}s, but "
+                           f"{c.tune.metric} is to {direction}: {other}")
+  metric = study.user_attrs.get(storage_lib.METRIC_ATTR)
+  if metric is not None and metric != c.tune.metric:  # Same direction, other values.
+    raise errors.UserError(f"{where} holds values of {metric}, but this search tells "
+                           f"{c.tune.metric}: {other}")
+  if rounds_done and not any(t.user_attrs.get(storage_lib.WORKER_ATTR) == worker
+                             for t in trials):
+    raise errors.UserError(
+        f"{where} holds none of this workdir's trials ({storage_lib.WORKER_ATTR}={worker!r}), "
+        f"but the checkpoint being resumed has asked {rounds_done} rounds of it: {fix}")
+  if metric is None:  # The study's first process: later ones check against it.
+    study.set_user_attr(storage_lib.METRIC_ATTR, c.tune.metric)
+  if worker is None:
+    worker = storage_lib.new_worker(tune_dir)
+  return Study(study, worker, where)
+
+
+def tell_round(study: Study, members: list[dict], metric: str) -> None:
   """Tells Optuna each member's final `metric` (non-finite: a failed trial).
 
   A trial already finished is left as it is (told by `reconcile`, or by a run that
@@ -210,17 +290,17 @@ def tell_round(study, members: list[dict], metric: str) -> None:
   for m in members:
     value = m["last_eval"].get(metric)
     if value is None or not math.isfinite(value):
-      study.tell(m["trial"], state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+      study.optuna.tell(m["trial"], state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
     else:
-      study.tell(m["trial"], value, skip_if_finished=True)
+      study.optuna.tell(m["trial"], value, skip_if_finished=True)
 
 
-def reconcile(study, loop: dict, metric: str) -> None:
+def reconcile(study: Study, loop: dict, metric: str) -> None:
   """Tells Optuna the trials the checkpointed loop finished but the study still holds
   as RUNNING (the run was killed between its checkpoint and `tell_round`)."""
   import optuna  # pylint: disable=g-import-not-at-top
-  running = {t.number for t in study.get_trials(deepcopy=False,
-                                                 states=(optuna.trial.TrialState.RUNNING,))}
+  running = {t.number for t in study.optuna.get_trials(
+      deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if study.owns(t)}
   finished = {}
   for row in loop["done"]:
     if row.get("trial") in running:
@@ -240,21 +320,30 @@ def _distribution(dim: space_lib.Dimension):
   return optuna.distributions.CategoricalDistribution(list(range(len(dim.choices))))
 
 
-def ask_round(study, dims, c, loop) -> list[dict[str, Any]]:
+def ask_round(study: Study, dims, c, loop) -> list[dict[str, Any]]:
   """Asks Optuna for one round of settings (TPE, seeded by the round: restartable)."""
   import optuna  # pylint: disable=g-import-not-at-top
-  # Trials asked by a run that died before its first checkpoint of the round.
-  for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-  # Seeded by (seed, round): a restarted round asks the same settings, and runs with
-  # neighbouring seeds do not share samplers (seed + phase did: seed 0's round 1 was
-  # seed 1's round 0).
-  sampler_seed = int(rng_for(c.seed, 2, loop["rounds"]).integers(2**31 - 1))
-  study.sampler = optuna.samplers.TPESampler(seed=sampler_seed,
-                                             n_startup_trials=c.tune.population_size)
+  # Trials this workdir asked in a run that died before its first checkpoint of the
+  # round. Its own only: in a shared study, other processes' RUNNING trials are training.
+  for trial in study.optuna.get_trials(deepcopy=False,
+                                       states=(optuna.trial.TrialState.RUNNING,)):
+    if study.owns(trial):
+      study.optuna.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+  # Seeded by (seed, round): a restarted round asks the same settings (in a shared study,
+  # as far as the others' trials allow), and runs with neighbouring seeds do not share
+  # samplers (seed + phase did: seed 0's round 1 was seed 1's round 0). Processes sharing
+  # a study run one command with one seed: the worker's salt keeps their samples apart.
+  sampler_seed = int(rng_for(c.seed, 2, loop["rounds"], *storage_lib.salt(study.worker))
+                     .integers(2**31 - 1))
+  study.optuna.sampler = optuna.samplers.TPESampler(seed=sampler_seed,
+                                                    n_startup_trials=c.tune.population_size)
   settings = []
   for _ in range(c.tune.population_size):
-    trial = study.ask({d.key: _distribution(d) for d in dims})
+    trial = study.optuna.ask({d.key: _distribution(d) for d in dims})
+    if study.worker is not None:
+      # Marked at once (Optuna's ask takes no attributes): a kill between the two calls
+      # would leave a RUNNING trial no process recognises as its own.
+      trial.set_user_attr(storage_lib.WORKER_ATTR, study.worker)
     s = {}
     for d in dims:
       value = trial.params[d.key]
@@ -262,5 +351,3 @@ def ask_round(study, dims, c, loop) -> list[dict[str, Any]]:
     s["__trial__"] = trial.number
     settings.append(s)
   return settings
-
-
