@@ -183,6 +183,14 @@ def test_compile_mode_of_a_search_reports_the_whole_population(tmp_path, capsys)
   # At least one member's parameters and Adam moments (MLP 64-256-256-10: 85k floats).
   assert per_member >= 3 * 85_000 * 4
   assert not (tmp_path / "run").exists()
+  # A population that does not fit: one line naming its size and the memory it needs.
+  code = main.main(["jaxtrain.main", "--config=configs/digits_pbt.py", f"--workdir={tmp_path}/run",
+                    "--mode=compile", "--config.tune.population_size=64",
+                    "--config.mesh.num_devices=1", "--config.compile.device_memory_gb=0.01"])
+  err = capsys.readouterr().err
+  assert code == 2 and len(err.splitlines()) == 1, err
+  assert "a population of 64 members needs" in err and "GB per device" in err
+  assert "tune.population_size" in err and not (tmp_path / "run").exists()
 
 def test_compilation_cache_dir(tmp_path):
   before = jax.config.jax_compilation_cache_dir

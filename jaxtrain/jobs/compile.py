@@ -21,11 +21,14 @@ from jaxtrain.io import compilation, throughput
 from jaxtrain.jobs import checks, setup
 
 
-def report(config, programs: dict[str, tuple[Any, tuple]]) -> dict[str, Any]:
+def report(config, programs: dict[str, tuple[Any, tuple]], what: str = "",
+           fix: str = "") -> dict[str, Any]:
   """Compiles each `name -> (jitted fn, args)` and returns the memory and FLOPs report.
 
   `programs["train_step"]` is the one-step program (its FLOPs are per step);
-  others (the K-step scan) add to the memory check only.
+  others (the K-step scan) add to the memory check only. `what` names what the
+  program holds in the refusal (e.g. "a population of 64 members"), `fix` leads its
+  advice.
 
   Raises:
     UserError: a program needs more memory per device than the device has.
@@ -51,10 +54,10 @@ def report(config, programs: dict[str, tuple[Any, tuple]]) -> dict[str, Any]:
     worst = max(result["programs"], key=lambda n: (result["programs"][n]["memory_bytes"] or {})
                 .get("total", 0))
     raise errors.UserError(
-        f"the compiled {worst} needs {needed / 1e9:.3g} GB per device but {device.device_kind} "
-        f"has {limit / 1e9:.3g} GB (compile.device_memory_gb={config.compile.device_memory_gb}); "
-        "lower data.batch_size, set model.remat=True or precision='bf16', or shard over more "
-        "devices")
+        f"the compiled {worst}{' of ' + what if what else ''} needs {needed / 1e9:.3g} GB per "
+        f"device but {device.device_kind} has {limit / 1e9:.3g} GB (compile.device_memory_gb="
+        f"{config.compile.device_memory_gb}); {fix + ', ' if fix else ''}lower data.batch_size, "
+        "set model.remat=True or precision='bf16', or shard over more devices")
   return result
 
 

@@ -470,7 +470,9 @@ def compile_report(config: ml_collections.ConfigDict) -> dict[str, Any]:
   phase = Phase(c, settings[0], s.info, s.train_data, [], [d for d in dims if d.dynamic],
                 len(settings))
   fn, args = phase.train_program([{"id": i, "settings": st} for i, st in enumerate(settings)])
-  result = compile_lib.report(c, {"train_step": (fn, args)})
+  result = compile_lib.report(c, {"train_step": (fn, args)},
+                              what=f"a population of {len(settings)} members",
+                              fix="lower tune.population_size")
   result.update(population=len(settings), execution=phase.execution,
                 steps_per_call=phase.steps_per_call)
   return result
