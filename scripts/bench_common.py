@@ -308,6 +308,9 @@ def main(parse_args, measure, markdown, argv=None) -> None:
   measure(args, results)
   results["meta"]["total_sec"] = time.perf_counter() - started
   results["meta"]["load_average_end"] = os.getloadavg()
+  # Accelerators report their peak memory (GPU/TPU); the CPU client reports none.
+  stats = jax.local_devices()[0].memory_stats() or {}
+  results["meta"]["peak_device_memory_bytes"] = stats.get("peak_bytes_in_use")
   print("\n".join(markdown(results)))
   if args.out:
     Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
