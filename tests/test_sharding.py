@@ -6,6 +6,8 @@ metrics within rel 1e-5 of the single-device run. Sharding changes only the
 order of floating-point reductions (measured differences: ~1e-7 relative).
 """
 
+import json
+
 import jax
 import numpy as np
 import optax
@@ -154,7 +156,7 @@ def test_population_mesh_follows_mesh_pop():
   assert dict(sharding.population_mesh(c, 8).shape)["pop"] == 8  # Default: all devices.
   assert sharding.population_mesh(c, 6) is None  # 6 members do not divide over 8.
   c.mesh.data, c.mesh.pop = 2, -1
-  with pytest.raises(errors.UserError, match="shards only the member axis"):
+  with pytest.raises(errors.UserError, match="splits members, not their batches"):
     sharding.population_mesh(c, 8)
   c.mesh.data, c.mesh.num_devices = 1, 4
   assert dict(sharding.population_mesh(c, 8).shape)["pop"] == 4
@@ -168,3 +170,52 @@ def test_rules_that_do_not_fit_a_parameter_are_one_line_errors():
     sharding.leaf_spec("params/Dense_1/bias", (10,), rules, sizes, 0)
   with pytest.raises(errors.UserError, match="gives 3 dimensions but params/Dense_1/kernel"):
     sharding.leaf_spec("params/Dense_1/kernel", (64, 10), rules, sizes, 0)
+
+
+# --- Populations whose members are sharded themselves (pop x fsdp, pop x model).
+
+POP_SHARDED = {
+    "pop2_fsdp2": {"mesh.num_devices": 4, "mesh.data": 1, "mesh.pop": 2, "mesh.fsdp": 2,
+                   "mesh.fsdp_min_size": 0},
+    "pop2_model2": {"mesh.num_devices": 4, "mesh.data": 1, "mesh.pop": 2, "mesh.model": 2,
+                    "mesh.rules": (".*Dense_0/kernel=None,model", ".*Dense_1/kernel=model,None")},
+}
+
+
+def _pbt_config(**mesh):
+  c = tiny_config(**{"train.num_steps": 40, "train.eval_every_steps": 10,
+                     "checkpoint.every_steps": 20, **mesh})
+  c.tune.strategy, c.tune.population_size = "pbt", 4
+  c.tune.space.optim = dict(learning_rate="loguniform(1e-3, 3e-2)")
+  return c
+
+
+@pytest.mark.parametrize("name", list(POP_SHARDED))
+def test_population_of_sharded_members_matches_the_unsharded_population(tmp_path, name):
+  from jaxtrain.tune import loop as tune_loop, phase as phase_lib
+  from jaxtrain.jobs import setup
+  c = _pbt_config(**POP_SHARDED[name])
+  # Each member's kernels are split within the member, the member axis over pop.
+  s = setup.build(c, data_pipeline="device", placement=False)
+  phase = phase_lib.Phase(c, {"optim.learning_rate": 1e-2}, s.info, s.train_data,
+                          s.eval_batches(), [], 4)
+  pop, _ = phase.initial_state([{"id": i, "settings": {"optim.learning_rate": 1e-2}}
+                                for i in range(4)])
+  kernel = pop.params["Dense_0"]["kernel"]  # [members, 64, 64]
+  assert kernel.sharding.spec[0] == "pop" and len(kernel.sharding.device_set) == 4
+  assert kernel.addressable_shards[0].data.shape[0] == 2  # 2 members per pop slice...
+  assert kernel.addressable_shards[0].data.size == kernel.size // 4  # ...each split in two.
+
+  sharded = tune_loop.run(c, tmp_path / "sharded")
+  plain = tune_loop.run(_pbt_config(**{"mesh.num_devices": 1}), tmp_path / "plain")
+  assert (sharded["best_member"], sharded["best_settings"]) == \
+      (plain["best_member"], plain["best_settings"])
+  got = {m["id"]: m for m in sharded["members"]}
+  for m in plain["members"]:
+    assert got[m["id"]]["settings"] == m["settings"]
+    for key, value in m["eval"].items():
+      assert got[m["id"]]["eval"][key] == pytest.approx(value, rel=TOL), key
+  lineage = [[json.loads(l) for l in (tmp_path / w / "tune" / "lineage.jsonl").read_text()
+              .splitlines()] for w in ("sharded", "plain")]
+  assert [(e["event"], e["member"], e["parent"], e["after"]) for e in lineage[0]] == \
+      [(e["event"], e["member"], e["parent"], e["after"]) for e in lineage[1]]

@@ -425,6 +425,8 @@ def population_mesh(config, size: int):
   every device goes to `pop`, as a tuning run has no use for data parallelism
   inside a member; an explicit `mesh.pop` (N or -1) is used as given. The
   other axes must then be 1: the tuner shards members, not their batches.
+  Members may themselves be sharded over `fsdp` and `model` (`mesh.rules`, the
+  FSDP default), as a single run's state is: `population_state_shardings`.
   When `size` does not divide over `pop` (or tune.shard_population is false)
   the phase runs on one device; with several processes (jax.distributed) `pop`
   spans all of them and each process holds its slice of the members, so the
@@ -433,26 +435,40 @@ def population_mesh(config, size: int):
   m = config.mesh
   devices = mesh_devices(m)
   processes = jax.process_count()
-  if processes > 1 and (not config.tune.shard_population or size % len(devices)):
-    # Across processes every member lives on one process's devices: none is left out.
-    raise errors.UserError(
-        f"a tuning run over {processes} processes splits its members over all "
-        f"{len(devices)} devices, but this phase has {size} members"
-        + ("" if config.tune.shard_population else " and tune.shard_population=False")
-        + f"; make tune.population_size a multiple of {len(devices)}")
-  if not config.tune.shard_population or len(devices) == 1:
+  if processes == 1 and (not config.tune.shard_population or len(devices) == 1):
     return None
   default = (m.data, m.fsdp, m.model, m.pop) == (-1, 1, 1, 1)
   sizes = (dict(data=1, fsdp=1, model=1, pop=len(devices)) if default
            else resolve_sizes(m, len(devices)))
-  if sizes["data"] * sizes["fsdp"] * sizes["model"] != 1:
+  if sizes["data"] != 1:
     raise errors.UserError(
-        f"a tuning run shards only the member axis, but the mesh has data={sizes['data']}, "
-        f"fsdp={sizes['fsdp']}, model={sizes['model']}; set mesh.pop=-1 and the other mesh "
-        "sizes to 1 (or leave the mesh at its default)")
-  if sizes["pop"] == 1 or size % sizes["pop"]:
+        f"a tuning run splits members, not their batches, but the mesh has data="
+        f"{sizes['data']}; set mesh.data=1 and mesh.pop=-1 (members may also be sharded "
+        "themselves over mesh.fsdp and mesh.model)")
+  if processes > 1 and (not config.tune.shard_population or size % sizes["pop"]):
+    # Across processes every member lives on its process's devices: none may be left out.
+    raise errors.UserError(
+        f"a tuning run over {processes} processes splits its members over mesh.pop="
+        f"{sizes['pop']}, but this phase has {size} members"
+        + ("" if config.tune.shard_population else " and tune.shard_population=False")
+        + f"; make tune.population_size a multiple of {sizes['pop']}")
+  if (sizes["pop"] == 1 and processes == 1) or size % sizes["pop"]:
     return None
   return make_mesh(m, sizes=sizes)
+
+
+def population_state_shardings(mesh, member_state, tx: optax.GradientTransformation,
+                               mesh_config):
+  """NamedShardings of a population's state: the leading member axis over `pop`, and
+  within a member the placement a single run's state gets on the same mesh
+  (`state_shardings` of one member's abstract state: fsdp, model, rules)."""
+  single = state_shardings(mesh, member_state, tx, mesh_config)
+  return jax.tree.map(lambda s: NamedSharding(mesh, PartitionSpec("pop", *s.spec)), single)
+
+
+def members_sharded(mesh) -> bool:
+  """Whether each member of a population on `mesh` is itself split over devices."""
+  return mesh is not None and mesh.shape["fsdp"] * mesh.shape["model"] > 1
 
 
 def on_one_device(abstract_tree):

@@ -126,20 +126,24 @@ class Phase:
       return pop_train(pop, acc, orders, active, data, data_keys)
 
     ms = self.member_sharding
+    # The population's state: split over members, and within a member like a single run's
+    # state when the mesh has fsdp/model axes (a member too large for one device).
+    ps = (sharding.population_state_shardings(mesh, shapes, r.tx, c.mesh)
+          if sharding.members_sharded(mesh) else ms)
     bounded = functools.partial(sharding.bounded_dispatch, mesh=mesh)  # CPU meshes: sharding.py.
     self._train = bounded(jax.jit(
         train_fn, donate_argnums=(0, 1, 2),
-        in_shardings=(ms, ms, ms, ms, replicated, ms) if shard else None,
-        out_shardings=(ms, ms, ms) if shard else None))
+        in_shardings=(ps, ms, ms, ms, replicated, ms) if shard else None,
+        out_shardings=(ps, ms, ms) if shard else None))
     self._eval = bounded(jax.jit(pop_lib.make_eval_fn(self.model),
-                                 in_shardings=(ms, replicated) if shard else None,
+                                 in_shardings=(ps, replicated) if shard else None,
                                  out_shardings=ms if shard else None))
     # One program makes a population: keys, parameters, init_from's arrays, settings.
     # (Done eagerly, each of those steps compiled a small program of its own.)
     self._init = jax.jit(functools.partial(
         _init_population, self.model, self.tx, self.sample_batch, self.base_hparams,
         per_member_data_order=config.tune.per_member_data_order),
-        out_shardings=(ms, ms) if shard else None,
+        out_shardings=(ps, ms) if shard else None,
         compiler_options=compilation.run_once_options())
     # Every function that replaces the population donates the old one: updated in place.
     self._exploit = bounded(jax.jit(
@@ -148,12 +152,11 @@ class Phase:
             method=config.tune.pbt.exploit, fraction=config.tune.pbt.fraction,
             factors=tuple(config.tune.pbt.perturb_factors),
             resample_probability=config.tune.pbt.resample_probability),
-        donate_argnums=0, in_shardings=(ms, replicated, replicated, replicated) if shard else None,
-        out_shardings=(ms, replicated, replicated) if shard else None,
+        donate_argnums=0, in_shardings=(ps, replicated, replicated, replicated) if shard else None,
+        out_shardings=(ps, replicated, replicated) if shard else None,
         compiler_options=compilation.run_once_options()))
-    self._select = bounded(jax.jit(pop_lib.select, donate_argnums=2,
-                                   in_shardings=ms if shard else None,
-                                   out_shardings=ms if shard else None))
+    # Selects populations and metric sums alike: placed like its (global) inputs.
+    self._select = bounded(jax.jit(pop_lib.select, donate_argnums=2))
     self.data_keys = None
     self.orders = None  # Per-member epoch permutations (a cache; never checkpointed).
     self.num_examples = train_data.num_examples
