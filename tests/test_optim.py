@@ -39,7 +39,7 @@ def test_injected_matches_unwrapped_bit_for_bit(name, schedule):
   unwrapped = optim.make_transform(name, shape, **hparams)  # Plain Python floats.
   a, _ = _run(injected)
   b, _ = _run(unwrapped)
-  chex.assert_trees_all_equal(a, b)
+  chex.assert_trees_all_equal(a, b, strict=True)
 
 
 def test_adam_matches_optax_adam():
@@ -47,15 +47,29 @@ def test_adam_matches_optax_adam():
   tx, _ = optim.build(c, 100)
   a, _ = _run(tx)
   b, _ = _run(optax.adam(1e-3))
-  chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-7, strict=True)
 
 
-def test_tree_comparisons_fail_on_a_missing_or_extra_leaf():
-  """The helper every test uses compares structure too (zip() stopped at the shorter)."""
+@pytest.mark.parametrize("assert_trees", [
+    lambda a, b: chex.assert_trees_all_equal(a, b, strict=True),
+    lambda a, b: chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6, strict=True),
+], ids=["equal", "close"])
+@pytest.mark.parametrize("other", [
+    {"w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float32),
+     "extra": np.ones(1, np.float32)},  # An extra leaf (zip() stopped at the shorter tree).
+    {"w": np.ones((2, 3), np.float32)},  # A missing leaf.
+    {"w": np.ones((3, 2), np.float32), "b": np.ones(3, np.float32)},  # A different shape.
+    {"w": np.ones((2, 3), np.float32), "b": np.float32(1.0)},  # Broadcasts without strict.
+    {"w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float64)},  # Another dtype.
+], ids=["extra_leaf", "missing_leaf", "shape", "scalar_for_array", "dtype"])
+def test_tree_comparisons_fail_on_any_mismatch(assert_trees, other):
+  """The comparisons every test uses (strict chex) check structure, shapes and dtypes."""
+  tree = {"w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float32)}
+  assert_trees(tree, jax.tree.map(np.copy, tree))  # Equal trees pass.
   with pytest.raises(AssertionError):
-    chex.assert_trees_all_equal({"w": np.ones(2), "b": np.ones(1)}, {"w": np.ones(2)})
+    assert_trees(tree, other)
   with pytest.raises(AssertionError):
-    chex.assert_trees_all_close([np.ones(2)], [np.ones(2), np.zeros(1)])
+    assert_trees(other, tree)
 
 
 def test_hyperparameters_are_state_leaves_and_settable():
@@ -162,15 +176,15 @@ def test_accumulation_equals_the_k_times_larger_batch_ema_included(tmp_path):
   train.run(big, tmp_path / "big")
   (p_micro, e_micro), (p_big, e_big) = (_final_params(tmp_path / "micro"),
                                         _final_params(tmp_path / "big"))
-  chex.assert_trees_all_close(p_micro, p_big, rtol=2e-5, atol=2e-6)
-  chex.assert_trees_all_close(e_micro, e_big, rtol=2e-5, atol=2e-6)
+  chex.assert_trees_all_close(p_micro, p_big, rtol=2e-5, atol=2e-6, strict=True)
+  chex.assert_trees_all_close(e_micro, e_big, rtol=2e-5, atol=2e-6, strict=True)
   # The check can fail: without accumulation the 32-example run moves elsewhere.
   alone = tiny_config(**common, **{"data.batch_size": 32, "train.num_steps": 10,
                                    "train.eval_every_steps": 5, "checkpoint.every_steps": 10})
   train.run(alone, tmp_path / "alone")
   with pytest.raises(AssertionError):
     chex.assert_trees_all_close(_final_params(tmp_path / "alone")[0], p_big, rtol=2e-5,
-                                atol=2e-6)
+                                atol=2e-6, strict=True)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -198,7 +212,7 @@ def test_weight_decay_mask_matches_optax_adamw_with_a_mask():
       lambda x: x.ndim >= 2, p))
   got, _ = _run(tx)
   want, _ = _run(reference)
-  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6, strict=True)
   c.weight_decay_mask = "all"  # The default decays the bias too: a different result.
   everything, _ = _run(optim.build(c, 10)[0])
   assert not np.allclose(np.asarray(everything["b"]), np.asarray(got["b"]))

@@ -143,7 +143,7 @@ def test_remat_gives_the_same_loss_and_gradients(overrides):
   (loss, grads), (loss_remat, grads_remat) = loss_and_grads(False), loss_and_grads(True)
   assert jax.tree.structure(grads) == jax.tree.structure(grads_remat)  # Same parameter tree.
   np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
-  chex.assert_trees_all_close(grads_remat, grads, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(grads_remat, grads, rtol=1e-5, atol=1e-7, strict=True)
 
 
 def test_compile_mode_reports_memory_and_flops(tmp_path, capsys):

@@ -84,31 +84,32 @@ def _engine(size, execution="vmap", learning_rates=None, shard=False):
 
 
 def _member_params(pop, i):
-  return [np.asarray(x[i]) for x in jax.tree.leaves(pop.params)]
+  """Member i's parameter tree (whole: compared with chex, structure included)."""
+  return jax.tree.map(lambda x: np.asarray(x[i]), pop.params)
 
 
 def test_a_nan_member_never_touches_the_others():
   healthy = _engine(4, learning_rates=[1e-3, 2e-3, 3e-3, 4e-3])
   poisoned = _engine(4, learning_rates=[1e-3, 2e-3, float("nan"), 4e-3])
   assert not np.all(np.isfinite(np.concatenate([p.ravel() for p in
-                                                _member_params(poisoned, 2)])))
+                                                jax.tree.leaves(_member_params(poisoned, 2))])))
   for i in (0, 1, 3):
-    for a, b in zip(_member_params(healthy, i), _member_params(poisoned, i)):
-      np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(_member_params(healthy, i), _member_params(poisoned, i),
+                                strict=True)
 
 
 def test_members_are_independent_of_population_size():
   pair = _engine(2, learning_rates=[1e-3, 2e-3])
   four = _engine(4, learning_rates=[1e-3, 2e-3, 3e-3, 4e-3])
   for i in (0, 1):
-    for a, b in zip(_member_params(pair, i), _member_params(four, i)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(_member_params(pair, i), _member_params(four, i), rtol=1e-5,
+                                atol=1e-6, strict=True)
 
 
 def test_map_execution_matches_vmap():
   a = _engine(4, execution="vmap")
   b = _engine(4, execution="map")
-  chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6, strict=True)
 
 
 def test_population_sharded_over_8_devices_matches_one_device():
@@ -116,7 +117,7 @@ def test_population_sharded_over_8_devices_matches_one_device():
   single = _engine(8)
   sharded = _engine(8, shard=True)
   chex.assert_trees_all_close(jax.device_get(single.params), jax.device_get(sharded.params),
-                              rtol=1e-5, atol=1e-6)
+                              rtol=1e-5, atol=1e-6, strict=True)
 
 
 def test_exploit_copies_whole_member_state_and_explores():
@@ -134,9 +135,9 @@ def test_exploit_copies_whole_member_state_and_explores():
   assert lr_new[1] in (np.float32(lr_old[0] * 0.5), np.float32(lr_old[0] * 2.0))
   np.testing.assert_array_equal(lr_new[[0, 2, 3]], lr_old[[0, 2, 3]])
   member = lambda tree, i: jax.tree.map(lambda x: np.asarray(x)[i], tree)
-  chex.assert_trees_all_equal(member(new.params, 1), member(pop.params, 0))
+  chex.assert_trees_all_equal(member(new.params, 1), member(pop.params, 0), strict=True)
   chex.assert_trees_all_equal(member(new.opt_state.inner_state, 1),
-                              member(pop.opt_state.inner_state, 0))
+                              member(pop.opt_state.inner_state, 0), strict=True)
   assert not np.array_equal(np.asarray(new.rng[1]), np.asarray(pop.rng[0]))
 
 
