@@ -12,6 +12,7 @@ a hang is killed (SIGKILL: jax catches SIGTERM) and fails the test.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -111,3 +112,30 @@ def test_killed_two_process_search_resumes_exactly(tmp_path):
     p.communicate()
   _wait(_start_two(BASE, tmp_path / "killed"))  # A restart of both resumes.
   assert _outcome(tmp_path / "killed") == _outcome(tmp_path / "whole")
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_resumes_exactly(tmp_path):
+  """A maintenance event reaches one host: every process stops at the same evaluation,
+  saves it and exits 75; restarting both continues to the uninterrupted result."""
+  args = BASE + ["--config.train.num_steps=1200"]  # Long enough to stop inside.
+  _wait(_start_two(args, tmp_path / "whole"))
+  procs = _start_two(args, tmp_path / "stopped")
+  checkpoints = tmp_path / "stopped" / "tune" / "checkpoints"
+  deadline = time.monotonic() + 240
+  while not (checkpoints / "100").is_dir():  # Training has started: signal one process.
+    assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    pytest.fail("a process did not stop after SIGTERM reached one of them")
+  assert [p.returncode for p in procs] == [75, 75], [e[-2000:] for _, e in outs]
+  result = json.loads((tmp_path / "stopped" / "tune" / "result.json").read_text())
+  assert result["status"] == "preempted"
+  saved = sorted(int(d.name) for d in checkpoints.iterdir() if d.name.isdigit())
+  assert saved and saved[-1] < 1200  # Stopped before the end, at a saved evaluation.
+  _wait(_start_two(args, tmp_path / "stopped"))
+  assert _outcome(tmp_path / "stopped") == _outcome(tmp_path / "whole")

@@ -85,6 +85,12 @@ class Cadence:
   def is_save(self, step: int) -> bool:
     return itstime(step, self.save_every, self.num_steps)
 
+  def host_waits(self, step: int) -> bool:
+    """Whether the loop waits for the host after `step` anyway (it logs, evaluates, saves
+    or stops): where the processes of a multi-process run agree on a preemption."""
+    return (self.is_log(step) or self.is_eval(step) or self.is_save(step)
+            or self.is_stop(step))
+
 
 class Best:
   """The best evaluation so far by one rankable metric (e.g. checkpoint.best_metric).

@@ -94,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
           break
         # A requested stop (stop_after_steps, SIGTERM, SIGINT) saves a checkpoint but adds
         # no record or evaluation: a resumed run's records equal an uninterrupted run's.
-        if preempt.requested:
+        if preempt.should_stop(step, sync=cad.host_waits(step)):  # Processes agree.
           status = "preempted"
         is_last = cad.is_stop(step) or status == "preempted"
         is_log, is_eval, is_save = cad.is_log(step), cad.is_eval(step), cad.is_save(step) or is_last

@@ -168,7 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
           record = {k: [m[k] for m in train_metrics] for k in train_metrics[0]}
           record.update(_fold_stats(last))
           metrics_log.write(step, record)
-        stopping = bool(preempt.requested) or (
+        stopping = preempt.should_stop(step) or (  # Every interval: processes agree.
             stop_after_steps is not None and step >= stop_after_steps)
         if cadence.itstime(step, c.checkpoint.every_steps, c.train.num_steps) or stopping:
           train_sec += time.perf_counter() - t_interval  # Checkpoint writes not counted.

@@ -218,8 +218,9 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
                                     records.lineage, dims, phase.dynamic_dims)
         else:
           _finish_phase(c, phase, pop, loop, records.lineage, tune_dir)
-        # SIGTERM/SIGINT take effect at the end of the current evaluation interval.
-        stopping = bool(preempt.requested) or (
+        # SIGTERM/SIGINT take effect at the end of the current evaluation interval, at
+        # the same interval in every process (should_stop: called every interval).
+        stopping = preempt.should_stop(loop["global_step"]) or (
             stop_after_steps is not None and loop["global_step"] >= stop_after_steps)
         if cadence.itstime(loop["step"], c.checkpoint.every_steps, c.train.num_steps) or stopping:
           clock.save(ckpts, loop, records.lineage, pop, acc)
