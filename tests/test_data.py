@@ -1,6 +1,8 @@
 """Embedded TFDS datasets and the two input pipelines."""
 
 import hashlib
+import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -164,3 +166,20 @@ def test_permute_features_is_one_fixed_permutation():
   # Same positions moved for every example.
   np.testing.assert_array_equal(a[1] - a[0], np.full((3, 4), 12.0))
   np.testing.assert_array_equal(pipeline.permute_features(x, 0), x)
+
+
+@pytest.mark.slow
+def test_processes_starting_together_prepare_an_embedded_dataset_once(tmp_path):
+  """The hosts of one run share the data dir: preparing it concurrently raced (one
+  process failed while its peers waited for it in jax.distributed)."""
+  import subprocess
+  import sys
+  code = ("import sys; from jaxtrain.data import catalog; "
+          "source, info = catalog.open_split('digits', 'train', sys.argv[1]); print(len(source))")
+  env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "data")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0], [e[-1500:] for _, e in outs]
+  assert len({o.strip() for o, _ in outs}) == 1 and int(outs[0][0]) > 1000

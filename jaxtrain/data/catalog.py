@@ -111,11 +111,18 @@ def open_split(name: str, split: str, data_dir: str = "", label_column: str = "l
       raise errors.UserError(f"data.data_dir={data_dir!r} cannot be created ({e.strerror}); "
                              "set data.data_dir to a writable directory") from None
     tfds.disable_progress_bar()  # The data is small; a bar per split is noise.
-    # TFDS prints "Downloading and preparing dataset ..." to stdout, where --mode=eval
-    # and --mode=compile print their JSON: a first run's output did not parse.
-    with contextlib.redirect_stdout(io.StringIO()):
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    # Processes that start together (the hosts of one run, parallel tests) share the data
+    # dir: one prepares while the others wait, then find it prepared. Unlocked, two
+    # preparations raced and one failed, leaving its peers blocked in jax.distributed.
+    import filelock  # pylint: disable=g-import-not-at-top
+    with filelock.FileLock(str(Path(data_dir) / f".{base}.prepare.lock")):
+      builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        # TFDS prints "Downloading and preparing dataset ..." to stdout, where --mode=eval
+        # and --mode=compile print their JSON: a first run's output did not parse.
+        with contextlib.redirect_stdout(io.StringIO()):
+          builder.download_and_prepare(
+              download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   file_format = builder.info.file_format
   if file_format is not None and getattr(file_format, "value", file_format) != "array_record":
     raise errors.UserError(
