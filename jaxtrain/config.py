@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"
   c.data.label_column = "label"  # data.name="csv:PATH": the column holding the class.
+  # Modules imported before data.name is looked up: a TFDS builder of your own defined in
+  # one registers itself, and its dataset is prepared locally like the embedded ones.
+  c.data.import_modules = ()
   c.data.data_dir = ""  # "" = $JAXTRAIN_DATA_DIR or ~/.cache/jaxtrain/tensorflow_datasets.
   c.data.train_split = "train"  # Any TFDS split string, e.g. "train[:90%]".
   c.data.eval_split = "test"

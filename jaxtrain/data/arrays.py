@@ -219,12 +219,45 @@ def _from_function(name: str) -> dict[str, np.ndarray]:
   return _arrays_of(splits, where)
 
 
+def _is_source(obj) -> bool:
+  """A random-access source (e.g. a grain `RandomAccessDataSource`): len() and [i]."""
+  return (not isinstance(obj, (tuple, list, np.ndarray)) and hasattr(obj, "__len__")
+          and hasattr(obj, "__getitem__"))
+
+
+def _read_source(source, where: str) -> tuple[np.ndarray, np.ndarray]:
+  """(inputs, labels) of every record of a random-access source. A record is an
+  (inputs, label) pair or a dict with one label key ('label' or 'labels') and one other
+  key. Read whole: the device pipeline keeps a split in device memory, and the checks
+  below see every example."""
+  def pair(i, record):
+    if isinstance(record, dict):
+      label_keys = [k for k in ("label", "labels") if k in record]
+      others = [k for k in record if k not in ("label", "labels")]
+      if len(label_keys) == 1 and len(others) == 1:
+        return record[others[0]], record[label_keys[0]]
+      raise errors.UserError(f"{where}: record {i} has keys {sorted(record)}; give a 'label' "
+                             "key and one inputs key, or (inputs, label) pairs")
+    if isinstance(record, (tuple, list)) and len(record) == 2:
+      return record
+    raise errors.UserError(f"{where}: record {i} is a {type(record).__name__}; give (inputs, "
+                           "label) pairs or dicts with 'label' and one inputs key")
+  n = len(source)
+  if n == 0:
+    raise errors.UserError(f"{where}: a split's source is empty")
+  xs, ys = zip(*(pair(i, source[i]) for i in range(n)))
+  return np.stack([np.asarray(x) for x in xs]), np.asarray(ys)
+
+
 def _arrays_of(splits: dict, where: str) -> dict[str, np.ndarray]:
   arrays = {}
   for split, pair in splits.items():
+    if split in SPLITS and _is_source(pair):
+      pair = _read_source(pair, f"{where}: split {split!r}")
     if split not in SPLITS or not isinstance(pair, (tuple, list)) or len(pair) != 2:
       raise errors.UserError(f"{where}: split {split!r}: give splits {', '.join(SPLITS)} as "
-                             "(inputs, labels) pairs of arrays")
+                             "(inputs, labels) pairs of arrays, or random-access sources "
+                             "(e.g. grain.sources.ArrayRecordDataSource) of such pairs")
     x, y = (np.asarray(a) for a in pair)
     _check(where, SPLITS[split], x, y)
     arrays[f"x_{SPLITS[split]}"], arrays[f"y_{SPLITS[split]}"] = x, y

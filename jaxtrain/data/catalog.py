@@ -40,13 +40,42 @@ def _catalog_names() -> tuple[str, ...]:
   return tuple(tfds.list_builders(with_community_datasets=False))
 
 
+_USER_BUILDERS: set[str] = set()  # Builders defined in data.import_modules: prepared here.
+
+
+def import_modules(modules) -> None:
+  """Imports `data.import_modules` so that the TFDS builders they define register
+  themselves, and notes those builders: their datasets are prepared locally on first
+  use, as the embedded ones are (nothing is downloaded).
+
+  Raises:
+    UserError: a module that does not import (one line naming it).
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  for name in modules:
+    try:
+      module = importlib.import_module(name)
+    except Exception as e:  # pylint: disable=broad-except  (any error in the user's module)
+      raise errors.UserError(
+          f"data.import_modules: cannot import {name!r} ({type(e).__name__}: "
+          f"{_first_line(e)}); put it on PYTHONPATH, in the current directory or beside the "
+          "config file") from None
+    # By the classes the module defines (not by what the import added: a module imported
+    # before, e.g. in a notebook, registers nothing new).
+    _USER_BUILDERS.update(
+        obj.name for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, tfds.core.DatasetBuilder)
+        and obj.__module__ == module.__name__ and getattr(obj, "name", None))
+
+
 def check_name(name: str) -> None:
-  """Raises a `UserError` unless `name` is an embedded or TFDS catalog dataset, or
-  a user's arrays ('npz:PATH', jaxtrain/data/arrays.py)."""
+  """Raises a `UserError` unless `name` is an embedded or TFDS catalog dataset, a
+  builder of `data.import_modules`, or a user's arrays ('npz:PATH', data/arrays.py)."""
   if arrays.is_reference(name):
     return
   base = name.split("/")[0].split(":")[0]
-  if base in EMBEDDED:
+  if base in EMBEDDED or base in _USER_BUILDERS:  # (TFDS lists only its own catalog.)
     return
   names = _catalog_names()
   if base not in names:
@@ -94,7 +123,7 @@ def open_split(name: str, split: str, data_dir: str = "", label_column: str = "l
   check_name(name)
   data_dir = redact.resolve("data.data_dir", data_dir) or default_data_dir()
   base = name.split("/")[0].split(":")[0]
-  embedded = base in EMBEDDED
+  embedded = base in EMBEDDED or base in _USER_BUILDERS  # Prepared here if need be.
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except Exception as e:  # TFDS raises many types here; all mean "cannot open".

@@ -40,6 +40,7 @@ def check_config(data_config) -> None:
     errors.check_positive(f"data.{key}", data_config[key])
   if data_config.pipeline not in PIPELINES:
     raise errors.unknown_choice("data.pipeline", data_config.pipeline, PIPELINES)
+  catalog.import_modules(data_config.import_modules)  # A user's TFDS builders register.
   catalog.check_name(data_config.name)
   subset.check_config(data_config)
 
