@@ -376,7 +376,7 @@ def test_use_ema_scores_exports_and_starts_from_the_average(tmp_path):
   fresh = _fresh_mlp_state(start)
   state = transfer.init_state(start.init_from, fresh)
   ema_params = jax.device_get(_trained_state(tmp_path / "run").ema_params)
-  chex.assert_trees_all_equal(jax.device_get(state.params), ema_params)
+  chex.assert_trees_all_equal(jax.device_get(state.params), ema_params, strict=True)
   # Without an average to use, both are one line.
   no_ema = tiny_config(**{"eval.use_ema": True})
   with pytest.raises(errors.UserError, match="eval.use_ema=True needs train.ema_decay > 0"):

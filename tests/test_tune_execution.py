@@ -1,5 +1,6 @@
 """How members execute: vmap vs members one at a time (host loop), the select skip."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,8 @@ def _train(size, execution, active, steps=30):
 
 
 def _member(tree, i):
-  return [np.asarray(x)[i] for x in jax.tree.leaves(tree)]
+  """Member i's whole tree (compared with chex: structure, shapes and dtypes included)."""
+  return jax.tree.map(lambda x: np.asarray(x)[i], tree)
 
 
 def test_host_loop_equals_vmap_and_skips_inactive_members():
@@ -45,19 +47,17 @@ def test_host_loop_equals_vmap_and_skips_inactive_members():
   _, (map_pop, map_acc), map_traces = _train(4, "map", active)
   assert map_traces == 1  # One compiled member step for every member.
   for i in (0, 2, 3):
-    for a, b in zip(_member(vmap_pop, i), _member(map_pop, i)):
-      np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    chex.assert_trees_all_close(_member(vmap_pop, i), _member(map_pop, i), rtol=RTOL,
+                                atol=ATOL, strict=True)
     assert float(map_acc["count"][i]) == 30
   for pop in (vmap_pop, map_pop):  # The inactive member is untouched, bitwise.
-    for a, b in zip(_member(pop, 1), _member(initial, 1)):
-      np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(_member(pop, 1), _member(initial, 1), strict=True)
   assert float(map_acc["count"][1]) == 0
   # active=None (every member active): the step without the member-wise select.
   # Its members are bitwise those the select keeps.
   _, (all_active, _), _ = _train(4, "vmap", None)
   for i in (0, 2, 3):
-    for a, b in zip(_member(vmap_pop, i), _member(all_active, i)):
-      np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(_member(vmap_pop, i), _member(all_active, i), strict=True)
 
 
 def test_auto_rule_picks_the_host_loop_for_convolutions_on_cpu():
@@ -85,5 +85,6 @@ def test_pbt_with_map_execution_matches_vmap_and_compiles_once(tmp_path):
   assert any(kind == "exploit" for kind, *_ in lineage["map"])
   assert hostloop["best_member"] == vmap["best_member"]
   assert hostloop["best_score"] == pytest.approx(vmap["best_score"], abs=1e-6)
+  assert len(records["vmap"]) == len(records["map"])
   for a, b in zip(records["vmap"], records["map"]):
     np.testing.assert_allclose(a["eval/loss"], b["eval/loss"], rtol=RTOL)
