@@ -184,9 +184,11 @@ def bounded_dispatch(fn, mesh):
   executions in flight 20000 steps complete on 2 and 8 fake devices; with 32 or
   an unbounded queue (a training loop that never waits, as ours does between
   log steps) all-reduces hang and XLA aborts the process. The CPU "devices"
-  share the host's cores, so waiting costs no overlap worth having (same repro:
-  equal steps/s at depth 1, 2 and 4). Accelerator backends and one-device
-  meshes keep asynchronous dispatch.
+  share the host's cores, so waiting gives up little overlap (same repro: 4618
+  steps/s at depth 1 against 4900-5700 at depths 2-24, a tiny step where dispatch
+  dominates). Depth 1 because the programs donate their inputs: an earlier
+  execution's outputs are gone by the time a deeper queue would wait on them.
+  Accelerator backends and one-device meshes keep asynchronous dispatch.
   """
   if (mesh is None or jax.default_backend() != "cpu"
       or sum(d.process_index == jax.process_index() for d in mesh.devices.flat) < 2):
