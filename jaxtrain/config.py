@@ -40,6 +40,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"
   c.data.label_column = "label"  # data.name="csv:PATH": the column holding the class.
+  # Your own arrays (npz:, csv:, module:function) without a validation / test split: this
+  # fraction of train becomes that split (train keeps the rest), drawn by a permutation
+  # with data.split_seed, so every run and process carves the same rows. 0 = not carved.
+  c.data.validation_fraction = 0.0
+  c.data.test_fraction = 0.0
+  c.data.split_seed = 0
   # Modules imported before data.name is looked up: a TFDS builder of your own defined in
   # one registers itself, and its dataset is prepared locally like the embedded ones.
   c.data.import_modules = ()

@@ -461,3 +461,51 @@ def test_a_tfds_builder_of_ones_own_named_in_import_modules_trains_offline(tmp_p
                        f"--workdir={tmp_path / 'bad'}"], cwd=tmp_path)
   assert code == 2 and len(err.strip().splitlines()) == 1, err
   assert "data.import_modules: cannot import 'no_such_module'" in err
+
+
+def test_missing_splits_are_carved_from_train_by_a_seeded_permutation(tmp_path, capsys):
+  """An npz with train only: data.validation_fraction / test_fraction carve those splits
+  from train, the same rows on every call (data.split_seed), disjoint, train keeps the
+  rest; a run evaluates on the carved split; bad fractions are one line."""
+  from jaxtrain.data import catalog
+  from jaxtrain.config import base_config
+  rng = np.random.default_rng(0)
+  centers = rng.normal(0, 3, (3, 20))
+  y = rng.integers(0, 3, 1000)
+  x = (centers[y] + rng.normal(0, 1, (1000, 20))).astype(np.float32)
+  x[:, 0] = np.arange(1000)  # Row ids, to check which rows went where.
+  np.savez(tmp_path / "only_train.npz", x_train=x, y_train=y)
+  c = base_config().data
+  c.name, c.validation_fraction, c.test_fraction = f"npz:{tmp_path / 'only_train.npz'}", 0.1, 0.2
+  rows = {s: np.asarray(catalog.split_of(c, s)[0].__getitems__(range(n)))
+          for s, n in (("train", 700), ("validation", 100), ("test", 200))}
+  ids = {s: {int(r["inputs"][0]) for r in v} for s, v in rows.items()}
+  assert [len(v) for v in ids.values()] == [700, 100, 200]
+  assert [len(catalog.split_of(c, s)[0]) for s in rows] == [700, 100, 200]
+  assert set().union(*ids.values()) == set(range(1000))  # Disjoint, every row once.
+  again = {int(r["inputs"][0]) for r in catalog.split_of(c, "validation")[0].__getitems__(range(100))}
+  assert again == ids["validation"]
+  c.split_seed = 1
+  assert {int(r["inputs"][0]) for r in
+          catalog.split_of(c, "validation")[0].__getitems__(range(100))} != ids["validation"]
+  args = ["jaxtrain", "--config=configs/digits_mlp.py", f"--config.data.name={c.name}",
+          "--config.data.validation_fraction=0.2", "--config.data.eval_split=validation",
+          "--config.data.batch_size=32", "--config.train.num_steps=200",
+          "--config.mesh.num_devices=1"]
+  assert main.main([*args, f"--workdir={tmp_path / 'run'}"]) == 0
+  final = json.loads((tmp_path / "run" / "final.json").read_text())
+  assert final["final"]["eval/accuracy"] >= 0.9
+  recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+  assert (recorded["validation_fraction"], recorded["split_seed"]) == (0.2, 0)
+  capsys.readouterr()
+  assert main.main([*args[:3], "--config.data.validation_fraction=1.5", *args[4:],
+                    f"--workdir={tmp_path / 'bad'}"]) == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and "data.validation_fraction=1.5 must be in [0, 1)" in err[0], err
+  capsys.readouterr()
+  assert main.main(["jaxtrain", "--config=configs/digits_mlp.py",
+                    "--config.data.validation_fraction=0.1",
+                    f"--workdir={tmp_path / 'tfds'}"]) == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and "train_split='train[:90%]'" in err[0], err
+  assert not (tmp_path / "tfds").exists()

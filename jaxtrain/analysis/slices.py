@@ -88,8 +88,7 @@ def _from_function(key: str, inputs: np.ndarray, labels: np.ndarray) -> np.ndarr
 
 def _from_feature(key: str, data_config) -> np.ndarray:
   from jaxtrain.data import catalog, subset  # pylint: disable=g-import-not-at-top
-  source, info = catalog.open_split(data_config.name, data_config.eval_split,
-                                    data_config.data_dir, data_config.label_column)
+  source, info = catalog.split_of(data_config, data_config.eval_split)
   # The same examples as the evaluation (data.classes filters the eval split too).
   source = subset.apply(source, info, data_config, data_config.eval_split, 0, train=False)
   examples = source.__getitems__(range(len(source)))

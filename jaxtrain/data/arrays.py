@@ -172,9 +172,39 @@ def _bound(text: str | None, n: int, default: int) -> int:
   return max(0, min(n, value + n if value < 0 else value))
 
 
-def open_split(name: str, split: str, label_column: str = "label"):
-  """(source, the DatasetInfo fields) of split `split` of the file `name` names."""
-  arrays = _load(name, label_column)
+def carve(arrays: dict[str, np.ndarray], fractions: dict[str, float], seed: int,
+          where: str) -> dict[str, np.ndarray]:
+  """`arrays` with each missing split of `fractions` ({'validation': 0.1, 'test': 0.1})
+  taken from train: a permutation of train's rows (numpy PCG64 with `seed`) gives the
+  test rows first, then the validation rows; train keeps the rest, in their order."""
+  wanted = {s: f for s, f in fractions.items() if f > 0 and f"x_{SPLITS[s]}" not in arrays}
+  if not wanted:
+    return arrays
+  n = len(arrays["y_train"])
+  counts = {s: int(round(f * n)) for s, f in wanted.items()}
+  if sum(fractions.values()) >= 1 or min(counts.values()) < 1:
+    raise errors.UserError(
+        f"{where}: data.validation_fraction / data.test_fraction "
+        f"({', '.join(f'{s}={f}' for s, f in wanted.items())}) must each give at least one of "
+        f"train's {n} examples and leave some for training")
+  order = np.random.default_rng(seed).permutation(n)
+  arrays, start = dict(arrays), 0
+  for split in ("test", "validation"):
+    if split in counts:
+      rows = np.sort(order[start:start + counts[split]])
+      arrays[f"x_{SPLITS[split]}"] = arrays["x_train"][rows]
+      arrays[f"y_{SPLITS[split]}"] = arrays["y_train"][rows]
+      start += counts[split]
+  keep = np.sort(order[start:])
+  arrays["x_train"], arrays["y_train"] = arrays["x_train"][keep], arrays["y_train"][keep]
+  return arrays
+
+
+def open_split(name: str, split: str, label_column: str = "label",
+               fractions: dict[str, float] | None = None, seed: int = 0):
+  """(source, the DatasetInfo fields) of split `split` of the file `name` names; the
+  splits it lacks carved from train by `fractions` (see `carve`)."""
+  arrays = carve(_load(name, label_column), fractions or {}, seed, f"data.name={name!r}")
   match = _SPLIT.match(split.strip())
   if not match or match.group(1) not in SPLITS or f"x_{SPLITS[match.group(1)]}" not in arrays:
     have = [s for s, suffix in SPLITS.items() if f"x_{suffix}" in arrays]

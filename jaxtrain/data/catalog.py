@@ -104,8 +104,17 @@ def _prepare_hint(name: str, data_dir: str) -> str:
           "or set data.data_dir")
 
 
+def split_of(data_config, split: str):
+  """`open_split` of `split` of the dataset `data_config` (config.data) names."""
+  return open_split(data_config.name, split, data_config.data_dir, data_config.label_column,
+                    fractions={"validation": data_config.validation_fraction,
+                               "test": data_config.test_fraction},
+                    seed=data_config.split_seed)
+
+
 @errors.absl_warnings_muted()  # TFDS warns about unprepared folders; the UserError says it.
-def open_split(name: str, split: str, data_dir: str = "", label_column: str = "label"):
+def open_split(name: str, split: str, data_dir: str = "", label_column: str = "label",
+               fractions: dict[str, float] | None = None, seed: int = 0):
   """Returns (random-access source, DatasetInfo) for one split of a dataset.
 
   The source supports `len()`, `source[i]` and `source.__getitems__(indices)`,
@@ -115,7 +124,7 @@ def open_split(name: str, split: str, data_dir: str = "", label_column: str = "l
     UserError: the dataset is not available here, or the split does not exist.
   """
   if arrays.is_reference(name):  # A user's arrays: no TFDS, no data_dir.
-    source, fields = arrays.open_split(name, split, label_column)
+    source, fields = arrays.open_split(name, split, label_column, fractions, seed)
     return source, DatasetInfo(**fields)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from jaxtrain.data import builders  # pylint: disable=g-import-not-at-top,unused-import
@@ -175,7 +184,7 @@ def check_splits(data_config) -> None:
   this finds a bad eval split before that (and before any compilation).
   """
   for split in (data_config.train_split, data_config.eval_split):
-    open_split(data_config.name, split, data_config.data_dir, data_config.label_column)
+    split_of(data_config, split)
 
 
 def _info_of(name: str, info) -> DatasetInfo:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtrain import errors
-from jaxtrain.data import catalog, subset
+from jaxtrain.data import arrays, catalog, subset
 
 PIPELINES = ("auto", "device", "grain")
 
@@ -40,8 +40,18 @@ def check_config(data_config) -> None:
     errors.check_positive(f"data.{key}", data_config[key])
   if data_config.pipeline not in PIPELINES:
     raise errors.unknown_choice("data.pipeline", data_config.pipeline, PIPELINES)
+  for key in ("validation_fraction", "test_fraction"):
+    if not 0 <= data_config[key] < 1:
+      raise errors.UserError(f"data.{key}={data_config[key]} must be in [0, 1) (0: no split "
+                             "carved from train)")
   catalog.import_modules(data_config.import_modules)  # A user's TFDS builders register.
   catalog.check_name(data_config.name)
+  carved = [k for k in ("validation_fraction", "test_fraction") if data_config[k]]
+  if carved and not arrays.is_reference(data_config.name):
+    raise errors.UserError(
+        f"data.{carved[0]} carves a split from your own arrays (npz:, csv:, module:function); "
+        f"for the TFDS dataset {data_config.name!r} slice its splits instead, e.g. "
+        "data.train_split='train[:90%]' data.eval_split='train[90%:]'")
   subset.check_config(data_config)
 
 
@@ -224,8 +234,7 @@ def choose_pipeline(requested: str, num_examples: int, input_shape, max_mb: int)
 
 def create_train_data(data_config, seed: int):
   """Opens the training split; returns (DeviceData or GrainData, DatasetInfo)."""
-  source, info = catalog.open_split(data_config.name, data_config.train_split,
-                                    data_config.data_dir, data_config.label_column)
+  source, info = catalog.split_of(data_config, data_config.train_split)
   source = subset.apply(source, info, data_config, data_config.train_split, seed, train=True)
   kind = choose_pipeline(data_config.pipeline, len(source), info.input_shape,
                          data_config.device_max_mb)
@@ -246,8 +255,7 @@ def create_train_data(data_config, seed: int):
 
 def load_eval_arrays(data_config) -> tuple[np.ndarray, np.ndarray]:
   """The evaluation split as host numpy arrays (inputs, labels)."""
-  source, info = catalog.open_split(data_config.name, data_config.eval_split,
-                                    data_config.data_dir, data_config.label_column)
+  source, info = catalog.split_of(data_config, data_config.eval_split)
   source = subset.apply(source, info, data_config, data_config.eval_split, 0, train=False)
   inputs, labels = catalog.load_arrays(source, info)
   return permute_features(inputs, data_config.permute_features_seed), labels

@@ -78,8 +78,7 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
     if step not in steps:
       raise errors.UserError(f"--step={step} is not a checkpoint of {workdir}; "
                              f"available: {', '.join(map(str, sorted(steps)))}")
-    _, info = catalog.open_split(c.data.name, c.data.eval_split, c.data.data_dir,
-                                 c.data.label_column)
+    _, info = catalog.split_of(c.data, c.data.eval_split)
     r = setup.recipe(c, info)
     sample = {"inputs": catalog.to_model_inputs(np.zeros((1, *info.input_shape), info.input_dtype)),
               "labels": np.zeros((1, *info.label_shape), np.int32)}  # Shapes for the target.

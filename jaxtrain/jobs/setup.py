@@ -116,8 +116,7 @@ def build(config, *, data_pipeline: str | None = None, placement: bool = True) -
   """
   c = config
   # e.g. per-token labels need a token model: said before the data is read.
-  _, info = catalog.open_split(c.data.name, c.data.train_split, c.data.data_dir,
-                               c.data.label_column)
+  _, info = catalog.split_of(c.data, c.data.train_split)
   models.zoo.check_for_data(c.model, info.input_shape, info.label_shape)
   data_config = c.data
   if data_pipeline is not None:

@@ -72,8 +72,7 @@ def validate(config: ml_collections.ConfigDict) -> int:
         f"{config.tune.strategy!r}; cross-validate one setting with tune.strategy='none' "
         "(e.g. the best/ member a tuning run exports)")
   catalog.check_splits(config.data)
-  source, info = catalog.open_split(config.data.name, config.data.train_split,
-                                    config.data.data_dir, config.data.label_column)
+  source, info = catalog.split_of(config.data, config.data.train_split)
   # The examples the run will train on (data.classes / data.examples_per_class).
   source = subset.apply(source, info, config.data, config.data.train_split, config.seed,
                         train=True)

@@ -87,8 +87,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
     raise errors.UserError(f"tune.grid_points={t.grid_points} must be > 0")
   catalog.check_splits(config.data)
   if config.data.test_split:
-    catalog.open_split(config.data.name, config.data.test_split, config.data.data_dir,
-                       config.data.label_column)
+    catalog.split_of(config.data, config.data.test_split)
   dims = space_lib.parse_space(t.space, config_lib.flatten(config_lib.base_config()))
   if not dims:
     raise errors.UserError(
