@@ -1,25 +1,19 @@
-"""What every study uses: the repository's config files and a markdown table."""
+"""What every study uses: the shipped config files and a markdown table."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-
 
 def config_file(name: str) -> ml_collections.ConfigDict:
-  """Returns `get_config()` of configs/NAME.py (a fresh ConfigDict on every call)."""
-  path = CONFIGS_DIR / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """Returns `get_config()` of configs/NAME.py, the module jaxtrain.configs.NAME (a fresh
+  ConfigDict on every call)."""
+  return importlib.import_module(f"jaxtrain.configs.{name}").get_config()
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:

@@ -21,12 +21,15 @@ from jaxtrain import errors
 
 MODES = ("train", "eval", "compile")  # compile: jaxtrain/jobs/compile.py, no training.
 HELP_FLAGS = ("-h", "--help", "-help", "--helpfull")
+# The shipped config files (the package jaxtrain.configs); configs/ in a clone links here.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 USAGE = """usage: python -m jaxtrain.main --config=FILE[:ARG] --workdir=DIR [--config.KEY=VALUE ...]
 
 Trains (or resumes) the run in DIR; a config with tune.strategy set tunes a population,
 one with eval.cross_validation set cross-validates. Every config key, with its default,
-is in jaxtrain/config.py; override any with --config.KEY=VALUE.
+is in jaxtrain/config.py; override any with --config.KEY=VALUE. FILE is a path, or from
+any folder the name of a config shipped in jaxtrain/configs/ (e.g. --config=digits_mlp.py).
 
   python -m jaxtrain.main --config=configs/digits_mlp.py --workdir=runs/digits_mlp
   python -m jaxtrain.main --mode=eval --workdir=runs/digits_mlp --step=best
@@ -55,7 +58,8 @@ def parse(argv: list[str]):
   # OSError, KeyError or AttributeError that does not name the file or key.
   spec = _flag_arg(argv, "config")
   if spec is not None:
-    _check_config_path(spec)
+    spec = _resolve_config_path(spec)
+    argv = _with_flag_arg(argv, "config", spec)
     # A user's own model (model.name='module:Attr') may live beside the config file.
     config_dir = str(Path(spec.split(":")[0]).expanduser().resolve().parent)
     if config_dir not in sys.path:
@@ -148,15 +152,47 @@ def _flag_arg(argv: list[str], name: str) -> str | None:
   return None
 
 
-def _check_config_path(spec: str) -> None:
-  """Raises `UserError` unless the file of --config=PATH[:arg] exists."""
-  path = spec.split(":", 1)[0]
-  if not Path(path).is_file():
-    folder = Path(path).parent
-    siblings = [p.name for p in folder.glob("*.py")] if folder.is_dir() else []
-    raise errors.UserError(
-        f"--config file {path!r} not found{errors.did_you_mean(Path(path).name, siblings)}; "
-        "pass the path of a config file, e.g. --config=configs/digits_mlp.py")
+def _with_flag_arg(argv: list[str], name: str, value: str) -> list[str]:
+  """argv with the value of --name (as --name=VALUE or --name VALUE) replaced by `value`."""
+  out = list(argv)
+  for i, arg in enumerate(out[1:], start=1):
+    flag, has_value, _ = arg.lstrip("-").partition("=")
+    if arg.startswith("-") and flag == name:
+      if has_value:
+        out[i] = f"{arg.split('=', 1)[0]}={value}"
+      elif i + 1 < len(out):
+        out[i + 1] = value
+      break
+  return out
+
+
+def _shipped_configs() -> list[str]:
+  """The file names of the configs shipped in jaxtrain/configs (read, not imported)."""
+  return sorted(p.name for p in SHIPPED_CONFIGS.glob("*.py") if p.name != "__init__.py")
+
+
+def _resolve_config_path(spec: str) -> str:
+  """--config=PATH[:arg] as given, or with a bare shipped file name made a full path.
+
+  A bare name (`digits_mlp.py`, no folder) that is not a file here names the shipped
+  config, so the shipped configs run from any folder and from a plain install. Raises
+  `UserError` when neither exists.
+  """
+  path, colon, arg = spec.partition(":")
+  if Path(path).is_file():
+    return spec
+  bare = Path(path).name == path
+  if bare and path in _shipped_configs():
+    return f"{SHIPPED_CONFIGS / path}{colon}{arg}"
+  folder = Path(path).parent
+  if folder.is_dir() and not bare:  # A typo in a name beside the intended file.
+    choices = [p.name for p in folder.glob("*.py")]
+  else:  # Also e.g. configs/digits_mlp.py outside a clone: the shipped name works.
+    choices = _shipped_configs()
+  raise errors.UserError(
+      f"--config file {path!r} not found{errors.did_you_mean(Path(path).name, choices)}; "
+      f"pass the path of a config file, or the name of one shipped in {SHIPPED_CONFIGS} "
+      "(e.g. --config=digits_mlp.py)")
 
 
 def _set_model_kwargs(config, overrides: list[str]) -> None:

@@ -112,8 +112,8 @@ def table(rows: list[dict], seeds: list[int]) -> str:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  os.chdir(REPO)  # Configs import `configs.*`; run paths are repo-relative.
-  sys.path.insert(0, str(REPO))
+  os.chdir(REPO)  # --workdir and the config paths are repo-relative.
+  sys.path.insert(0, str(REPO))  # jaxtrain from this clone, installed or not.
   seeds = [int(s) for s in args.seeds.split(",")]
   root = Path(args.workdir).absolute()
   pretrain_dir = root / "pretrain"
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
         flush=True)
 
   import importlib  # pylint: disable=g-import-not-at-top
-  configs = {name: importlib.import_module(f"configs.{args.prefix}_{name}").get_config()
+  configs = {name: importlib.import_module(f"jaxtrain.configs.{args.prefix}_{name}").get_config()
              for name in ("finetune_5to9", "scratch_5to9")}
   grid = [(key, values.split(",")) for key, values in (g.split("=", 1) for g in args.grid)]
   rows = []

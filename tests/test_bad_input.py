@@ -33,15 +33,15 @@ FILES = {
                      "def get_config():\n  c = base_config()\n  c.train.num_epochs = 3\n"
                      "  return c\n"),
     "a_file": "not a directory\n",
-    "space_typo.py": ("from configs.digits_pbt import get_config as base\n\n\n"
+    "space_typo.py": ("from jaxtrain.configs.digits_pbt import get_config as base\n\n\n"
                       "def get_config():\n  c = base()\n"
                       "  c.tune.space.optim = dict(learning_rat='loguniform(1e-4, 1e-1)')\n"
                       "  return c\n"),
-    "space_empty_range.py": ("from configs.digits_pbt import get_config as base\n\n\n"
+    "space_empty_range.py": ("from jaxtrain.configs.digits_pbt import get_config as base\n\n\n"
                              "def get_config():\n  c = base()\n"
                              "  c.tune.space.optim = dict(learning_rate='uniform(0.1, 0.01)')\n"
                              "  return c\n"),
-    "space_log_zero.py": ("from configs.digits_pbt import get_config as base\n\n\n"
+    "space_log_zero.py": ("from jaxtrain.configs.digits_pbt import get_config as base\n\n\n"
                           "def get_config():\n  c = base()\n"
                           "  c.tune.space.optim = dict(weight_decay='loguniform(0, 1e-2)')\n"
                           "  return c\n"),

@@ -39,6 +39,7 @@ LAYERS = {
     "jaxtrain.main": 5,
     "jaxtrain.cli": 5,
     "jaxtrain.runs": 5,
+    "jaxtrain.configs": 5,  # The shipped config files: user-level, like a user's own config.
     "jaxtrain": 5,  # jaxtrain/__init__.py: the public API.
 }
 LAYER_NAMES = ("foundation", "core", "io", "jobs", "tune", "entry")
@@ -211,7 +212,8 @@ def recipe_copies(source: str, where: str) -> list[str]:
 
 
 def _sources():
-  for folder in ("jaxtrain", "scripts", "experiments", "tests", "configs"):
+  # Not configs/: it links to jaxtrain/configs, read with jaxtrain/.
+  for folder in ("jaxtrain", "scripts", "experiments", "tests"):
     for path in sorted((ROOT / folder).rglob("*.py")):
       yield str(path.relative_to(ROOT)), path.read_text()
   for path in sorted((ROOT / "notebooks").glob("*.ipynb")):

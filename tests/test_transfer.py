@@ -437,8 +437,7 @@ def _run_demo(prefix, tmp_path, monkeypatch):
   from pathlib import Path
   from jaxtrain import main
   repo = Path(__file__).resolve().parents[1]
-  monkeypatch.chdir(repo)
-  monkeypatch.syspath_prepend(str(repo))  # The configs import configs.*.
+  monkeypatch.chdir(repo)  # The config paths below are repo-relative, as in the guide.
 
   def run(name, *flags):
     workdir = tmp_path / name

@@ -6,7 +6,7 @@ initialization.
     --workdir=runs/mnist1d_cnn_scratch_5to9
 """
 
-from configs.mnist1d_cnn_finetune_5to9 import get_config as finetune_config
+from jaxtrain.configs.mnist1d_cnn_finetune_5to9 import get_config as finetune_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ The sizes come from `jaxtrain.models.vit.PRESETS` ("small" is ViT-S: 384 wide,
 6 heads). Slow on a CPU (5,345,098 parameters); meant for an accelerator.
 """
 
-from configs import digits_vit
+from jaxtrain.configs import digits_vit
 from jaxtrain.models import vit
 
 

@@ -12,7 +12,7 @@ the same model on the same 100 examples from scratch. Expected: see
 docs/guide/finetune.md (scripts/finetune_demo.py reproduces the table).
 """
 
-from configs.mnist1d_cnn import get_config as mnist1d_cnn_config
+from jaxtrain.configs.mnist1d_cnn import get_config as mnist1d_cnn_config
 
 
 def get_config():

@@ -6,7 +6,7 @@
 Expected: see docs/guide/models.md (measured on 2 CPU cores).
 """
 
-from configs import charlm_transformer
+from jaxtrain.configs import charlm_transformer
 
 
 def get_config():

@@ -8,7 +8,7 @@ configs/mnist1d_cnn_finetune_5to9.py. Expected (2 CPU cores): 0.986 test
 accuracy on the 0-4 test signals in about 15 s; see docs/guide/finetune.md.
 """
 
-from configs.mnist1d_cnn import get_config as mnist1d_cnn_config
+from jaxtrain.configs.mnist1d_cnn import get_config as mnist1d_cnn_config
 
 
 def get_config():

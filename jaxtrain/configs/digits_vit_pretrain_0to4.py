@@ -6,7 +6,7 @@
 Then configs/digits_vit_finetune_5to9.py. See docs/guide/finetune.md.
 """
 
-from configs.digits_vit import get_config as digits_vit_config
+from jaxtrain.configs.digits_vit import get_config as digits_vit_config
 
 
 def get_config():

@@ -11,7 +11,7 @@ configs/digits_vit_scratch_5to9.py is the same run from scratch. Expected: see
 docs/guide/finetune.md (scripts/finetune_demo.py --prefix=digits_vit).
 """
 
-from configs.digits_vit import get_config as digits_vit_config
+from jaxtrain.configs.digits_vit import get_config as digits_vit_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ accuracies back; the study lives in runs/digits_bayes/tune/optuna.db, so a
 restarted run continues it.
 """
 
-from configs import digits_pbt
+from jaxtrain.configs import digits_pbt
 
 
 def get_config():

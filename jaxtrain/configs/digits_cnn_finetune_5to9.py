@@ -12,7 +12,7 @@ examples. configs/digits_cnn_scratch_5to9.py trains the same model on the same
 100 examples from scratch. Expected: see docs/guide/finetune.md.
 """
 
-from configs.digits_cnn import get_config as digits_cnn_config
+from jaxtrain.configs.digits_cnn import get_config as digits_cnn_config
 
 
 def get_config():

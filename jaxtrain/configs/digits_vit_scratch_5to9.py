@@ -5,7 +5,7 @@ from a fresh initialization (same model, 100 examples, steps and learning rate).
     --workdir=runs/digits_vit_scratch_5to9
 """
 
-from configs.digits_vit_finetune_5to9 import get_config as finetune_config
+from jaxtrain.configs.digits_vit_finetune_5to9 import get_config as finetune_config
 
 
 def get_config():

@@ -5,7 +5,7 @@
 Expected: see docs/guide/models.md (measured on 2 CPU cores).
 """
 
-from configs import digits_resnet
+from jaxtrain.configs import digits_resnet
 
 
 def get_config():

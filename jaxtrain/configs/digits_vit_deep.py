@@ -5,7 +5,7 @@
 Expected: see docs/guide/models.md (measured on 2 CPU cores).
 """
 
-from configs import digits_vit
+from jaxtrain.configs import digits_vit
 
 
 def get_config():

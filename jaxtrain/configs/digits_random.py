@@ -9,7 +9,7 @@ same slot (no recompilation). The winner is scored once on the test split
 (`best_test` in runs/digits_random/tune/result.json).
 """
 
-from configs import digits_pbt
+from jaxtrain.configs import digits_pbt
 
 
 def get_config():

@@ -8,7 +8,7 @@ Expected (2 CPU cores): about 0.99 test accuracy on the 0-4 test digits in a
 few seconds; see docs/guide/finetune.md.
 """
 
-from configs.digits_cnn import get_config as digits_cnn_config
+from jaxtrain.configs.digits_cnn import get_config as digits_cnn_config
 
 
 def get_config():

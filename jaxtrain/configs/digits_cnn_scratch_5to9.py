@@ -5,7 +5,7 @@ configs/digits_cnn_finetune_5to9.py, from a fresh initialization.
     --workdir=runs/digits_cnn_scratch_5to9
 """
 
-from configs.digits_cnn_finetune_5to9 import get_config as finetune_config
+from jaxtrain.configs.digits_cnn_finetune_5to9 import get_config as finetune_config
 
 
 def get_config():
