@@ -15,6 +15,7 @@ from jaxtrain.core import metrics, optim
 from jaxtrain.data import pipeline
 from jaxtrain.io import checkpoint, writers
 from jaxtrain.jobs import evaluate, setup, train
+from jaxtrain.parallel import sharding
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import loop as tune_run
 from jaxtrain.tune import population as pop_lib
@@ -74,8 +75,10 @@ def _engine(size, execution="vmap", learning_rates=None, shard=False):
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     pop, acc, orders, active, data_keys = jax.device_put(
         (pop, acc, orders, active, data_keys), spec)
-    step = jax.jit(fn, in_shardings=(spec, spec, spec, spec, rep, spec),
-                   out_shardings=(spec, spec, spec))
+    # As jaxtrain's loops do: one execution at a time on several CPU devices (a queue of
+    # them deadlocks XLA's CPU collectives under load; sharding.bounded_dispatch).
+    step = sharding.bounded_dispatch(jax.jit(fn, in_shardings=(spec, spec, spec, spec, rep, spec),
+                                             out_shardings=(spec, spec, spec)), mesh)
   else:
     step = fn if execution == "map" else jax.jit(fn)
   for _ in range(60):  # Past the first epoch (44 steps of 32).
