@@ -96,12 +96,15 @@ def parse(argv: list[str]):
     raise errors.UserError("--workdir is required, e.g. --workdir=runs/digits_mlp")
   if fv.start_over and fv.mode != "train":
     raise errors.UserError(f"--start_over starts a new run; it does not go with --mode={fv.mode}")
+  if fv.quiet and fv.verbose:
+    raise errors.UserError("--quiet and --verbose contradict each other; pass one")
   return fv.config, fv.workdir, {"mode": fv.mode, "stop_after_steps": fv.stop_after_steps,
                                  "allow_config_change": fv.allow_config_change,
                                  "start_over": fv.start_over,
                                  "distributed": (fv.coordinator_address, fv.num_processes,
                                                  fv.process_id),
-                                 "step": _step_choice(fv.step)}
+                                 "step": _step_choice(fv.step),
+                                 "verbosity": 0 if fv.quiet else 2 if fv.verbose else 1}
 
 
 def _flags(argv: list[str] | None = None) -> flags.FlagValues:
@@ -121,6 +124,10 @@ def _flags(argv: list[str] | None = None) -> flags.FlagValues:
   flags.DEFINE_bool("start_over", False, "Move a used --workdir aside (renamed "
                     "WORKDIR.old-DATE-TIME, nothing deleted) and start a new run there.",
                     flag_values=fv)
+  flags.DEFINE_bool("quiet", False, "Print the result line only (no progress lines); "
+                    "warnings and errors still go to stderr.", flag_values=fv)
+  flags.DEFINE_bool("verbose", False, "Also print one line per tuning member at every "
+                    "evaluation.", flag_values=fv)
   # Multi-host (jaxtrain/parallel/distributed.py); a TPU pod slice needs none of these.
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a "
                       "multi-process run.", flag_values=fv)

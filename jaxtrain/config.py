@@ -287,6 +287,16 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[
 FREE_FORM = ("tune.space.", "model.kwargs.")
 
 
+def changed_from_defaults(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The flat keys whose value differs from `base_config()` (or that it lacks), with
+  model.name and data.name always: what tells one run from another (a single run's
+  TensorBoard hparams; every default as a column would bury them)."""
+  defaults = flatten(base_config())
+  flat = flatten(config)
+  return {k: v for k, v in flat.items()
+          if k in ("model.name", "data.name") or k not in defaults or defaults[k] != v}
+
+
 def check_schema(config) -> None:
   """Raises a one-line `UserError` unless `config` is a ConfigDict with every key of
   `base_config()`, no other key, and each value of its default's type."""

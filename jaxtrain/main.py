@@ -72,6 +72,8 @@ def _interrupted() -> int:
 
 
 def _run(config, workdir, options) -> int:
+  from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
+  writers.set_verbosity(options["verbosity"])  # Every call: main() runs again in a notebook.
   # Before anything touches a device: several processes then share one mesh.
   distributed.initialize(*options["distributed"])
   if config is not None:  # Schema first: the dispatch below reads config.tune.
@@ -112,7 +114,7 @@ def _run(config, workdir, options) -> int:
       print(f"{result['status']} at step {result['step']}: checkpoint saved in "
             f"{workdir}/checkpoints; rerun the same command to resume", file=sys.stderr)
       return errors.EXIT_PREEMPTED if result["status"] == "preempted" else 0
-    print(cv.summary_line(result, workdir), file=sys.stderr)
+    print(cv.summary_line(result, workdir), file=sys.stdout)
     return 0
   if config.tune.strategy != "none":
     from jaxtrain import tune  # pylint: disable=g-import-not-at-top
@@ -127,7 +129,7 @@ def _run(config, workdir, options) -> int:
     print(f"best {result['metric']}={result['best_score']:.4f} (member "
           f"{result['best_member']}: {result['best_settings']}); {result['num_members']} "
           f"members, {result['member_steps']} member-steps; best member exported to "
-          f"{workdir}/best", file=sys.stderr)
+          f"{workdir}/best", file=sys.stdout)
     return 0
   from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
   result = train.run(config, workdir, stop_after_steps=options["stop_after_steps"],
@@ -140,7 +142,7 @@ def _run(config, workdir, options) -> int:
   print(f"{result['status']} at step {result['step']}: "
         + " ".join(f"{k}={v:.4f}" for k, v in final.items())
         + f" (best {result['best']['metric']} at step {result['best']['step']}); "
-        f"results in {workdir}/final.json", file=sys.stderr)
+        f"results in {workdir}/final.json", file=sys.stdout)
   return 0
 
 

@@ -153,8 +153,8 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path, uninterru
   workdir, logs = tmp_path / "run", tmp_path / "logs"
   procs = _start(workdir, logs, env)
   deadline = time.time() + TIMEOUT
-  # Process 0 prints the progress lines: the loop has started once one appears.
-  while not any(l.startswith("step ") for l in (logs / "0.err").read_text().splitlines()):
+  # Process 0 prints the progress lines (stdout): the loop has started once one appears.
+  while not any(l.startswith("step ") for l in (logs / "0.out").read_text().splitlines()):
     if time.time() > deadline or any(p.poll() is not None for p in procs):
       for p in procs:
         p.kill()

@@ -348,11 +348,15 @@ def test_tensorboard_hparams_entry_lets_the_hparams_view_compare_runs(two_runs):
           experiments += data.HasField("experiment")
         elif value.HasField("simple_value"):
           scalars.add(value.tag)
-    # One session start with every config key; no per-run experiment entry (TensorBoard
-    # would take the first run's for the whole logdir); the metrics are scalars.
+    # One session start with the keys that differ from the defaults (and model.name,
+    # data.name); no per-run experiment entry (TensorBoard would take the first run's for
+    # the whole logdir); the metrics are scalars.
     assert len(starts) == 1 and experiments == 0
     assert starts[0].hparams["optim.learning_rate"].number_value == pytest.approx(lr)
     assert starts[0].hparams["model.name"].string_value == "mlp"
+    assert set(starts[0].hparams) == set(config_lib.changed_from_defaults(
+        config_lib.load_snapshot(two_runs / f"lr_{lr}")))
+    assert "seed" not in starts[0].hparams and "data.batch_size" in starts[0].hparams
     assert {"eval/accuracy", "eval/loss", "train/loss"} <= scalars
 
 

@@ -93,16 +93,23 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
 
 
 class TensorBoard:
-  """Scalars and an hparams entry in WORKDIR, via tensorboardX, best effort.
+  """Scalars, text and hparams entries in WORKDIR (and in runs below it, e.g. one
+  per tuning member: `run="members/0003"`), via tensorboardX, best effort.
 
   TensorBoard output must never stop or hang training: tensorboardX's writer
   thread can block forever once the disk is full. Records therefore go through
   a bounded queue to a thread of our own; if writing fails or the queue is
   full, a one-line warning is printed and TensorBoard output stops (metrics.jsonl
   and checkpoints are unaffected). `close()` waits at most a few seconds.
+
+  `hparams` (None: none) is the root run's hparams session. TensorBoard's HParams
+  view builds one table from the session entries of every run under the logdir;
+  `session(run, ...)` adds one for a sub-run (a tuning member).
   """
 
-  def __init__(self, workdir: Path, hparams: dict[str, Any], metric_names: list[str],
+  MAX_OPEN_RUNS = 32  # Sub-runs with an open event file (each a tensorboardX thread).
+
+  def __init__(self, workdir: Path, hparams: dict[str, Any] | None, metric_names: list[str],
                queue_size: int = 10_000):
     import queue  # pylint: disable=g-import-not-at-top
     import threading  # pylint: disable=g-import-not-at-top
@@ -115,26 +122,37 @@ class TensorBoard:
     self._thread.start()
 
   def _work(self, hparams, metric_names) -> None:
+    writers: dict[str, Any] = {}  # run ("" = the root) -> SummaryWriter, oldest use first.
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
-      writer = SummaryWriter(logdir=str(self.workdir), flush_secs=10)
-      # Written into this run's own event file so TensorBoard's HParams view
-      # pairs the config with this run's scalars. Only the session-start entry:
-      # without an experiment entry, TensorBoard builds the experiment from every
-      # run's session entries (all keys and values seen, metrics = the runs'
-      # scalar tags). An experiment entry per run would not work: TensorBoard takes
-      # the first one it finds for the whole logdir, hiding the other runs' keys.
-      _, session_start, _ = hparams_summary(hparams, {m: math.nan for m in metric_names})
-      writer.file_writer.add_summary(session_start)
+
+      def writer_of(run: str):
+        if run in writers:
+          writers[run] = writers.pop(run)  # Most recently used last.
+        else:
+          if len(writers) > self.MAX_OPEN_RUNS:  # Reopening a run adds an event file to
+            oldest = next(r for r in writers if r)  # it; TensorBoard reads them all.
+            writers.pop(oldest).close()
+          writers[run] = SummaryWriter(logdir=str(self.workdir / run), flush_secs=10)
+        return writers[run]
+
+      if hparams is not None:
+        _add_session(writer_of(""), hparams, metric_names, end=False)
       while True:
         item = self._queue.get()
         if item is None:
           break
-        step, values = item
-        for k, v in values.items():
-          writer.add_scalar(k, v, global_step=step)
-      writer.close()
+        kind, run, step, payload = item
+        writer = writer_of(run)
+        if kind == "scalars":
+          for k, v in payload.items():
+            writer.add_scalar(k, v, global_step=step)
+        elif kind == "text":
+          writer.add_text(payload[0], payload[1], global_step=step)
+        else:  # "session"
+          _add_session(writer, *payload, end=True)
+      for writer in writers.values():
+        writer.close()
     except Exception as e:  # Disk full, permissions: warn once, keep training.
       self._fail(f"{type(e).__name__}: {e}")
 
@@ -144,14 +162,28 @@ class TensorBoard:
       print(f"warning: TensorBoard output in {self.workdir} stopped ({why}); training "
             "continues, metrics.jsonl is still written", file=sys.stderr, flush=True)
 
-  def write(self, step: int, values: dict[str, Any]) -> None:
+  def _put(self, item) -> None:
     if self.failed:
       return
-    scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
     try:
-      self._queue.put_nowait((step, scalars))
+      self._queue.put_nowait(item)
     except self._full:
       self._fail("the writer fell behind; is the disk full or very slow?")
+
+  def write(self, step: int, values: dict[str, Any], run: str = "") -> None:
+    """Scalars (the numbers among `values`) at `step` in `run` (a path below WORKDIR)."""
+    scalars = {k: v for k, v in values.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if scalars:
+      self._put(("scalars", run, step, scalars))
+
+  def text(self, step: int, tag: str, text: str, run: str = "") -> None:
+    """A text entry (TensorBoard's Text tab) at `step`: e.g. a PBT exploit."""
+    self._put(("text", run, step, (tag, redact.text(text))))
+
+  def session(self, run: str, hparams: dict[str, Any], metric_names: list[str]) -> None:
+    """An hparams session for `run`: its settings, and which of its scalars are metrics."""
+    self._put(("session", run, 0, (hparams, metric_names)))
 
   def close(self, timeout: float = 10.0) -> None:
     try:
@@ -163,6 +195,19 @@ class TensorBoard:
       self._fail(f"the writer did not finish within {timeout:.0f} s")
 
 
+def _add_session(writer, hparams: dict[str, Any], metric_names: list[str], end: bool) -> None:
+  """Session entries (start, and end when the run is over) in `writer`'s event file, no
+  experiment entry (unlike tensorboardX's add_hparams): TensorBoard takes the first
+  experiment entry it finds for the whole logdir, which would hide every other run's
+  keys; without one it builds the experiment from all runs' sessions (every key and
+  value seen; metrics = the runs' scalar tags)."""
+  from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
+  _, session_start, session_end = hparams_summary(hparams, {m: math.nan for m in metric_names})
+  writer.file_writer.add_summary(session_start)
+  if end:
+    writer.file_writer.add_summary(session_end)
+
+
 def hparams_for_tensorboard(flat_config: dict[str, Any]) -> dict[str, Any]:
   """Config leaves as TensorBoard hparams values (str, float, bool)."""
   out = {}
@@ -172,21 +217,53 @@ def hparams_for_tensorboard(flat_config: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+# How much a run prints on stdout: 0 (--quiet) the result line only, 1 (default) also
+# progress lines, 2 (--verbose) also one line per tuning member and evaluation.
+# Diagnostics (warnings, errors) go to stderr whatever the level.
+_VERBOSITY = [1]
+
+
+def set_verbosity(level: int) -> None:
+  """0: result lines only; 1: progress too (the default); 2: per-member lines too."""
+  _VERBOSITY[0] = int(level)
+
+
+def verbosity() -> int:
+  return _VERBOSITY[0]
+
+
+def say(text: str, level: int = 1) -> None:
+  """A progress line on stdout, at verbosity `level` and above."""
+  if _VERBOSITY[0] >= level:
+    print(text, file=sys.stdout, flush=True)
+
+
+def eta_text(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  return (f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
+          if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}m")
+
+
 class Progress:
-  """A tqdm bar on a terminal; plain lines (one per log step) otherwise."""
+  """A tqdm bar on a terminal; plain lines (one per log step) otherwise (stdout)."""
 
   def __init__(self, total: int, start: int, stream=None):
-    self.stream = stream or sys.stderr
+    self.stream = stream or sys.stdout
     self.total, self.start = total, start
     self.t0 = time.perf_counter()
     self.bar = None
-    if self.stream.isatty():
+    self.quiet = verbosity() < 1
+    if self.stream.isatty() and not self.quiet:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self.bar = tqdm(total=total, initial=start, file=self.stream, unit="step",
                       dynamic_ncols=True)
     self.last = start
 
   def update(self, step: int, values: dict[str, Any]) -> None:
+    if self.quiet:
+      return
     shown = {k: v for k, v in values.items()
              if k in ("train/loss", "eval/loss", "eval/accuracy", "steps_per_sec")}
     text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())

@@ -267,7 +267,7 @@ class _Records:
     null = None if distributed.is_main() else distributed.NullWriter()
     self.log = null or writers.MetricsLog(workdir, start_step)
     self.tensorboard = null or writers.TensorBoard(
-        workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
+        workdir, writers.hparams_for_tensorboard(config_lib.changed_from_defaults(c)),
         ["eval/accuracy", "eval/loss"])
     self.progress = null or writers.Progress(c.train.num_steps, start_step)
     workdir_lib.write_provenance(workdir, c.model.name)  # Once metrics.jsonl was checked.

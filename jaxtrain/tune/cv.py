@@ -34,6 +34,7 @@ from jaxtrain.core import metrics
 from jaxtrain.data import catalog, pipeline, subset
 from jaxtrain.io import preemption, writers
 from jaxtrain.jobs import cadence, checks, setup, transfer, workdir as workdir_lib
+from jaxtrain.parallel import distributed
 from jaxtrain.tune import folds as folds_lib
 from jaxtrain.tune import population as pop_lib
 
@@ -154,6 +155,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     # --- Loop: every fold steps together; evaluations score each on its held-out fold.
     metrics_log = writers.MetricsLog(workdir, step if latest is not None else -1)
     status, t_interval = "completed", time.perf_counter()
+    start, t_start = step, time.perf_counter()  # For the progress lines' eta.
     with preemption.PreemptionGuard() as preempt:
       while step < c.train.num_steps:
         pop, acc, orders = prog.train(pop, acc, orders, s.train_data.arrays, folds.train_index,
@@ -167,6 +169,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
           record = {k: [m[k] for m in train_metrics] for k in train_metrics[0]}
           record.update(_fold_stats(last))
           metrics_log.write(step, record)
+          if distributed.is_main():
+            rate = (step - start) / max(time.perf_counter() - t_start, 1e-9)
+            writers.say(f"cv step {step}/{c.train.num_steps}: cv/accuracy "
+                        f"{record['cv/accuracy_mean']:.4f} +- {record['cv/accuracy_std']:.4f} "
+                        f"over {folds.size} folds, eta "
+                        f"{writers.eta_text((c.train.num_steps - step) / rate)}")
         stopping = preempt.should_stop(step) or (  # Every interval: processes agree.
             stop_after_steps is not None and step >= stop_after_steps)
         if cadence.itstime(step, c.checkpoint.every_steps, c.train.num_steps) or stopping:

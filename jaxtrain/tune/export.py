@@ -1,5 +1,4 @@
-"""Writing members out: the best member as a single-run workdir, and one
-TensorBoard hparams entry per member."""
+"""Writing a member out: the best member as a single-run workdir."""
 
 from __future__ import annotations
 
@@ -8,29 +7,8 @@ from pathlib import Path
 import jax
 
 from jaxtrain.core import state as state_lib
-from jaxtrain.io import writers
 from jaxtrain.jobs import workdir as workdir_lib
 from jaxtrain.tune.phase import member_config
-
-
-def write_member_hparams(workdir: Path, members, metric: str) -> None:
-  """One TensorBoard run per member (members/NNNN) with its settings and final
-  metrics, so TensorBoard's HParams view tables and compares the members."""
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
-  for m in members:
-    writer = SummaryWriter(logdir=str(workdir / "members" / f"{m['id']:04d}"))
-    hparams = writers.hparams_for_tensorboard(m["settings"])
-    final = {k: v for k, v in m["last_eval"].items() if isinstance(v, float)}
-    # Session entries and scalars, no experiment entry (unlike add_hparams): as in
-    # writers.TensorBoard, so that TensorBoard's HParams view builds one table from
-    # all runs under a logdir instead of taking the first run's experiment.
-    _, session_start, session_end = hparams_summary(hparams, final or {metric: float("nan")})
-    writer.file_writer.add_summary(session_start)
-    writer.file_writer.add_summary(session_end)
-    for name, value in final.items():
-      writer.add_scalar(name, value, global_step=m.get("steps", 0))
-    writer.close()
 
 
 def export_member(config, member: dict, state, directory: Path, schedule) -> None:

@@ -32,7 +32,7 @@ def _clean(value: Any) -> Any:
 class Lineage:
   """Appends events; on resume keeps only the first `keep` (those checkpointed)."""
 
-  def __init__(self, path: Path, keep: int, write: bool = True):
+  def __init__(self, path: Path, keep: int, write: bool = True, listener=None):
     self.path = Path(path)
     fix = ("the search replays it on resume: restore it, or start the search over in a new "
            "--workdir")
@@ -45,6 +45,7 @@ class Lineage:
     self.count = keep
     self._file = None  # Rewritten at the first event: a refused run leaves it as it was.
     self._write = write  # False: count events only (processes other than 0).
+    self._listener = listener  # Called with each new event (e.g. TensorBoard's text).
 
   def write(self, **event: Any) -> None:
     if not self._write:
@@ -56,6 +57,8 @@ class Lineage:
     self._file.write(json.dumps(_clean(event)) + "\n")
     self._file.flush()
     self.count += 1
+    if self._listener is not None:
+      self._listener(event)
 
   def close(self) -> None:
     if self._file is not None:

@@ -326,24 +326,31 @@ class _Clock:
 
 
 class _Records:
-  """Where a search's numbers go: metrics.jsonl, TensorBoard, tune/lineage.jsonl."""
+  """Where a search's numbers go: metrics.jsonl, tune/lineage.jsonl, TensorBoard (the
+  root run: population summaries; members/NNNN: each member's curves at its own steps,
+  its lineage events as text, its hparams session) and the progress lines."""
 
   def __init__(self, workdir: Path, c, loop, resumed: bool):
     main = distributed.is_main()  # Other processes count lineage events but write nothing.
+    self.c, self.loop = c, loop
     self.lineage = lineage_lib.Lineage(workdir / "tune" / "lineage.jsonl",
-                                       keep=loop["lineage_count"], write=main)
+                                       keep=loop["lineage_count"], write=main,
+                                       listener=self._lineage_event if main else None)
     null = None if main else distributed.NullWriter()
     self.log = null or writers.MetricsLog(workdir, loop["global_step"] if resumed else -1)
     workdir_lib.write_provenance(workdir, c.model.name)  # Once the records were checked.
-    self.tensorboard = null or writers.TensorBoard(
-        workdir, writers.hparams_for_tensorboard(config_lib.flatten(c)),
-        [f"best/{c.tune.metric}"])
+    # No root hparams session: the HParams view compares the members' sessions.
+    self.tensorboard = null or writers.TensorBoard(workdir, None, [])
+    self.progress = null or _Progress(c, loop)
+    self.member_tags: set[str] = set()  # Scalar tags of the member runs (hparams metrics).
     self.compiles: dict[int, int] = {}
     self.executions: dict[int, str] = {}  # 'vmap' or 'map' per phase (tune.execution=auto).
 
   def evaluation(self, c, loop, members, train_metrics, eval_metrics, seconds,
                  execution: str) -> None:
-    """One metrics.jsonl record (per-member lists) and the TensorBoard scalars."""
+    """One metrics.jsonl record (per-member lists), TensorBoard scalars (population
+    summaries in the root run, each trained member's metrics in its own run at the
+    number of steps it has trained) and a progress line."""
     active = sum(m["active"] for m in members)
     record = {"phase": loop["phase"], "phase_step": loop["step"], "execution": execution,
               "steps_per_sec": c.train.eval_every_steps / seconds,
@@ -352,16 +359,51 @@ class _Records:
     record.update({k: [m[k] for m in train_metrics] for k in train_metrics[0]})
     record.update({k: [m[k] for m in eval_metrics] for k in eval_metrics[0]})
     scores = [m["score"] if m["score"] is not None else math.nan for m in members]
-    finite = [i for i, s in enumerate(scores) if not math.isnan(s)]
+    finite = [i for i, s in enumerate(scores) if not math.isnan(s) and not math.isinf(s)]
     if finite:
       best = max(finite, key=lambda i: scores[i])
       record[f"best/{c.tune.metric}"] = eval_metrics[best][c.tune.metric]
       record["best/member"] = members[best]["id"]
     self.log.write(loop["global_step"], record)
-    scalars = {k: v for k, v in record.items() if isinstance(v, float)}
-    for m, e in zip(members, eval_metrics):
-      scalars.update({f"members/{m['id']:04d}/{k}": v for k, v in e.items()})
-    self.tensorboard.write(loop["global_step"], scalars)
+    self.tensorboard.write(loop["global_step"], {
+        **{k: v for k, v in record.items() if isinstance(v, float)},
+        "members/active": active, "members/finite": len(finite)})
+    for m, t, e in zip(members, train_metrics, eval_metrics):
+      if m["active"]:  # A stopped member trained nothing this interval: no new point.
+        self.member_tags.update(t)
+        self.member_tags.update(e)
+        self.tensorboard.write(loop["step"] - m["created_step"], {**t, **e}, _run(m["id"]))
+    self.progress.update(members, eval_metrics, record)
+
+  def _lineage_event(self, event: dict[str, Any]) -> None:
+    """A member's lineage event in its TensorBoard run: exploits, culls and stops as text
+    at the member's step; the end of a member (its phase's `final`, or the `refill` that
+    replaces it) writes its hparams session with the settings it ended with."""
+    kind, member = event["event"], event["member"]
+    if kind == "final":
+      self._session(member, event["after"])
+    elif kind == "refill":
+      self._session(event["replaces"], event["before"])
+      self.tensorboard.text(0, "lineage", f"refill: replaces member {event['replaces']}",
+                            _run(member))
+    elif kind in ("exploit", "cull", "stop"):
+      born = next((m["created_step"] for m in self.loop["members"] if m["id"] == member), 0)
+      metric, sign = self.c.tune.metric, -1 if config_lib.mode_of(self.c.tune.metric) == "min" else 1
+      value = lambda score: "nan" if score is None else f"{sign * score:.4g}"
+      if kind == "exploit":
+        changed = ", ".join(f"{k} {event['before'].get(k)!r} -> {v!r}"
+                            for k, v in event["after"].items() if event["before"].get(k) != v)
+        text = (f"exploit at step {event['step']}: {metric} {value(event['score'])}; copied "
+                f"member {event['parent']} ({value(event['parent_score'])}); {changed}")
+      elif kind == "cull":
+        text = f"culled at rung {event['rung']}: {metric} {value(event['score'])}"
+      else:
+        text = f"stopped ({event.get('reason', 'early stopping')}): {metric} {value(event['score'])}"
+      self.tensorboard.text(event["step"] - born, "lineage", text, _run(member))
+
+  def _session(self, member: int, settings: dict[str, Any]) -> None:
+    self.tensorboard.session(_run(member), writers.hparams_for_tensorboard(settings),
+                             sorted(self.member_tags) or [self.c.tune.metric])
 
   def close(self) -> None:
     self.lineage.close()
@@ -373,6 +415,61 @@ class _Records:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+class _Progress:
+  """One line per evaluation interval on stdout (writers.say): where the search is, its
+  best score so far and member, how many members are finite, member-steps per second
+  and the time left. With --verbose, one line per member too."""
+
+  def __init__(self, c, loop):
+    self.c, self.loop = c, loop
+    self.t0, self.done0 = time.perf_counter(), None
+
+  def _done(self) -> tuple[float, str]:
+    """(fraction of the search done, 'phase i/n' or 'round i/n')."""
+    c, loop = self.c, self.loop
+    in_phase = loop["step"] / c.train.num_steps
+    if c.tune.strategy == "bayes":  # Rounds asked so far; a round may be several phases.
+      per_round = len(loop["phases"]) / max(loop["rounds"], 1)
+      total = max(per_round * c.tune.bayes.rounds, 1)
+      return (loop["phase"] + in_phase) / total, f"round {loop['rounds']}/{c.tune.bayes.rounds}"
+    total = max(len(loop["phases"]), 1)
+    return (loop["phase"] + in_phase) / total, f"phase {loop['phase'] + 1}/{total}"
+
+  def update(self, members, eval_metrics, record) -> None:
+    if writers.verbosity() < 1:
+      return
+    c, loop, metric = self.c, self.loop, self.c.tune.metric
+    done, where = self._done()
+    if self.done0 is None:  # The first interval of this session: its start is the origin.
+      self.done0 = done - c.train.eval_every_steps / c.train.num_steps / max(
+          len(loop["phases"]), 1)
+    now = time.perf_counter()
+    rate = (done - self.done0) / max(now - self.t0, 1e-9)
+    eta = (1 - done) / rate if rate > 0 else math.inf
+    best = (f"best {metric}={record[f'best/{metric}']:.4g} (member {record['best/member']})"
+            if f"best/{metric}" in record else f"best {metric}=nan")
+    previous = loop.get("best")  # From a finished phase: better than every member now?
+    if previous and previous["score"] > max(
+        (m["score"] for m in members if m["score"] is not None and math.isfinite(m["score"])),
+        default=-math.inf):
+      best = f"best {metric}={previous['eval'][metric]:.4g} (member {previous['id']})"
+    finite = sum(m["score"] is not None and math.isfinite(m["score"]) for m in members)
+    writers.say(f"tune {where} step {loop['step']}/{c.train.num_steps}: {best}, "
+                f"{finite}/{len(members)} finite, "
+                f"{record['member_steps_per_sec']:,.0f} member-steps/s, "
+                f"eta {writers.eta_text(eta)}")
+    for m, e in zip(members, eval_metrics):
+      settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in m["settings"].items())
+      writers.say(f"  member {m['id']}{'' if m['active'] else ' (stopped)'}: "
+                  f"{metric}={e[metric]:.4g} {settings}", level=2)
+
+
+def _run(member: int) -> str:
+  """A member's TensorBoard run, below the workdir."""
+  return f"members/{member:04d}"
 
 
 # --- Phases: which members train together, and what a finished phase records. ---
@@ -402,8 +499,6 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
               "completed" if m["created_step"] == 0 else "cut_short")
     loop["done"].append(strategies.summary(m, loop["phase"], status))
   main = distributed.is_main()
-  if main:
-    export.write_member_hparams(tune_dir.parent, members, c.tune.metric)
   scores = [m["score"] if m["score"] is not None and not math.isnan(m["score"]) else -math.inf
             for m in members]
   best = int(np.argmax(scores))
