@@ -39,6 +39,7 @@ LAYERS = {
     "jaxtrain.main": 5,
     "jaxtrain.cli": 5,
     "jaxtrain.runs": 5,
+    "jaxtrain.inference": 5,  # jaxtrain.load: the public API.
     "jaxtrain.configs": 5,  # The shipped config files: user-level, like a user's own config.
     "jaxtrain": 5,  # jaxtrain/__init__.py: the public API.
 }

@@ -225,9 +225,11 @@ def to_model_inputs(inputs: np.ndarray) -> np.ndarray:
   return inputs.astype(np.float32, copy=False)
 
 
-def load_arrays(source, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a whole split into (inputs, labels int32) numpy arrays (see `to_model_inputs`)."""
+def load_arrays(source, info: DatasetInfo, *, raw: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole split into (inputs, labels int32) numpy arrays (see `to_model_inputs`;
+  with `raw` the inputs as the dataset stores them, e.g. uint8 images)."""
   examples = source.__getitems__(range(len(source)))
   inputs = np.stack([ex[info.input_key] for ex in examples])
   labels = np.asarray([ex[info.label_key] for ex in examples], np.int32)
-  return to_model_inputs(inputs), labels
+  return (inputs if raw else to_model_inputs(inputs)), labels

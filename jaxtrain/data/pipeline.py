@@ -253,12 +253,22 @@ def create_train_data(data_config, seed: int):
                    data_config.permute_features_seed), info
 
 
-def load_eval_arrays(data_config) -> tuple[np.ndarray, np.ndarray]:
-  """The evaluation split as host numpy arrays (inputs, labels)."""
-  source, info = catalog.split_of(data_config, data_config.eval_split)
-  source = subset.apply(source, info, data_config, data_config.eval_split, 0, train=False)
-  inputs, labels = catalog.load_arrays(source, info)
-  return permute_features(inputs, data_config.permute_features_seed), labels
+def load_eval_arrays(data_config, split: str | None = None, *, raw: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """The evaluation split (or `split`, read as an evaluation split is: `data.classes`
+  applied, every example kept) as host numpy arrays (inputs, labels). With `raw` the
+  inputs are as the dataset stores them, before `model_inputs`."""
+  split = split or data_config.eval_split
+  source, info = catalog.split_of(data_config, split)
+  source = subset.apply(source, info, data_config, split, 0, train=False)
+  inputs, labels = catalog.load_arrays(source, info, raw=True)
+  return (inputs if raw else model_inputs(inputs, data_config)), labels
+
+
+def model_inputs(raw_inputs: np.ndarray, data_config) -> np.ndarray:
+  """A batch of inputs as the dataset stores them, as the model takes them: scaled or
+  cast by `catalog.to_model_inputs`, then permuted by `data.permute_features_seed`."""
+  return permute_features(catalog.to_model_inputs(raw_inputs), data_config.permute_features_seed)
 
 
 def eval_batches(inputs: np.ndarray, labels: np.ndarray, batch_size: int):

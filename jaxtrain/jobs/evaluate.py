@@ -27,6 +27,7 @@ from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import checkpoint, compilation
 from jaxtrain.jobs import checks, setup, workdir as workdir_lib
 from jaxtrain.parallel import sharding
+from jaxtrain.tune import population as pop_lib
 
 
 @dataclasses.dataclass
@@ -48,7 +49,7 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
   checkpoint.best_metric); None means `which`. The config is WORKDIR/config.json
   unless given. Nothing is unpickled: arrays are read into the shapes the
   config's model and optimizer have, and a checkpoint that does not fit is one
-  `UserError` line.
+  `UserError` line. Nothing in the workdir is written.
   """
   workdir = Path(workdir)
   if config is None:  # From the workdir's record, own model included.
@@ -60,32 +61,85 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
   if cv.folds or cv.holdout_fraction:  # Its checkpoints hold a population of folds.
     raise errors.UserError(f"{workdir} is a cross-validation run: its results are in "
                            f"{Path(workdir) / 'cv.json'}; evaluate a single run instead")
+  if not has_checkpoints(workdir / "checkpoints"):
+    if (workdir / "best" / "checkpoints").is_dir():
+      raise errors.UserError(f"{workdir} is a tuning workdir; evaluate its best member with "
+                             f"--workdir={workdir / 'best'}")
+    raise errors.UserError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
   compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
-  with checkpoint.Checkpoints(workdir / "checkpoints", keep=c.checkpoint.keep) as ckpts:
-    steps = ckpts.all_steps()
-    if not steps:
-      if (workdir / "best" / "checkpoints").is_dir():
-        raise errors.UserError(f"{workdir} is a tuning workdir; evaluate its best member with "
-                               f"--workdir={workdir / 'best'}")
-      raise errors.UserError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
-    if isinstance(step, str):
-      step, which = None, step
-    if step is None:
-      step = ckpts.best_step() if which == "best" else ckpts.latest_step()
-      step = step if step is not None else ckpts.latest_step()
-    else:
-      which = "--step"
-    if step not in steps:
-      raise errors.UserError(f"--step={step} is not a checkpoint of {workdir}; "
-                             f"available: {', '.join(map(str, sorted(steps)))}")
-    _, info = catalog.split_of(c.data, c.data.eval_split)
-    r = setup.recipe(c, info)
-    sample = {"inputs": catalog.to_model_inputs(np.zeros((1, *info.input_shape), info.input_dtype)),
-              "labels": np.zeros((1, *info.label_shape), np.int32)}  # Shapes for the target.
-    target = workdir_lib.bundle(r.shapes(sample), jax.eval_shape(metrics.new_sums),
-                                jax.eval_shape(step_lib.new_guard))
-    restored, _ = ckpts.restore(step, sharding.on_one_device(target))  # Saved on any mesh.
-  return Restored(c, info, r, restored["train_state"], int(step), which)
+  _, info = catalog.split_of(c.data, c.data.eval_split)
+  r = setup.recipe(c, info)
+  target = workdir_lib.bundle(r.shapes(sample_batch(info)), jax.eval_shape(metrics.new_sums),
+                              jax.eval_shape(step_lib.new_guard))
+  restored, _, step, which = _read(workdir / "checkpoints", c, target, step, which, workdir)
+  return Restored(c, info, r, restored["train_state"], step, which)
+
+
+def has_checkpoints(directory: Path) -> bool:
+  """Whether `directory` holds a committed checkpoint step (checked without opening a
+  checkpoint manager, which would create the directory)."""
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def sample_batch(info: catalog.DatasetInfo) -> dict[str, np.ndarray]:
+  """One example of zeros: the shapes a restore target is traced with."""
+  return {"inputs": catalog.to_model_inputs(np.zeros((1, *info.input_shape), info.input_dtype)),
+          "labels": np.zeros((1, *info.label_shape), np.int32)}
+
+
+def _read(directory: Path, c, target, step, which: str, workdir: Path):
+  """(restored tree, loop state, step, which) of checkpoint `step` (or `which`) under
+  `directory`, read on one device into the structure of `target` (whatever mesh saved it)."""
+  with checkpoint.Checkpoints(directory, keep=c.checkpoint.keep) as ckpts:
+    step, which = choose_step(ckpts, step, which, workdir)
+    restored, loop = ckpts.restore(step, sharding.on_one_device(target))
+  return restored, loop, step, which
+
+
+def choose_step(ckpts: checkpoint.Checkpoints, step: int | str | None, which: str,
+                workdir: Path) -> tuple[int, str]:
+  """(step, which) of the checkpoint `step` names: a number, "latest" or "best" (None:
+  `which`); "best" is the latest where no evaluation ranked one (e.g. a population's).
+
+  Raises:
+    UserError: an unknown name, or a step that is not among the kept checkpoints.
+  """
+  if isinstance(step, str):
+    step, which = None, step
+  if step is None:
+    if which not in ("latest", "best"):
+      raise errors.UserError(f"step {which!r} is not a checkpoint name; use 'latest', 'best' "
+                             "or a step number")
+    step = ckpts.best_step() if which == "best" else ckpts.latest_step()
+    step = step if step is not None else ckpts.latest_step()
+  else:
+    which = "--step"
+  steps = ckpts.all_steps()
+  if isinstance(step, bool) or step not in steps:  # (True == 1: not a step.)
+    raise errors.UserError(f"step {step} is not a checkpoint of {workdir}; choose one of "
+                           f"those kept: {', '.join(map(str, sorted(steps)))}")
+  return int(step), which
+
+
+def restore_population(directory: Path, config: ml_collections.ConfigDict,
+                       recipe: setup.Recipe, info: catalog.DatasetInfo, size: int,
+                       step: int | str | None = None, which: str = "latest",
+                       workdir: Path | None = None):
+  """(population state, step, which, loop state) of a checkpoint that holds `size`
+  members made by `recipe` (a tuning phase's or the folds of cross-validation):
+  {"population": TrainState with a leading member axis, "metric_sums": [size]} as
+  jaxtrain/tune/loop.py and jaxtrain/tune/cv.py save it, read on one device."""
+  workdir = workdir or directory
+  if not has_checkpoints(directory):
+    raise errors.UserError(f"no checkpoint in {directory}; run {workdir} until it saves one")
+  compilation.enable_cache(config.compile.cache_dir)
+  rngs = jax.ShapeDtypeStruct((size, *setup.RNG_SHAPE.shape), setup.RNG_SHAPE.dtype)
+  population = jax.eval_shape(
+      lambda keys: pop_lib.create(recipe.model, recipe.tx, sample_batch(info), recipe.hparams,
+                                  keys), rngs)
+  target = {"population": population, "metric_sums": metrics.new_sums((size,))}
+  restored, loop, step, which = _read(directory, config, target, step, which, workdir)
+  return restored["population"], step, which, loop
 
 
 def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,

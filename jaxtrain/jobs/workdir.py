@@ -261,6 +261,19 @@ def export_run(directory: Path, config: ml_collections.ConfigDict, state,
   return directory
 
 
+def merged_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of a LoRA run's model with its adapters merged into the base weights:
+  `model.lora_rank = 0`, and no freezing, EMA or init_from (a plain run's)."""
+  base = copy.deepcopy(config)
+  with base.unlocked():
+    base.model.lora_rank = 0
+    base.optim.freeze, base.optim.lr_multipliers = (), ()
+    base.train.ema_decay = 0.0
+    base.eval.use_ema = False
+    base.init_from = config_lib.base_config().init_from
+  return base
+
+
 def export_merged(config: ml_collections.ConfigDict, state, directory: Path,
                   final: dict[str, Any]) -> Path:
   """Writes a LoRA run with its adapters merged into the base weights, as a plain
@@ -273,13 +286,7 @@ def export_merged(config: ml_collections.ConfigDict, state, directory: Path,
   final.json says which (`weights`).
   """
   use_ema = bool(config.eval.use_ema) and state.ema_params is not None
-  base = copy.deepcopy(config)
-  with base.unlocked():
-    base.model.lora_rank = 0
-    base.optim.freeze, base.optim.lr_multipliers = (), ()
-    base.train.ema_decay = 0.0
-    base.eval.use_ema = False
-    base.init_from = config_lib.base_config().init_from
+  base = merged_config(config)
   params, model_state = lora.merge(state.ema_params if use_ema else state.params,
                                    state.model_state, lora.scale_of(config.model))
   tx, _ = setup.optimizer(base)

@@ -29,6 +29,10 @@ MODEL_HPARAMS = ("dropout_rate",)
 class Model:
   init: Callable[[jax.Array, dict], dict]
   apply: Callable[..., tuple[jax.Array, dict]]
+  # The Flax (linen) module behind `from_flax`, for calling it directly
+  # (`module.apply(variables, inputs, train=False)`); None for a model that is not
+  # one module, e.g. a LoRA wrapper (core/lora.py).
+  module: Any = None
 
 
 def from_flax(module, takes: set[str] | None = None) -> Model:
@@ -58,7 +62,7 @@ def from_flax(module, takes: set[str] | None = None) -> Model:
       return logits, dict(new_state)
     return out, {}
 
-  return Model(init=init, apply=apply)
+  return Model(init=init, apply=apply, module=module)
 
 
 def check_config(model_config) -> None:
