@@ -17,6 +17,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Iterable
+from typing import Any
 from pathlib import Path
 
 # Exit codes of `python -m jaxtrain.main` (also documented in the README).
@@ -24,6 +25,33 @@ EXIT_USER_ERROR = 2  # Bad config, workdir, dataset or checkpoint: fix the input
 EXIT_NONFINITE = 3  # train.nan_policy stopped the run at a non-finite loss/gradient.
 EXIT_CHECKPOINT_FAILED = 4  # A checkpoint or metrics.jsonl could not be written (disk full).
 EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved; rerun the same command to resume.
+
+
+# Whether the command line (python -m jaxtrain.main) is running: errors name its flags
+# (--allow_config_change) there, and the Python API's keywords (allow_config_change=True)
+# in a notebook or script.
+_COMMAND_LINE = [False]
+
+
+def set_command_line(on: bool) -> None:
+  _COMMAND_LINE[0] = bool(on)
+
+
+def option(name: str, value: Any = True) -> str:
+  """How the user passes option `name`: '--name' (or '--name=value') on the command
+  line, 'name=value' to the Python API."""
+  if _COMMAND_LINE[0]:
+    return f"--{name}" if value is True else f"--{name}={value}"
+  return f"{name}={value!r}"
+
+
+def rerun() -> str:
+  """How the user runs the same thing again (to resume)."""
+  return "rerun the same command" if _COMMAND_LINE[0] else "call the same function again"
+
+
+def new_workdir() -> str:
+  return "a new --workdir" if _COMMAND_LINE[0] else "a new workdir"
 
 
 class JaxtrainError(Exception):
@@ -40,6 +68,17 @@ class NonFiniteError(JaxtrainError):
   """Training diverged: train.nan_policy stopped a run, or every member of a search
   has a non-finite score."""
   exit_code = EXIT_NONFINITE
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C (a notebook's Stop button) stopped a run called from Python, after its
+  checkpoint was saved: raised, so that "Run all" stops at this cell instead of going on
+  with a half-trained model. `result` is what the run would have returned; calling it
+  again resumes. The command line turns it into exit code 75."""
+
+  def __init__(self, message: str, result: dict):
+    super().__init__(message)
+    self.result = result
 
 
 class UserError(JaxtrainError):

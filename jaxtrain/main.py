@@ -35,8 +35,12 @@ from jaxtrain.cli import HelpRequested, parse
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv if argv is None else argv
-  with preemption.early_interrupts():
-    return _main(argv)
+  errors.set_command_line(True)  # Errors name flags (--allow_config_change), not keywords.
+  try:
+    with preemption.early_interrupts():
+      return _main(argv)
+  finally:
+    errors.set_command_line(False)  # main() called from Python (tests, a notebook).
 
 
 def _main(argv: list[str]) -> int:
@@ -71,6 +75,15 @@ def _interrupted() -> int:
   return 128 + signal.SIGINT
 
 
+def _interruptible(run, *args, **kwargs) -> dict:
+  """`run`'s result; a Ctrl-C that stopped it (after its checkpoint) is the preempted
+  result here (exit code 75), where from Python it raises `errors.Interrupted`."""
+  try:
+    return run(*args, **kwargs)
+  except errors.Interrupted as e:
+    return e.result
+
+
 def _run(config, workdir, options) -> int:
   from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
   writers.set_verbosity(options["verbosity"])  # Every call: main() runs again in a notebook.
@@ -84,9 +97,7 @@ def _run(config, workdir, options) -> int:
   preemption.check_early()  # A Ctrl-C during the imports above stops here.
   if options["start_over"]:  # After every check of the config: a refused run moves nothing.
     from jaxtrain.jobs import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-    moved = workdir_lib.move_aside(workdir)
-    if moved is not None:
-      print(f"moved the old contents of {workdir} to {moved}", file=sys.stderr)
+    workdir_lib.move_aside_and_say(workdir)
   # Each entry point also validates (dataset splits too) before device work.
   if options["mode"] == "eval":
     from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
@@ -109,7 +120,8 @@ def _run(config, workdir, options) -> int:
     return 0
   from jaxtrain.tune import cv  # pylint: disable=g-import-not-at-top
   if cv.enabled(config):  # k folds (or a holdout split) as one population.
-    result = cv.run(config, workdir, stop_after_steps=options["stop_after_steps"])
+    result = _interruptible(cv.run, config, workdir,
+                            stop_after_steps=options["stop_after_steps"])
     if result["status"] != "completed":
       print(f"{result['status']} at step {result['step']}: checkpoint saved in "
             f"{workdir}/checkpoints; rerun the same command to resume", file=sys.stderr)
@@ -118,7 +130,8 @@ def _run(config, workdir, options) -> int:
     return 0
   if config.tune.strategy != "none":
     from jaxtrain import tune  # pylint: disable=g-import-not-at-top
-    result = tune.run(config, workdir, stop_after_steps=options["stop_after_steps"])
+    result = _interruptible(tune.run, config, workdir,
+                            stop_after_steps=options["stop_after_steps"])
     if result["status"] == "preempted":
       print(f"preempted: checkpoint saved in {workdir}/tune/checkpoints; rerun the same "
             "command to resume", file=sys.stderr)
@@ -132,8 +145,9 @@ def _run(config, workdir, options) -> int:
           f"{workdir}/best", file=sys.stdout)
     return 0
   from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
-  result = train.run(config, workdir, stop_after_steps=options["stop_after_steps"],
-                     allow_config_change=options["allow_config_change"])
+  result = _interruptible(train.run, config, workdir,
+                          stop_after_steps=options["stop_after_steps"],
+                          allow_config_change=options["allow_config_change"])
   if result["status"] == "preempted":
     print(f"preempted at step {result['step']}: checkpoint saved in {workdir}/checkpoints; "
           "rerun the same command to resume", file=sys.stderr)

@@ -130,3 +130,35 @@ def test_halving_refills_start_their_curves_at_their_own_step_zero(tmp_path):
     expected.append((cull["step"] - (born["step"] if born else 0),
                      f"culled at rung {cull['rung']}"))  # At the member's own step.
     assert [(s, t.split(":")[0]) for s, t in _texts(replaced)] == expected
+
+
+@pytest.mark.parametrize("strategy", ["pbt", "halving", "random_early_stopping"])
+def test_tune_history_gives_each_member_the_curve_its_tensorboard_run_holds(
+    strategy, pbt_logdir, tmp_path):
+  """jaxtrain.tune.history reads the files (metrics.jsonl, lineage.jsonl); the member
+  runs are written live from the loop's state: two paths to the same curves."""
+  from jaxtrain import tune
+  if strategy == "pbt":
+    workdir = pbt_logdir
+  else:
+    overrides = {"train.num_steps": 60} if strategy != "halving" else {}
+    config = tune_config(strategy.split("_")[0], **overrides)
+    if strategy == "random_early_stopping":
+      config.tune.early_stopping.patience, config.tune.early_stopping.min_delta = 1, 0.05
+    workdir = tmp_path
+    tune_run.run(config, workdir)
+  h = tune.history(workdir)
+  runs = sorted(int(p.name) for p in (workdir / "members").iterdir())
+  assert sorted(h.curves) == runs
+  stops = h.events_of("stop", "cull")
+  if strategy != "pbt":
+    assert stops, "the search stopped no member: the case tests nothing"
+  for member, curve in h.curves.items():
+    acc = _read(workdir / "members" / f"{member:04d}")
+    for tag in ("eval/accuracy", "train/loss"):
+      tb = _curve(acc, tag)
+      assert curve["step"] == [s for s, _ in tb], (member, tag)
+      assert curve[tag] == pytest.approx([v for _, v in tb], rel=1e-6)
+  assert h.metric == "eval/accuracy" and len(h.members) == len(runs)
+  assert [e["event"] for e in h.events] == [e["event"] for e in lineage_lib.read(
+      workdir / "tune" / "lineage.jsonl")]

@@ -174,3 +174,17 @@ def _agreement() -> str:
   if getattr(jax_distributed.global_state, "preemption_sync_manager", None) is not None:
     return "service"
   return "gather" if jax.process_count() > 1 else "local"
+
+
+def raise_if_interrupted(requested: str | None, result: dict, workdir,
+                         step: int | None = None) -> dict:
+  """`result`, or `errors.Interrupted` carrying it when Ctrl-C (SIGINT: also a notebook's
+  Stop button) stopped the run: its checkpoint is saved, and the caller's next lines (a
+  notebook's queued cells) must not go on with a half-trained model. SIGTERM (a machine
+  going away) returns the result with status 'preempted'."""
+  if requested == "SIGINT" and result.get("status") == "preempted":
+    from jaxtrain import errors  # pylint: disable=g-import-not-at-top
+    step = result.get("step") if step is None else step
+    raise errors.Interrupted(f"interrupted at step {step}: checkpoint saved in "
+                             f"{workdir}; {errors.rerun()} to resume", result)
+  return result

@@ -30,7 +30,7 @@ NonFiniteError = errors.NonFiniteError  # train.nan_policy stopped the run.
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
         stop_after_steps: int | None = None, allow_config_change: bool = False,
-        model=None, data=None) -> dict[str, Any]:
+        start_over: bool = False, model=None, data=None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the contents of final.json.
 
   Args:
@@ -38,16 +38,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     workdir: the run's directory; an existing checkpoint there is resumed.
     stop_after_steps: stop after this step (saving a checkpoint), as a
       preempted job would; running again continues from there.
-    allow_config_change: resume even if config.json in `workdir` differs.
+    allow_config_change: resume even if config.json in `workdir` differs; with
+      train.num_steps raised, a finished run trains on from its last checkpoint.
+    start_over: move a used `workdir` aside (WORKDIR.old-DATE-TIME) and start anew.
     model, data: a notebook's objects for model.name / data.name (workdir.with_objects).
 
   Raises:
     UserError: bad config, workdir, dataset or checkpoint (before compiling).
     NonFiniteError: train.nan_policy stopped the run (final.json is written first).
+    Interrupted (a KeyboardInterrupt): Ctrl-C stopped the run; its checkpoint is saved.
   """
   wall_start = time.perf_counter()
   # --- Check: everything that can fail does so before device work.
-  c = workdir_lib.with_objects(config, workdir, model, data, allow_config_change)
+  c = workdir_lib.with_objects(config, workdir, model, data, allow_config_change,
+                               start_over=start_over)
   checks.validate_single_run(c)
   workdir = workdir_lib.prepare(workdir, c, allow_config_change=allow_config_change)
   compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
@@ -120,17 +124,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
         elif is_eval:
           records.write(step, eval_values)
         if is_save:
-          # This step's record reaches disk before its checkpoint can commit: a crash in
-          # between would otherwise resume after the record and never write it.
-          records.flush()
           loop_state["elapsed_sec"] += time.perf_counter() - session_start
           session_start = time.perf_counter()
-          # The partial metric sums are saved too: the next record averages the same
-          # steps whether or not the run was interrupted in between. Only a new best
-          # carries a score, so the checkpoint Orbax keeps as best is the step final.json
-          # names (an equal later score, or a save between evaluations, never displaces it).
-          ckpts.save(step, workdir_lib.bundle(state, acc, guard), loop_state, feed.iterator,
-                     score=loop_state["best_score"] if new_best else None)
+          _save(ckpts, records, step, workdir_lib.bundle(state, acc, guard), loop_state,
+                feed.iterator, loop_state["best_score"] if new_best else None)
         rate.pause(time.perf_counter() - t_pause)
         if is_last:
           if status == "completed" and step < c.train.num_steps:
@@ -146,8 +143,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if step > start_step:  # A rerun of a finished run adds no training time.
       loop_state["elapsed_sec"] += time.perf_counter() - session_start
     records.close()
-    return _write_final(s, workdir, status, state, guard, last_eval, best, loop_state, ckpts,
-                        len(prog.traces), time.perf_counter() - wall_start)
+    final = _write_final(s, workdir, status, state, guard, last_eval, best, loop_state, ckpts,
+                         len(prog.traces), time.perf_counter() - wall_start)
+  return preemption.raise_if_interrupted(preempt.requested, final, workdir)
+
+
+def _save(ckpts, records: "_Records", step: int, bundle, loop_state, iterator, score) -> None:
+  """Saves checkpoint `step`: the state, the partial metric sums (the next record
+  averages the same steps whether or not the run was interrupted in between), the loop
+  state and the data iterator. Only a new best carries a `score`, so the checkpoint
+  Orbax keeps as best is the step final.json names (an equal later score, or a save
+  between evaluations, never displaces it)."""
+  # This step's record reaches disk before its checkpoint can commit: a crash in
+  # between would otherwise resume after the record and never write it.
+  records.flush()
+  ckpts.save(step, bundle, loop_state, iterator, score=score)
 
 
 def _write_final(s: setup.Setup, workdir: Path, status: str, state, guard, last_eval, best,

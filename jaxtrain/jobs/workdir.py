@@ -65,7 +65,8 @@ def move_aside(workdir: str | Path) -> Path | None:
   if not path.is_dir() or not any(path.iterdir()):
     return None
   if jax.process_count() > 1:
-    raise errors.UserError("--start_over moves the workdir of a single process only; move "
+    raise errors.UserError(f"{errors.option('start_over')} moves the workdir of a single "
+                           "process only; move "
                            f"{path} aside by hand, then start every process")
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   target = path.with_name(f"{path.name}.old-{stamp}")
@@ -73,18 +74,35 @@ def move_aside(workdir: str | Path) -> Path | None:
     try:
       path.rename(target)
     except OSError as e:
-      raise errors.UserError(f"--start_over cannot move {path} to {target} ({e.strerror}); "
+      raise errors.UserError(f"{errors.option('start_over')} cannot move {path} to {target} "
+                             f"({e.strerror}); "
                              "move it aside by hand") from None
   return target
 
 
+def move_aside_and_say(workdir: str | Path) -> None:
+  """`start_over=True` / --start_over: the used `workdir` moved aside (`move_aside`),
+  saying where to on stderr."""
+  moved = move_aside(workdir)
+  if moved is not None:
+    print(f"moved the old contents of {workdir} to {moved}", file=sys.stderr)
+
+
 def with_objects(config: ml_collections.ConfigDict, workdir: str | Path, model=None,
-                 data=None, allow_config_change: bool = False) -> ml_collections.ConfigDict:
+                 data=None, allow_config_change: bool = False,
+                 start_over: bool = False) -> ml_collections.ConfigDict:
   """The config of a run whose model or data are Python objects (a notebook's), named
   so that the workdir records them: model.name = the object's reference
   ('__main__:MyMLP'), data.name = 'npz:WORKDIR/data.npz' (the arrays written there).
-  The workdir is checked against that config before data.npz is written.
+  The workdir is checked against that config before data.npz is written; with
+  `start_over`, a used workdir is first moved aside (after the config's checks, so a
+  refused run moves nothing).
   """
+  if start_over:
+    if model is None and data is None:  # (Objects are checked once they are named.)
+      from jaxtrain.jobs import checks  # pylint: disable=g-import-not-at-top
+      checks.validate(config)
+    move_aside_and_say(workdir)
   if model is None and data is None:
     return config
   from jaxtrain.data import arrays  # pylint: disable=g-import-not-at-top
@@ -133,13 +151,16 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path, *,
     if kind_of(old) != kind_of(new):
       raise errors.UserError(
           f"{workdir} holds a {kind_of(old)} (its config.json); this is a {kind_of(new)}: "
-          "use a new --workdir, or pass --start_over to move that one aside")
+          f"use {errors.new_workdir()}, or pass {errors.option('start_over')} to move that "
+          "one aside")
     diff = config_lib.differences(old, new)
     if diff and not allow_config_change:
       raise errors.UserError(
           f"{workdir} holds a run with a different config (keys: {', '.join(diff)}); "
-          "use a new --workdir, pass --start_over to move that one aside, or (a single run) "
-          "pass --allow_config_change to resume with the new values")
+          f"use {errors.new_workdir()}, pass {errors.option('start_over')} to move that one "
+          f"aside, or (a single run) pass {errors.option('allow_config_change')} to resume "
+          "with the new values (e.g. train.num_steps raised: it trains on from its last "
+          "checkpoint)")
 
 
 def snapshot_config(config: ml_collections.ConfigDict, workdir: Path, *, resuming: bool,

@@ -17,3 +17,10 @@ def validate(config):
   """See `jaxtrain.tune.loop.validate`."""
   from jaxtrain.tune import loop  # pylint: disable=g-import-not-at-top
   return loop.validate(config)
+
+
+def history(workdir):
+  """See `jaxtrain.tune.curves.history`: every member's curves and the lineage. (The
+  module is not named `history`: importing it would replace this function.)"""
+  from jaxtrain.tune import curves  # pylint: disable=g-import-not-at-top
+  return curves.history(workdir)

@@ -112,19 +112,23 @@ def validate(config: ml_collections.ConfigDict) -> int:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
-        stop_after_steps: int | None = None, model=None, data=None) -> dict[str, Any]:
+        stop_after_steps: int | None = None, start_over: bool = False, model=None,
+        data=None) -> dict[str, Any]:
   """Cross-validates (or resumes cross-validating) `config` in `workdir`.
 
   Returns the contents of WORKDIR/cv.json with "status": "completed", or
   {"status": "stopped" | "preempted", "step": s} when `stop_after_steps` or a
-  signal stopped it (with a checkpoint; running again resumes).
+  signal stopped it (with a checkpoint; running again resumes). `start_over` moves a
+  used `workdir` aside (WORKDIR.old-DATE-TIME) first.
 
   Raises:
     UserError: bad config, folds, workdir, dataset or checkpoint (before compiling).
+    Interrupted (a KeyboardInterrupt): Ctrl-C stopped it; its checkpoint is saved.
   """
   wall_start = time.perf_counter()
   # --- Check: the config and its folds, before anything is compiled.
-  config = workdir_lib.with_objects(config, workdir, model, data)  # A notebook's objects.
+  config = workdir_lib.with_objects(config, workdir, model, data,
+                                    start_over=start_over)  # A notebook's objects.
   validate(config)
   c = config
   workdir = workdir_lib.prepare(workdir, c)
@@ -188,7 +192,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     ckpts.close()
   metrics_log.close()
   if status != "completed":
-    return {"status": status, "step": step}
+    return preemption.raise_if_interrupted(preempt.requested, {"status": status, "step": step},
+                                           workdir)
 
   # --- Record: per-fold metrics, their mean and standard deviation.
   cv = c.eval.cross_validation

@@ -110,7 +110,8 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
-        stop_after_steps: int | None = None, model=None, data=None) -> dict[str, Any]:
+        stop_after_steps: int | None = None, start_over: bool = False, model=None,
+        data=None) -> dict[str, Any]:
   """Runs (or resumes) the search in `workdir`; returns the result summary.
 
   The result (also WORKDIR/tune/result.json) holds the best member's settings
@@ -119,12 +120,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   fine-tuning use it like any run). `stop_after_steps` stops at the first
   evaluation at or after that many population steps (counted over all
   phases), with a checkpoint, as a preempted job would; running again resumes.
+  `start_over` moves a used `workdir` aside (WORKDIR.old-DATE-TIME) first.
 
   Raises:
     UserError: bad config, search space, workdir or dataset (before compiling).
+    Interrupted (a KeyboardInterrupt): Ctrl-C stopped the search; its checkpoint is saved.
   """
   wall_start = time.perf_counter()
-  config = workdir_lib.with_objects(config, workdir, model, data)  # A notebook's objects.
+  config = workdir_lib.with_objects(config, workdir, model, data,
+                                    start_over=start_over)  # A notebook's objects.
   # --- Check: the config and its search space, before anything is compiled.
   dims = validate(config)
   c = config
@@ -160,8 +164,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
     # --- Loop: phase by phase; within a phase, evaluation interval by interval.
     with records:
-      status, clock = _train_phases(c, s, dims, loop, study, ckpts, records, latest,
-                                    eval_batches, workdir, stop_after_steps)
+      status, clock, signal = _train_phases(c, s, dims, loop, study, ckpts, records, latest,
+                                            eval_batches, workdir, stop_after_steps)
 
   # --- Record: the result table, the best member on the test split, the figures.
   clock.stop(loop)
@@ -186,14 +190,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
       plots.write(workdir, loop, lineage_lib.read(tune_dir / "lineage.jsonl"), c.tune.metric)
   except ImportError:  # matplotlib is optional for tuning itself.
     pass
-  return result
+  return preemption.raise_if_interrupted(signal, result, workdir, step=loop["global_step"])
 
 
 def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches, workdir,
                   stop_after_steps):
   """Trains phase after phase (one compiled population each) from the loop state;
-  returns (status, training clock). The strategy acts at every evaluation; the
-  cadence says when to checkpoint; SIGTERM/SIGINT stop at the end of an interval."""
+  returns (status, training clock, the stopping signal's name or None). The strategy
+  acts at every evaluation; the cadence says when to checkpoint; SIGTERM/SIGINT stop at
+  the end of an interval."""
   tune_dir = workdir / "tune"
   status, clock = "completed", _Clock()
   with preemption.PreemptionGuard() as preempt:
@@ -236,7 +241,7 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
         break  # is the resume point).
       loop["phase"] += 1
       loop["members"] = []
-  return status, clock
+  return status, clock, preempt.requested
 
 
 def _check_processes(c, phases) -> None:
