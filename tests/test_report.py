@@ -240,17 +240,44 @@ def _assert_no_overlap(labels):
       assert not a.overlaps(b), "tick labels overlap"
 
 
-@pytest.mark.parametrize("num_classes", [3, 10, 37, 100])
-def test_confusion_matrix_labels_every_class(monkeypatch, tmp_path, num_classes):
+@pytest.mark.parametrize("num_classes, step", [(3, 1), (10, 1), (37, 1), (60, 1), (61, 2),
+                                              (100, 2), (150, 5), (1000, 20)])
+def test_confusion_matrix_labels_every_class(monkeypatch, tmp_path, num_classes, step):
+  """Every class up to plots.MAX_TICKED; past that every `step`-th, said in the title."""
   from jaxtrain.analysis import plots
   confusion = np.random.default_rng(0).integers(0, 9, (num_classes, num_classes))
   fig = _drawn(monkeypatch, plots.confusion_matrix, confusion.tolist(), tmp_path / "c.png")
   ax = fig.axes[0]
-  names = [str(c) for c in range(num_classes)]
+  names = [str(c) for c in range(0, num_classes, step)]
   assert [t.get_text() for t in ax.get_xticklabels()] == names
   assert [t.get_text() for t in ax.get_yticklabels()] == names
+  assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 7
   _assert_no_overlap(ax.get_xticklabels())
   _assert_no_overlap(ax.get_yticklabels())
+  title = ax.get_title()
+  assert (f"every {step}" in title and f"{num_classes} classes" in title) == (step > 1)
+
+
+def test_reliability_diagram_shows_bin_counts_and_fades_near_empty_bins(monkeypatch, tmp_path):
+  from jaxtrain.analysis import plots
+  counts = [0, 0, 1, 0, 2, 5, 9, 20, 60, 900]
+  reliability = {"bin_edges": np.linspace(0, 1, 11).tolist(), "count": counts,
+                 "accuracy": [0, 0, 1.0, 0, 0, 0.6, 0.55, 0.7, 0.85, 0.98],
+                 "confidence": [0, 0, 0.25, 0, 0.45, 0.55, 0.65, 0.75, 0.85, 0.97]}
+  fig = _drawn(monkeypatch, plots.reliability_diagram, reliability, 0.0312, tmp_path / "r.png")
+  ax, ax_count = fig.axes
+  assert "ECE = 0.0312" in ax.get_title()
+  # Each non-empty bin's count is written on the figure, and the count axis is a log
+  # axis so that the 1-example bin is a visible bar next to the 900-example one.
+  assert [t.get_text() for t in ax_count.texts] == [str(c) for c in counts if c]
+  assert ax_count.get_yscale() == "log"
+  heights = [b.get_height() for b in ax_count.patches]
+  assert heights == [c for c in counts if c]
+  # The 1-example bin at accuracy 1.0 is drawn faint, the 900-example bin opaque.
+  bars = {round(b.get_x(), 2): b for b in ax.patches}
+  assert bars[0.2].get_facecolor()[3] < 0.3 < 0.99 < bars[0.9].get_facecolor()[3]
+  alphas = [bars[round(x, 2)].get_facecolor()[3] for x in (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
+  assert alphas == sorted(alphas)  # More examples, more solid.
 
 
 @pytest.mark.parametrize("names", [["heavy", "light"], [str(i) for i in range(10)],

@@ -14,8 +14,12 @@ from pathlib import Path
 import numpy as np
 
 
-# The confusion matrix labels every class up to this many (the figure is at most 14").
-MAX_TICKED = 100
+# The confusion matrix labels every class up to this many: the figure is at most 14"
+# wide, so 60 classes leave each cell about 13 points, room for a 7-point label. Past
+# that, every k-th class is labelled (k from LABEL_STEPS, at most MAX_TICKED labels) and
+# the title says so.
+MAX_TICKED = 60
+LABEL_STEPS = (2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
 # Slice names are wrapped to two lines of this many characters in the plot, longer
 # ones cut in the middle (report.md has them whole).
 SLICE_LINE = 20
@@ -31,11 +35,20 @@ def _save(fig, path: Path) -> Path:
   return path
 
 
+def _label_step(num_classes: int) -> int:
+  """1 (every class labelled) up to MAX_TICKED classes, else the smallest round step
+  that keeps the labels to at most MAX_TICKED."""
+  if num_classes <= MAX_TICKED:
+    return 1
+  return next((k for k in LABEL_STEPS if -(-num_classes // k) <= MAX_TICKED),
+              -(-num_classes // MAX_TICKED))
+
+
 def confusion_matrix(confusion: Sequence[Sequence[int]], path: Path) -> Path:
   """Counts per (true, predicted) class; rows normalized for the colours.
 
-  Every class gets its tick label (up to MAX_TICKED classes; beyond that the
-  axes choose which to label).
+  Every class gets its tick label up to MAX_TICKED classes; beyond that every
+  k-th class does (see `_label_step`), and the title says which.
   """
   counts = np.asarray(confusion)
   num_classes = counts.shape[0]
@@ -50,36 +63,64 @@ def confusion_matrix(confusion: Sequence[Sequence[int]], path: Path) -> Path:
       for j in range(num_classes):
         ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                 color="white" if rates[i, j] > 0.5 else "black")
-  if num_classes <= MAX_TICKED:
-    # imshow's default locator labels every other class once there are ~10.
-    fontsize = 10 if num_classes <= 20 else max(5, 10 - num_classes // 15)
-    names = [str(c) for c in range(num_classes)]
-    ax.set_xticks(range(num_classes), names, fontsize=fontsize,
-                  rotation=90 if num_classes > 20 else 0)
-    ax.set_yticks(range(num_classes), names, fontsize=fontsize)
+  # Explicit ticks: imshow's default locator labels every other class once there are ~10.
+  step = _label_step(num_classes)
+  ticked = list(range(0, num_classes, step))
+  fontsize = 10 if num_classes <= 20 else 8 if num_classes <= 40 else 7
+  names = [str(c) for c in ticked]
+  ax.set_xticks(ticked, names, fontsize=fontsize, rotation=90 if len(ticked) > 20 else 0)
+  ax.set_yticks(ticked, names, fontsize=fontsize)
   ax.set_xlabel("predicted class")
   ax.set_ylabel("true class")
-  ax.set_title("Confusion matrix")
+  suffix = ("th" if 11 <= step % 100 <= 13 else
+            {1: "st", 2: "nd", 3: "rd"}.get(step % 10, "th"))
+  ax.set_title("Confusion matrix" if step == 1 else
+               f"Confusion matrix ({num_classes} classes, every {step}{suffix} labelled)")
   return _save(fig, path)
 
 
+def _count_alpha(counts: np.ndarray) -> np.ndarray:
+  """Opacity per bin, growing with log(1 + count): a bin of a handful of examples is
+  faint, so its (noisy) accuracy does not look as solid as the bins that make up the
+  ECE. The fullest bin is opaque; the floor keeps a 1-example bin visible."""
+  scale = np.log1p(counts) / max(np.log1p(counts.max()), 1e-12)
+  return 0.15 + 0.85 * scale
+
+
 def reliability_diagram(reliability: dict, ece: float, path: Path) -> Path:
-  """Accuracy against confidence per bin, and how many examples each bin holds."""
-  edges = np.asarray(reliability["bin_edges"])
+  """Accuracy against confidence per bin, and how many examples each bin holds.
+
+  Accuracy bars are shaded by their bin's example count (`_count_alpha`); the
+  panel below gives the counts on a log axis, each written over its bar, so a
+  bin of 3 examples is visible next to one of 3000. Only the drawing depends on
+  the counts: the ECE in the title is the report's.
+  """
+  from matplotlib import colors, ticker  # pylint: disable=g-import-not-at-top
+  edges = np.asarray(reliability["bin_edges"], np.float64)
   counts = np.asarray(reliability["count"])
-  accuracy = np.asarray(reliability["accuracy"])
+  accuracy = np.asarray(reliability["accuracy"], np.float64)
   width = np.diff(edges)
-  fig = _figure(5.5, 6)
-  ax, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  fig = _figure(5.5, 6.5)
+  ax, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
   filled = counts > 0
+  base = colors.to_rgb("tab:blue")
+  alpha = _count_alpha(counts)
   ax.bar(edges[:-1][filled], accuracy[filled], width=width[filled], align="edge",
-         edgecolor="black", label="accuracy")
+         color=[(*base, a) for a in alpha[filled]],
+         edgecolor=[(0, 0, 0, a) for a in alpha[filled]],
+         label="accuracy (fainter: fewer examples)")
   ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
   ax.set_ylabel("accuracy")
   ax.set_ylim(0, 1)
   ax.set_title(f"Reliability diagram (ECE = {ece:.4f})")
-  ax.legend(loc="upper left")
-  ax_count.bar(edges[:-1], counts, width=width, align="edge", edgecolor="black")
+  ax.legend(loc="upper left", fontsize=8)
+  bars = ax_count.bar(edges[:-1][filled], counts[filled], width=width[filled], align="edge",
+                      color="tab:gray", edgecolor="black")
+  ax_count.bar_label(bars, [str(int(c)) for c in counts[filled]], fontsize=7, padding=1)
+  ax_count.set_yscale("log")
+  ax_count.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 100, not 10²
+  if filled.any():  # Head room above the tallest bar for its count.
+    ax_count.set_ylim(0.5, counts.max() * 6)
   ax_count.set_xlabel("confidence (top-1 probability)")
   ax_count.set_ylabel("examples")
   ax_count.set_xlim(0, 1)
