@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from jaxtrain import main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -39,7 +41,7 @@ def test_a_single_run_on_a_fresh_data_dir_prints_progress_and_its_result_only(tm
   assert lines[-1].startswith("completed at step 60: ") and "final.json" in lines[-1]
 
 
-def test_a_tuning_run_prints_a_progress_line_per_evaluation_and_quiet_only_the_result(
+def test_a_tuning_run_prints_a_progress_line_per_evaluation_and_nothing_else(
     tmp_path, data_dir):
   args = [f"--config={REPO / 'configs' / 'digits_bayes.py'}", "--config.train.num_steps=40",
           "--config.train.eval_every_steps=20", "--config.checkpoint.every_steps=40",
@@ -53,9 +55,21 @@ def test_a_tuning_run_prints_a_progress_line_per_evaluation_and_quiet_only_the_r
   assert all(matches), progress
   assert [(m[1], m[2]) for m in matches] == [("1", "20"), ("1", "40"), ("2", "20"), ("2", "40")]
   assert result.startswith("best eval/accuracy=") and "8 members" in result
-  out, err = _run([*args, "--workdir=quiet", "--quiet"], tmp_path, data_dir)
-  _no_library_noise(out, err)
+
+
+def test_quiet_prints_the_result_line_only_and_verbose_adds_a_line_per_member(tmp_path,
+                                                                            capsys):
+  """In-process (main.main): the flags set what the run prints on stdout."""
+  args = ["jaxtrain", f"--config={REPO / 'configs' / 'digits_pbt.py'}",
+          "--config.train.num_steps=40", "--config.train.eval_every_steps=20",
+          "--config.checkpoint.every_steps=40", "--config.tune.population_size=4"]
+  assert main.main([*args, f"--workdir={tmp_path / 'quiet'}", "--quiet"]) == 0
+  out = capsys.readouterr().out
   assert len(out.splitlines()) == 1 and out.startswith("best eval/accuracy="), out
-  out, err = _run([*args, "--workdir=verbose", "--verbose"], tmp_path, data_dir)
-  members = [l for l in out.splitlines() if l.startswith("  member ")]
-  assert len(members) == 4 * 4 and "optim.learning_rate=" in members[0], out
+  assert main.main([*args, f"--workdir={tmp_path / 'verbose'}", "--verbose"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  members = [l for l in lines if l.startswith("  member ")]
+  assert len(members) == 2 * 4 and "optim.learning_rate=" in members[0], lines
+  assert len([l for l in lines if l.startswith("tune phase 1/1 step ")]) == 2
+  assert main.main([*args, f"--workdir={tmp_path / 'both'}", "--quiet", "--verbose"]) == 2
+  assert "contradict" in capsys.readouterr().err
