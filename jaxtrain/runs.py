@@ -204,16 +204,21 @@ def list_table(root: str | Path, metric: str = "eval/accuracy") -> str:
 
 
 def compare(paths: list[str | Path], out: str | Path | None = None,
-            metric: str = "eval/accuracy") -> tuple[str, list[Path]]:
+            metric: str = "eval/accuracy",
+            names: list[str] | None = None) -> tuple[str, list[Path]]:
   """The `compare` table (one column per run) and, with `out`, the curve PNGs.
 
-  Returns (markdown table, paths of the figures written).
+  `names` label the columns and curves (default: the paths as given). Returns
+  (markdown table, paths of the figures written).
   """
   if not paths:
     raise errors.UserError("compare needs at least one run directory")
   paths = [Path(p) for p in paths]
+  if names is not None and len(names) != len(paths):
+    raise errors.UserError(f"compare got {len(paths)} runs but {len(names)} names; give one "
+                           "name per run, or none")
   summaries = [summarize(p, metric) for p in paths]
-  names = [str(p) for p in paths]
+  names = [str(p) for p in paths] if names is None else [str(n) for n in names]
   rows = [[k, *[s["config"].get(k) for s in summaries]] for k in differing_keys(summaries)]
   for label, field in (("kind", "kind"), ("status", "status"), ("steps", "steps"),
                        ("wall s", "wall_time_sec"), (f"final {metric}", "final"),

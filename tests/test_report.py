@@ -433,3 +433,12 @@ def test_slicing_by_a_dataset_feature_reads_the_eval_split(two_runs):
   by_feature = slices._from_feature("label", config.data)  # pylint: disable=protected-access
   np.testing.assert_array_equal(by_feature, labels)
   assert set(by_feature) == {5, 6, 7, 8, 9}
+
+
+def test_runs_compare_from_python_labels_columns_with_the_names_given(two_runs, tmp_path):
+  paths = [two_runs / f"lr_{lr}" for lr in RATES]
+  table, figures = runs.compare(paths, out=tmp_path, names=["fast", "slow"])
+  assert table.splitlines()[0].split("|")[2:4] == [" fast ", " slow "]
+  assert "| optim.learning_rate | 0.01 | 0.003 |" in table and figures
+  with pytest.raises(errors.UserError, match="2 runs but 1 names"):
+    runs.compare(paths, names=["fast"])
