@@ -112,8 +112,10 @@ class LoadedRun:
       raise errors.UserError(f"predict: inputs of shape {x.shape} are one example; pass a "
                              f"batch of shape {batch}, e.g. inputs[None]")
     if x.shape[1:] != want or x.ndim != len(want) + 1:
+      stored = f"; stored as: {info.description}" if info.description else ""
       raise errors.UserError(f"predict: inputs have shape {x.shape}; {info.name} inputs come "
-                             f"in batches of shape {batch} (as run.data() returns them)")
+                             f"in batches of shape {batch} (as run.data() returns them"
+                             f"{stored})")
     if not len(x):
       raise errors.UserError("predict: inputs hold no example; pass at least one")
     stored = np.dtype(info.input_dtype)

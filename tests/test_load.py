@@ -262,6 +262,9 @@ def test_a_bad_choice_is_one_line(where, kwargs, expected, request, tmp_path):
     (lambda x: x[:0], ["no example"]),
     (lambda x: x.astype(str), ["inputs are <U", "float32 numbers"]),
     (lambda x: [[1.0, 2.0], [3.0]], ["not one array", "(N, 8, 8, 1)"]),
+    # scikit-learn's own digits, not the dataset's form: the error says what that is.
+    (lambda x: __import__("sklearn.datasets").datasets.load_digits().images,
+     ["shape (1797, 8, 8)", "intensities divided by 16", "(8, 8, 1)"]),
 ])
 def test_bad_inputs_are_one_line(single, make, expected):
   run = jaxtrain.load(single)

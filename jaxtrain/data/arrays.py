@@ -218,7 +218,9 @@ def open_split(name: str, split: str, label_column: str = "label",
   num_classes = int(max(int(arrays[f"y_{s}"].max()) for s in SPLITS.values()
                         if f"y_{s}" in arrays)) + 1
   info = dict(name=name, input_key="inputs", label_key="label", num_classes=num_classes,
-              input_shape=tuple(x.shape[1:]), input_dtype=np.dtype(x.dtype).name)
+              input_shape=tuple(x.shape[1:]), input_dtype=np.dtype(x.dtype).name,
+              description="your arrays, as given (uint8 inputs are scaled to [0, 1] at batch "
+                          "time)")
   return ArraySource(x[lo:hi], y[lo:hi].astype(np.int32)), info
 
 

@@ -31,7 +31,9 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     # metadata files next to the module, which only a TFDS package layout has.
     return tfds.core.DatasetInfo(
         builder=self,
-        description="8x8 handwritten digits shipped with scikit-learn.",
+        description=("8x8 handwritten digits shipped with scikit-learn (load_digits): "
+                     "image = the 0..16 pixel intensities divided by 16, float32 in [0, 1], "
+                     "shape (8, 8, 1) (a channel axis added); label = the digit."),
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.float32),
             "label": tfds.features.ClassLabel(num_classes=10),
@@ -70,7 +72,9 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
-        description="MNIST-1D: procedurally generated 1D digit signals.",
+        description=("MNIST-1D: procedurally generated 1D digit signals (the mnist1d "
+                     "package's default arguments); x = the 40-sample float32 signal as "
+                     "generated, not rescaled; label = the digit."),
         features=tfds.features.FeaturesDict({
             "x": tfds.features.Tensor(shape=(40,), dtype=np.float32),
             "label": tfds.features.ClassLabel(num_classes=10),

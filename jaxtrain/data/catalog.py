@@ -95,6 +95,9 @@ class DatasetInfo:
   input_shape: tuple[int, ...]
   input_dtype: str
   label_shape: tuple[int, ...] = ()  # (T,) for per-token labels (language modelling).
+  # What the stored inputs are (the builder's description: e.g. digits' pixels / 16).
+  # At batch time `to_model_inputs` adds only uint8 -> [0, 1] scaling.
+  description: str = ""
 
 
 def _prepare_hint(name: str, data_dir: str) -> str:
@@ -205,7 +208,7 @@ def _info_of(name: str, info) -> DatasetInfo:
   return DatasetInfo(
       name=name, input_key=input_key, label_key=label_key, num_classes=int(num_classes),
       input_shape=tuple(input_feature.shape), input_dtype=np.dtype(input_feature.np_dtype).name,
-      label_shape=label_shape)
+      label_shape=label_shape, description=info.description or "")
 
 def _first_line(e: Exception) -> str:
   text = str(e).strip().splitlines()
