@@ -1,7 +1,12 @@
-"""The commands in docs/ run: every block marked `bash test` or `python test`.
+"""The commands in README.md and docs/ run: every block marked `bash test` or `python test`.
 
 A fenced block is tested when its info string is `bash test` or `python test`,
 optionally followed by `exit=N` (the exit status it must end with; default 0).
+Every other bash or python block must say why it does not run here:
+`bash norun: REASON` (a benchmark that takes minutes, a fragment of a config
+file, the whole test suite). README.md's set-up block, `bash test venv`, runs
+in a fresh virtual environment (with the system's packages) on a copy of the
+repository, as on a new machine.
 A page containing the line `<!-- test: slow -->` (pages whose commands train
 populations: tens of seconds) is marked slow and runs with `pytest -m slow`.
 The blocks of one page run in order, as separate processes, in one fresh
@@ -38,9 +43,12 @@ def _blocks(path: Path) -> list[dict]:
     if current is None:
       if match and match.group(1):
         words = match.group(2).split()
-        current = {"language": match.group(1), "tested": "test" in words, "line": number,
-                   "exit": 0, "code": []}
-        for word in words:
+        tested = bool(words) and words[0] == "test"
+        current = {"language": match.group(1), "tested": tested, "line": number,
+                   "exit": 0, "code": [], "venv": tested and "venv" in words,
+                   "norun": match.group(2).partition("norun:")[2].strip()
+                   if words and words[0] == "norun:" else None}
+        for word in words if tested else ():
           if word.startswith("exit="):
             current["exit"] = int(word.split("=", 1)[1])
       elif match:  # A fence without a language: an output block.
@@ -62,13 +70,14 @@ def _tested_blocks(path: Path) -> list[dict]:
   return [b for b in _blocks(path) if b["tested"]]
 
 
-PAGES = sorted(p for p in DOCS.rglob("*.md") if _tested_blocks(p))
+README = REPO / "README.md"
+PAGES = sorted(p for p in [*DOCS.rglob("*.md"), README] if _tested_blocks(p))
 SLOW_MARK = "<!-- test: slow -->"
 
 
 def _param(page: Path):
   slow = SLOW_MARK in page.read_text(encoding="utf-8").splitlines()
-  return pytest.param(page, id=str(page.relative_to(DOCS)),
+  return pytest.param(page, id=str(page.relative_to(DOCS if page != README else REPO)),
                       marks=[pytest.mark.slow] if slow else [])
 
 
@@ -94,13 +103,53 @@ def test_the_docs_have_tested_blocks():
   assert PAGES, f"no `bash test` or `python test` blocks under {DOCS}"
 
 
-def test_every_shell_block_of_the_guide_is_tested():
-  """Commands shown in the user guide must run: a shell block without `test` is a mistake."""
-  untested = [f"{page.relative_to(REPO)}:{b['line']}"
-              for page in sorted((DOCS / "guide").rglob("*.md"))
-              for b in _blocks(page) if b["language"] in ("bash", "sh", "shell", "console")
-              and not b["tested"]]
-  assert not untested, f"shell blocks not marked `bash test`: {', '.join(untested)}"
+def test_every_command_block_runs_or_says_why_not():
+  """A bash or python block in README.md or docs/ is tested, or marked `norun: REASON`;
+  an unmarked one is a mistake (a command nobody runs goes stale)."""
+  unmarked = [f"{page.relative_to(REPO)}:{b['line']}"
+              for page in sorted([*DOCS.rglob("*.md"), README])
+              for b in _blocks(page)
+              if b["language"] in ("bash", "sh", "shell", "console", "python", "py")
+              and not b["tested"] and not b["norun"]]
+  assert not unmarked, ("command blocks neither `test` nor `norun: REASON`: "
+                        f"{', '.join(unmarked)}")
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+  """README's second set-up command is run by CI verbatim (.ci/run), not by this file."""
+  (block,) = [b for b in _blocks(README) if "pytest" in b["code"] and b["norun"]]
+  command = block["code"].strip()
+  ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+  assert command in ci, (command, ci)
+
+
+def _fresh_checkout(tmp_path: Path) -> Path:
+  """A copy of the repository's tracked files (as they are in the working tree)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                         check=True).stdout.decode().split("\0")
+  copy = tmp_path / "checkout"
+  for name in filter(None, files):
+    source, target = REPO / name, copy / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_symlink():
+      target.symlink_to(os.readlink(source))
+    elif source.is_file():
+      shutil.copy2(source, target)
+  return copy
+
+
+def _venv(tmp_path: Path, env: dict) -> dict:
+  """A virtual environment that sees the system's packages (jax, flax, ... are not
+  downloaded again) but not jaxtrain: `pip install -e .` installs the copy."""
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                 check=True)
+  env = {**env, "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+         "VIRTUAL_ENV": str(venv)}
+  env["PYTHONPATH"] = os.pathsep.join(p for p in env["PYTHONPATH"].split(os.pathsep)
+                                      if Path(p).resolve() != REPO.resolve())
+  return env
 
 
 @pytest.mark.parametrize("page", [_param(p) for p in PAGES])
@@ -109,6 +158,15 @@ def test_doc_page_commands_run(page, tmp_path, compilation_cache):
     (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
   env = _environment(compilation_cache)
   for i, block in enumerate(_tested_blocks(page)):
+    if block["venv"]:  # README's set-up: a new machine's install, then the main job.
+      checkout = _fresh_checkout(tmp_path)
+      proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block["code"]],
+                            cwd=checkout, env=_venv(tmp_path, env), capture_output=True,
+                            text=True, timeout=TIMEOUT_S)
+      assert proc.returncode == 0, (f"{page.name}:{block['line']}: exit {proc.returncode}\n"
+                                    f"{_tail(proc.stdout)}\n{_tail(proc.stderr)}")
+      assert "completed at step" in proc.stdout, _tail(proc.stdout)
+      continue
     script = tmp_path / f".block{i}.{'sh' if block['language'] == 'bash' else 'py'}"
     script.write_text(block["code"], encoding="utf-8")
     command = (["bash", "-e", "-o", "pipefail", str(script)] if block["language"] == "bash"
