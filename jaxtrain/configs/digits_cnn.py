@@ -2,7 +2,16 @@
 
   python -m jaxtrain.main --config=configs/digits_cnn.py --workdir=runs/digits_cnn
 
-Expected: see the README results table (measured on 2 CPU cores).
+Measured: test accuracy 0.975 (351 of the 360 test digits) after 600 steps;
+28,426 parameters; 7.6 s of training, 12.2 s wall on 2 shared CPU cores (load ~2.5).
+Reference: scikit-learn's example "Recognizing hand-written digits" reports
+accuracy 0.97 for SVC(gamma=0.001) trained on the first half of the 1,797 digits
+and tested on the second half (899, not shuffled); that is not jaxtrain's split
+(a seeded 80/20 permutation: 1,437 train / 360 test), on which the same SVC
+scores 0.994 (measured; docs/BENCHMARKS.md, "Shipped configs against published
+numbers"). This config is above the published 0.97 and below that same-split
+SVC; it was not retuned, because the transfer demo (configs/digits_cnn_*_5to9.py,
+docs/guide/finetune.md) derives from it.
 """
 
 from jaxtrain.config import base_config

@@ -2,8 +2,14 @@
 
   python -m jaxtrain.main --config=configs/digits_mlp.py --workdir=runs/digits_mlp
 
-Expected: eval/accuracy about 0.97-0.98 on the 360 test digits after 500 steps
-(measured: see the README results table; a few seconds on 2 CPU cores).
+Measured: test accuracy 0.997 (359 of the 360 test digits) after 500 steps;
+85,002 parameters; 2.0 s of training, 5.9 s wall on 2 shared CPU cores (load ~2).
+Reference: scikit-learn's example "Recognizing hand-written digits" reports
+accuracy 0.97 for SVC(gamma=0.001) trained on the first half of the 1,797 digits
+and tested on the second half (899, not shuffled); that is not jaxtrain's split
+(a seeded 80/20 permutation: 1,437 train / 360 test), on which the same SVC
+scores 0.994 (measured; docs/BENCHMARKS.md, "Shipped configs against published
+numbers").
 """
 
 from jaxtrain.config import base_config

@@ -3,8 +3,18 @@
   python -m jaxtrain.main --config=configs/digits_vit.py --workdir=runs/digits_vit
 
 2x2 patches (16 tokens + a class token), 4 pre-LayerNorm blocks of width 64
-with 4 heads. Expected: test accuracy 0.953 (best 0.956 at step 600; 136k
-parameters; 50 s of training on 2 shared CPU cores, see docs/guide/models.md).
+with 4 heads. Measured: test accuracy 0.969 (349 of the 360 test digits; the
+best evaluation was the same, at step 600); 136,138 parameters; 62.3 s of
+training, 67.3 s wall on 2 shared CPU cores (load ~2.5; see docs/guide/models.md).
+Reference: scikit-learn's example "Recognizing hand-written digits" reports
+accuracy 0.97 for SVC(gamma=0.001) trained on the first half of the 1,797 digits
+and tested on the second half (899, not shuffled); that is not jaxtrain's split
+(a seeded 80/20 permutation: 1,437 train / 360 test), on which the same SVC
+scores 0.994 (measured; docs/BENCHMARKS.md, "Shipped configs against published
+numbers"). This config matches the published 0.97 and is below that same-split
+SVC; it was not retuned, because the transfer demo (configs/digits_vit_*_5to9.py)
+derives from it.
+
 Variants derive from this file: digits_vit_deep.py (8 blocks), digits_vit_wide.py
 (width 128), digits_vit_tiny.py (the published ViT-Ti/2 size: 192 wide, 12 deep).
 """

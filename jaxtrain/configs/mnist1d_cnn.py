@@ -2,7 +2,12 @@
 
   python -m jaxtrain.main --config=configs/mnist1d_cnn.py --workdir=runs/mnist1d_cnn
 
-Expected: see the README results table (measured on 2 CPU cores).
+Measured: test accuracy 0.960 (final step; 1,000 test signals, trained on the
+4,000 training signals of the package's default split) after 3,000 steps;
+16,010 parameters; 10.7 s of training, 14.9 s wall on 2 shared CPU cores
+(load ~3.5). Reference: CNN 94% in the MNIST-1D README (Greydanus 2020,
+"Scaling down deep learning", same split; their CNN has 3 strided convolutions
+of 25 channels), so this config meets it as shipped and was not retuned.
 """
 
 from jaxtrain.config import base_config

@@ -2,8 +2,23 @@
 
   python -m jaxtrain.main --config=configs/mnist1d_mlp.py --workdir=runs/mnist1d_mlp
 
-MLPs are known to top out far below CNNs on MNIST-1D (the signals are shifted
-and scaled at random); see the README results table for the measured number.
+Two hidden layers of 256 with dropout 0.3, adamw (lr 1e-2, decoupled weight
+decay 0.5, warmup + cosine), batch 128, 6,000 steps. Measured: test accuracy
+0.753 (final step; 1,000 test signals, trained on the 4,000 training signals of
+the package's default split); 78,858 parameters; 12.9 s of training, 17.5 s
+wall on 2 shared CPU cores (load ~3). Reference: MLP 68% in the MNIST-1D README
+(Greydanus 2020, "Scaling down deep learning", same default 4,000 / 1,000
+split; their MLP is 100-100 with a residual connection, Adam lr 1e-2, batch 100).
+
+How the settings were chosen: on a held-out 20% of the training split
+(`--config.data.train_split='train[:80%]' --config.data.eval_split='train[80%:]'`,
+800 signals), one run per setting, never on the test split. The previous
+settings (100-100, no dropout, weight decay 1e-4; test accuracy 0.674) scored
+0.645 there and overfit (held-out loss 2.7); dropout 0.1-0.3 alone gave
+0.68-0.70, width 256 with dropout 0.3 0.748, and weight decay 0.5 on top 0.773
+(0.774 with seed 1; weight decay 1.0: 0.69). MLPs still top out far below the
+CNN and the GRU on MNIST-1D (configs/mnist1d_cnn.py, configs/mnist1d_gru.py):
+the signals are shifted and scaled at random.
 """
 
 from jaxtrain.config import base_config
@@ -13,10 +28,11 @@ def get_config():
   config = base_config()
   config.data.name = "mnist1d"
   config.model.name = "mlp"
-  config.model.hidden_sizes = (100, 100)
+  config.model.hidden_sizes = (256, 256)
+  config.model.dropout_rate = 0.3
   config.optim.name = "adamw"
   config.optim.learning_rate = 1e-2
-  config.optim.weight_decay = 1e-4
+  config.optim.weight_decay = 0.5  # Decoupled: weights shrink by 0.5 x the scheduled lr per step.
   config.optim.schedule.name = "warmup_cosine"
   config.optim.schedule.warmup_steps = 200
   config.train.num_steps = 6000

@@ -1,8 +1,8 @@
-"""PBT on MNIST-1D with the MLP of configs/mnist1d_mlp.py: 16 members at once.
+"""PBT on MNIST-1D with a 100-100 MLP (the MNIST-1D paper's size): 8 members at once.
 
   python -m jaxtrain.main --config=configs/mnist1d_pbt.py --workdir=runs/mnist1d_pbt
 
-Members are compared on a held-out 20% of the training split every 250 steps;
+Members are compared on a held-out 20% of the training split every 100 steps;
 learning rate, weight decay and dropout are exploited and explored. The winner
 is scored once on the test split (`best_test` in tune/result.json).
 """
