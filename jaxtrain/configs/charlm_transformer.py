@@ -6,12 +6,12 @@ A decoder-only, pre-LayerNorm transformer (2 blocks, width 128, 4 heads, rotary
 positions) predicting the next byte of 128-byte windows. Reports
 eval/bits_per_char on the test split (5 stdlib files the model never saw).
 
-Expected: eval/bits_per_char 1.99 on the test split (next-byte accuracy 0.63,
-eval/loss 1.38 nats) after 800 steps; 462,592 parameters; 2 min 15 s wall on
-2 CPU cores (132 s of training; 27.6 min when the cores were shared at load ~10).
-The same parameters (params_sha256) both times. Re-measured on the current
-code: 1.99 bits per char (accuracy 0.630), 252.5 s of training, 257 s wall
-(load ~2). No published reference exists: the corpus is jaxtrain's own.
+Measured: eval/bits_per_char 1.99 [r:charlm_transformer.bits_per_char] on the
+test split (next-byte accuracy 0.63, eval/loss 1.38 nats) after 800 steps;
+462,592 parameters; 236 s [r:charlm_transformer.train_sec] of training, 241 s
+[r:charlm_transformer.wall_sec] wall on 2 shared CPU cores (load and command in docs/results.json) (132 s of
+training when the machine was quiet, 27.6 min at load ~10; the same parameters,
+params_sha256, every time). No published reference exists: the corpus is jaxtrain's own.
 
 Variants derive from this file: charlm_transformer_learned.py (a learned position
 table instead of rotary), charlm_transformer_wide.py (width 256, 8 heads),

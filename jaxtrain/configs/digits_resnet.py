@@ -3,10 +3,10 @@
   python -m jaxtrain.main --config=configs/digits_resnet.py --workdir=runs/digits_resnet
 
 The 3x3/1 stem keeps the 8x8 image; the four stages run at 8x8, 4x4, 2x2 and
-1x1. Expected: test accuracy 0.986 (355 of the 360 test digits; 2.8M parameters;
-105 s of training, 1 min 47 s wall on 2 CPU cores at low load; see
-docs/guide/models.md). Re-measured on the current code: 0.986, 171.1 s of
-training, 175.9 s wall (load ~2). Reference: scikit-learn's example
+1x1. Measured: test accuracy 0.986 [r:digits_resnet.accuracy] (355 of the 360
+test digits; 2.8M parameters); 255 s [r:digits_resnet.train_sec] of training,
+260 s [r:digits_resnet.wall_sec] wall on 2 shared CPU cores (load and command in docs/results.json) (105 s of
+training when the machine was quiet; docs/guide/models.md). Reference: scikit-learn's example
 "Recognizing hand-written digits" reports accuracy 0.97 for SVC(gamma=0.001) on
 a different split (first half train, second half test); on jaxtrain's split
 (1,437 / 360) the same SVC scores 0.994 (measured; docs/BENCHMARKS.md,
