@@ -54,6 +54,17 @@ def new_workdir() -> str:
   return "a new --workdir" if _COMMAND_LINE[0] else "a new workdir"
 
 
+def check_local_path(what: str, path) -> None:
+  """Refuses a URL (gs://, s3://, ...) as `what` (a workdir, ...) in one line. Paths are
+  local today: Path('gs://b/run') would silently become the local folder 'gs:/b/run'."""
+  import re  # pylint: disable=g-import-not-at-top
+  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(path)):
+    raise UserError(
+        f"{what}={path}: workdirs on cloud storage are not supported yet (a gs:// or s3:// "
+        "path would become a local folder named after the scheme); use a local path, or "
+        "mount the bucket (e.g. Cloud Storage FUSE at /gcs/BUCKET) and pass that path")
+
+
 class JaxtrainError(Exception):
   """An error reported to the user as one line, with its own exit code."""
   exit_code = 1

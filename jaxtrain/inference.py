@@ -180,6 +180,7 @@ def load(workdir: str | Path, which: int | str | None = None, *, member: int | N
 
 
 def _run_directory(workdir: str | Path) -> Path:
+  errors.check_local_path("workdir", workdir)
   path = Path(workdir).expanduser()
   if not path.exists():
     raise errors.UserError(f"{path} does not exist; pass the --workdir of a jaxtrain run")

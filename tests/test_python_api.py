@@ -44,6 +44,17 @@ def test_a_finished_run_trains_on_to_a_raised_num_steps_and_equals_the_longer_ru
   assert extended["step"] == 100 and extended["params_sha256"] == whole["params_sha256"]
 
 
+def test_a_cloud_storage_workdir_is_refused_before_a_local_folder_is_made(tmp_path,
+                                                                         monkeypatch):
+  """Until workdirs on cloud storage exist, gs://b/run must not become ./gs:/b/run."""
+  monkeypatch.chdir(tmp_path)
+  for call in (lambda: train.run(tiny_config(), "gs://bucket/run"),
+               lambda: __import__("jaxtrain").load("s3://bucket/run")):
+    with pytest.raises(errors.UserError, match="workdir=.*://bucket/run: workdirs on cloud"):
+      call()
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_start_over_moves_the_used_workdir_aside_from_python(tmp_path, capsys):
   train.run(tiny_config(), tmp_path / "run")
   other = tiny_config(**{"optim.learning_rate": 3e-3})

@@ -39,6 +39,7 @@ def prepare(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   """Creates `workdir` if needed; raises `UserError` if it cannot be written, or (with
   `config`) if it holds another kind of run or a run with another config: before this
   run writes anything there (see `check_config`)."""
+  errors.check_local_path("workdir", workdir)  # The command line refused it already.
   path = Path(workdir).expanduser()
   if path.exists() and not path.is_dir():
     raise errors.UserError(f"--workdir {path} is a file, not a directory; "
