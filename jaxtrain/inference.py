@@ -227,9 +227,17 @@ def _member(workdir: Path, config, which, member: int):
   # Built as its phase built it: the searched dynamic keys exist in every member.
   searched = tuple(sorted(k for k in settings if k in space_lib.DYNAMIC_KEYS))
   r = setup.recipe(member_config, info, searched=searched)
-  pop, step, _, _ = evaluate.restore_population(directory, member_config, r, info,
-                                                len(members), step, workdir=workdir)
+  pop, step, _, _ = evaluate.restore_population(
+      directory, member_config, _population_shape(r, info, len(members)), step,
+      workdir=workdir)
   return member_config, info, r.model, pop_lib.take(pop, index), step, which
+
+
+def _population_shape(r: setup.Recipe, info: catalog.DatasetInfo, size: int):
+  """The abstract state of `size` members made by recipe `r`, as the tuner creates them."""
+  rngs = jax.ShapeDtypeStruct((size, *setup.RNG_SHAPE.shape), setup.RNG_SHAPE.dtype)
+  return jax.eval_shape(lambda keys: pop_lib.create(
+      r.model, r.tx, evaluate.sample_batch(info), r.hparams, keys), rngs)
 
 
 def _fold(workdir: Path, config, which, fold: int | None):
@@ -245,8 +253,9 @@ def _fold(workdir: Path, config, which, fold: int | None):
   checks.validate(config)
   _, info = catalog.split_of(config.data, config.data.train_split)
   r = setup.recipe(config, info)
-  pop, step, which, _ = evaluate.restore_population(workdir / "checkpoints", config, r, info,
-                                                    size, which, workdir=workdir)
+  pop, step, which, _ = evaluate.restore_population(
+      workdir / "checkpoints", config, _population_shape(r, info, size), which,
+      workdir=workdir)
   return config, info, r.model, pop_lib.take(pop, int(fold)), step, which
 
 

@@ -27,7 +27,6 @@ from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import checkpoint, compilation
 from jaxtrain.jobs import checks, setup, workdir as workdir_lib
 from jaxtrain.parallel import sharding
-from jaxtrain.tune import population as pop_lib
 
 
 @dataclasses.dataclass
@@ -121,22 +120,19 @@ def choose_step(ckpts: checkpoint.Checkpoints, step: int | str | None, which: st
   return int(step), which
 
 
-def restore_population(directory: Path, config: ml_collections.ConfigDict,
-                       recipe: setup.Recipe, info: catalog.DatasetInfo, size: int,
+def restore_population(directory: Path, config: ml_collections.ConfigDict, population,
                        step: int | str | None = None, which: str = "latest",
                        workdir: Path | None = None):
-  """(population state, step, which, loop state) of a checkpoint that holds `size`
-  members made by `recipe` (a tuning phase's or the folds of cross-validation):
-  {"population": TrainState with a leading member axis, "metric_sums": [size]} as
-  jaxtrain/tune/loop.py and jaxtrain/tune/cv.py save it, read on one device."""
+  """(population state, step, which, loop state) of a checkpoint that holds a population
+  shaped like `population` (abstract: a TrainState with a leading member axis, e.g.
+  jax.eval_shape of the tuner's population.create): {"population": ..., "metric_sums":
+  [members]} as jaxtrain/tune/loop.py and jaxtrain/tune/cv.py save it, read on one
+  device. The caller builds the shape: the population engine lives above this layer."""
   workdir = workdir or directory
   if not has_checkpoints(directory):
     raise errors.UserError(f"no checkpoint in {directory}; run {workdir} until it saves one")
   compilation.enable_cache(config.compile.cache_dir)
-  rngs = jax.ShapeDtypeStruct((size, *setup.RNG_SHAPE.shape), setup.RNG_SHAPE.dtype)
-  population = jax.eval_shape(
-      lambda keys: pop_lib.create(recipe.model, recipe.tx, sample_batch(info), recipe.hparams,
-                                  keys), rngs)
+  size = jax.tree.leaves(population)[0].shape[0]
   target = {"population": population, "metric_sums": metrics.new_sums((size,))}
   restored, loop, step, which = _read(directory, config, target, step, which, workdir)
   return restored["population"], step, which, loop
