@@ -234,6 +234,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.model = 1  # Parameters sharded by mesh.rules (tensor parallelism).
   c.mesh.pop = 1  # Tuning: the member axis (see tune.shard_population).
   c.mesh.num_devices = 0  # Devices the mesh spans: 0 = all (every process), N = the first N.
+  # CPU backend, command line only: JAX devices the host's cores are split into (set before
+  # JAX starts). 0 = auto: a tuning population of a vmapped model gets one device per core
+  # (members split over them, see tune/execution.py), anything else one; N = N devices.
+  c.mesh.cpu_devices = 0
   # "REGEX=SPEC" (first match wins, re.search on paths like 'params/Dense_0/kernel'),
   # SPEC one entry per dimension: an axis, 'a+b', or None; e.g. '.*Dense_0/kernel=fsdp,model'.
   c.mesh.rules = ()

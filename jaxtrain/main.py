@@ -88,11 +88,16 @@ def _run(config, workdir, options) -> int:
   from jaxtrain.io import writers  # pylint: disable=g-import-not-at-top
   writers.set_verbosity(options["verbosity"])  # Every call: main() runs again in a notebook.
   # Before anything touches a device: several processes then share one mesh.
-  distributed.initialize(*options["distributed"])
+  several = distributed.initialize(*options["distributed"])
   if config is not None:  # Schema first: the dispatch below reads config.tune.
     from jaxtrain.io import compilation  # pylint: disable=g-import-not-at-top
     from jaxtrain.jobs import checks  # pylint: disable=g-import-not-at-top
     checks.validate(config)
+    if not several and options["mode"] != "eval" and (config.mesh.cpu_devices
+                                                      or config.tune.strategy != "none"):
+      from jaxtrain.parallel import sharding  # pylint: disable=g-import-not-at-top
+      from jaxtrain.tune import execution  # pylint: disable=g-import-not-at-top
+      sharding.use_cpu_devices(execution.cpu_devices_for(config))  # Before JAX starts.
     compilation.enable_cache(config.compile.cache_dir)  # Every mode compiles (tuning too).
   preemption.check_early()  # A Ctrl-C during the imports above stops here.
   if options["start_over"]:  # After every check of the config: a refused run moves nothing.

@@ -25,6 +25,7 @@ Everything here is about placement: no function changes what is computed.
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any
 
@@ -98,7 +99,28 @@ def check_config(mesh_config) -> None:
                            "(0 = every device)")
   if mesh_config.fsdp_min_size < 0:
     raise errors.UserError(f"mesh.fsdp_min_size={mesh_config.fsdp_min_size} must be >= 0")
+  if mesh_config.cpu_devices < 0:
+    raise errors.UserError(f"mesh.cpu_devices={mesh_config.cpu_devices} must be >= 0 "
+                           "(0 = auto, 1 = one CPU device)")
   parse_rules(mesh_config.rules)
+
+
+def use_cpu_devices(count: int) -> bool:
+  """Splits the host's CPU into `count` JAX devices (`jax_num_cpu_devices`); returns
+  whether it did. Left alone (False) when `count` < 2, when the process already chose
+  its CPU devices (XLA_FLAGS' --xla_force_host_platform_device_count, or
+  JAX_NUM_CPU_DEVICES / jax_num_cpu_devices), or once JAX has started its backends
+  (the count can only be set before). No effect on the GPU or TPU devices; call before
+  anything touches a device."""
+  if count < 2 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return False
+  if jax.config.jax_num_cpu_devices != -1:  # Set by JAX_NUM_CPU_DEVICES or the caller.
+    return False
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # The backends are up (e.g. a notebook used JAX already).
+    return False
+  return True
 
 
 # --- The mesh (needs the devices: call after jax.distributed.initialize).

@@ -24,6 +24,7 @@ the same way for both executions; only the train step differs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import jax
@@ -44,6 +45,38 @@ def choose(requested: str, model_name: str, backend: str | None = None) -> str:
     return requested
   backend = backend or jax.default_backend()
   return "map" if model_name in CONV_MODELS and backend == "cpu" else "vmap"
+
+
+def cpu_devices_for(config, cores: int | None = None) -> int:
+  """The CPU devices a command-line run of `config` asks for (`mesh.cpu_devices`; the
+  command line applies it with `sharding.use_cpu_devices` before JAX starts).
+
+  Auto (0): a tuning population trained with vmap gets one device per core, at most
+  the largest divisor of `tune.population_size`, so its members split over the cores
+  (`sharding.population_mesh` puts every device on `pop`). On the CPU backend one small
+  model's step keeps about one core busy, vmapped members included, so the members'
+  halves on two cores ran about 1.7-2x faster than the whole population on one device
+  (docs/BENCHMARKS.md, "Members split over the CPU cores"). Everything else gets one
+  device: single runs and cross-validation (their numbers stay those of one device),
+  convolutional members run one at a time (`map`), a mesh of the user's own, and
+  `tune.shard_population=False`. The split is a property of the process: results
+  equal one device's to float rounding, not bitwise (a sharded program may sum in
+  another order), so a search resumed with another split is not bitwise that of an
+  uninterrupted one.
+  """
+  m = config.mesh
+  if m.cpu_devices:
+    return int(m.cpu_devices)
+  if config.tune.strategy == "none" or not config.tune.shard_population:
+    return 1
+  if config.tune.execution == "map" or (config.tune.execution == "auto"
+                                        and config.model.name in CONV_MODELS):
+    return 1
+  if (m.data, m.fsdp, m.model, m.pop, m.num_devices) != (-1, 1, 1, 1, 0):
+    return 1  # The user laid out the devices.
+  cores = cores or len(os.sched_getaffinity(0))
+  size = int(config.tune.population_size)
+  return max(d for d in range(1, max(1, min(cores, size)) + 1) if size % d == 0)
 
 
 class HostLoop:
