@@ -9,7 +9,10 @@ one after another (never two at once), interleaved seed by seed:
 
   lean Optuna  scripts/peer_optuna_lean.py: TPE over one jitted step with the learning
                rate and weight decay as traced arrays (one compile for all trials), 48
-               trials x 3000 steps, test accuracy every 500 steps, MedianPruner.
+               trials x 3000 steps, test accuracy every 500 steps, MedianPruner; once
+               one trial at a time, once two at a time (`--n_jobs=2`, Optuna's threads:
+               JAX releases the GIL while a step runs, so two trials use two cores, as
+               jaxtrain's members split over the cores do).
   jaxtrain     python -m jaxtrain.main --config=configs/mnist1d_pbt.py, as shipped, with
                the protocol's splits (train on all 4,000 signals, evaluate on the 1,000
                test signals, as the other arms do) and an empty compilation cache
@@ -61,9 +64,9 @@ def _run(cmd: list[str], env: dict, timeout: float) -> tuple[float, float, str]:
   return launch, seconds, proc.stdout
 
 
-def lean_optuna(seed: int, args, env) -> dict:
+def lean_optuna(seed: int, args, env, n_jobs: int = 1) -> dict:
   cmd = [sys.executable, "scripts/peer_optuna_lean.py", f"--seed={seed}",
-         f"--trials={args.trials}", f"--steps={args.steps}"]
+         f"--trials={args.trials}", f"--steps={args.steps}", f"--n_jobs={n_jobs}"]
   _, seconds, out = _run(cmd, env, args.timeout)
   return {"curve": _curve(out), "total_sec": seconds}
 
@@ -144,6 +147,7 @@ def main(argv=None) -> int:
   root = Path(tempfile.mkdtemp(prefix="bench_peers_"))
   warm_cache = root / "warm_cache"  # Filled by the first jaxtrain run, reused after.
   arms = {"lean_optuna": lambda s: lean_optuna(s, args, env),
+          "lean_optuna_2jobs": lambda s: lean_optuna(s, args, env, n_jobs=2),
           "jaxtrain_pbt": lambda s: jaxtrain_pbt(s, args, env, root),
           "jaxtrain_pbt_warm": lambda s: jaxtrain_pbt(s, args, env, root, warm_cache)}
   if args.ray:
@@ -191,6 +195,7 @@ def markdown(result: dict, targets) -> str:
            + " | best in 10 s | best in 30 s | whole search s | first eval s |",
            "|---|" + "---:|" * (len(keys) + 4)]
   names = {"lean_optuna": "lean Optuna TPE loop",
+           "lean_optuna_2jobs": "lean Optuna TPE loop, 2 trials at once (n_jobs=2)",
            "jaxtrain_pbt": "jaxtrain mnist1d_pbt.py (cold: empty compile cache)",
            "jaxtrain_pbt_warm": "jaxtrain mnist1d_pbt.py (warm compile cache)",
            "ray_pbt": "Ray Tune PBT"}

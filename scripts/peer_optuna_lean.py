@@ -49,6 +49,8 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=3000)
   p.add_argument("--eval_every", type=int, default=500)
   p.add_argument("--batch_size", type=int, default=100)
+  p.add_argument("--n_jobs", type=int, default=1,
+                 help="trials at once (Optuna's threads; JAX releases the GIL while it runs)")
   args = p.parse_args(argv)
 
   data = make_dataset(get_dataset_args())
@@ -114,7 +116,7 @@ def main(argv=None):
   study = optuna.create_study(direction="maximize",
                               sampler=optuna.samplers.TPESampler(seed=args.seed),
                               pruner=optuna.pruners.MedianPruner(n_warmup_steps=args.eval_every))
-  study.optimize(objective, n_trials=args.trials)
+  study.optimize(objective, n_trials=args.trials, n_jobs=args.n_jobs)
   print(json.dumps({"done": True, "t": time.time() - START,
                     "best": study.best_value}), flush=True)
   return 0
