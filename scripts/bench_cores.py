@@ -82,20 +82,24 @@ def worker(args) -> dict:
   active = phase.active(members)
   pop, acc = phase.train(pop, acc, active)  # Compile and warm up.
   jax.block_until_ready(pop)
-  calls, seconds = 0, 0.0
+  import resource  # pylint: disable=g-import-not-at-top
+  usage = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system
+  calls, seconds, cpu0 = 0, 0.0, usage()
   while seconds < args.seconds:
     t0 = time.perf_counter()
     pop, acc = phase.train(pop, acc, active)
     jax.block_until_ready(pop)
     seconds += time.perf_counter() - t0
     calls += 1
+  cpu_per_wall = (usage() - cpu0) / seconds  # Cores kept busy (about; the loop waits too).
   per_step = seconds / (calls * phase.steps_per_call)
   sizes = (s.info.input_shape[-1], *hidden, s.info.num_classes)
   flops = 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))  # fwd 2 + bwd 4
   out = {"devices": len(jax.devices()), "members": args.members,
          "sharded": phase.member_sharding is not None, "step_ms": per_step * 1e3,
          "member_steps_per_sec": args.members / per_step,
-         "gflops": flops * args.members / per_step / 1e9, "compiles": phase.compiles}
+         "gflops": flops * args.members / per_step / 1e9, "compiles": phase.compiles,
+         "cpu_per_wall": cpu_per_wall}
   if args.peak:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048), jnp.float32)
@@ -163,6 +167,8 @@ def main(argv=None) -> int:
         "split_vs_pop1": med["pop split"] / med["pop 1"],
         "split_fraction_of_peak": split_gflops / peak,
         "split_sharded": all(a["sharded"] for a in arms["pop split"]),
+        "median_cpu_per_wall": {k: statistics.median(a["cpu_per_wall"] for a in v)
+                                for k, v in arms.items()},
     }
     log(task, json.dumps({k: v for k, v in result["tasks"][task].items() if k != "arms"}))
   result["load_after"] = os.getloadavg()
