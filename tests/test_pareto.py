@@ -282,3 +282,61 @@ def test_halving_front_respects_the_constraint(tmp_path):
   finished = [r for r in result["members"] if r["status"] != "culled"]
   assert sorted(r["id"] for r in front) == reference_front(finished)
   assert all(r["objectives"]["eval/ece"] <= 0.15 for r in front)
+
+
+def grid_config():
+  """Two phases (two widths), two learning rates each: accuracy against model size."""
+  c = tune_config("grid")
+  c.tune.grid_points = 2
+  c.tune.space.optim = dict(learning_rate="loguniform(1e-3, 1e-2)")
+  c.tune.space.model = dict(hidden_sizes="choice((8,), (32,))")
+  c.tune.objectives = ("eval/accuracy", "model/num_params")
+  return c
+
+
+@pytest.mark.slow
+def test_a_front_across_phases_survives_a_resume_and_counts_parameters(tmp_path):
+  whole = tune_run.run(grid_config(), tmp_path / "whole")
+  stopped = tune_run.run(grid_config(), tmp_path / "resumed", stop_after_steps=40)
+  assert stopped["status"] == "stopped"  # After phase 0: the front so far is checkpointed.
+  resumed = tune_run.run(grid_config(), tmp_path / "resumed")
+  assert whole["train_step_compiles"] == {0: 1, 1: 1}
+  front = sorted(r["id"] for r in whole["pareto_front"])
+  assert front == reference_front_of(whole["members"], ("eval/accuracy", "model/num_params"))
+  assert [r["id"] for r in resumed["pareto_front"]] == [r["id"] for r in whole["pareto_front"]]
+  assert [r["objectives"] for r in resumed["pareto_front"]] == [
+      r["objectives"] for r in whole["pareto_front"]]
+  assert resumed["best_member"] == whole["best_member"]
+  for row in whole["pareto_front"]:  # The count the export takes from the trained params.
+    final = json.loads((tmp_path / "whole" / "front" / f"member_{row['id']:04d}" /
+                        "final.json").read_text())
+    assert final["member"] == row["id"]
+    assert row["objectives"]["model/num_params"] == final["num_params"]
+  assert sorted(p.name for p in (tmp_path / "resumed" / "front").iterdir()) == [
+      f"member_{i:04d}" for i in front]  # A member that left the front left no export.
+
+
+def reference_front_of(rows, metrics):
+  """The unconstrained front of result rows by `metrics` (accuracy up, the rest down)."""
+  point = lambda r: tuple(r["eval"][m] if m == "eval/accuracy" else -r["eval"][m]
+                          for m in metrics)
+  ok = [r for r in rows if all(math.isfinite(x) for x in point(r))]
+  return sorted(r["id"] for r in ok if not any(_dominates(point(q), point(r)) for q in ok))
+
+
+@pytest.mark.slow
+def test_one_objective_named_as_tune_metric_searches_as_tune_metric_alone(tmp_path):
+  plain = tune_run.run(tune_config("pbt"), tmp_path / "plain")
+  c = tune_config("pbt")
+  c.tune.objectives = ("eval/accuracy",)
+  named = tune_run.run(c, tmp_path / "named")
+  read = lambda d: json.loads((d / "best" / "final.json").read_text())["params_sha256"]
+  assert read(tmp_path / "named") == read(tmp_path / "plain")
+  strip = lambda d: [{k: v for k, v in json.loads(line).items() if k != "time"}
+                     for line in (d / "tune" / "lineage.jsonl").read_text().splitlines()]
+  assert strip(tmp_path / "named") == strip(tmp_path / "plain")  # The same exploits.
+  assert named["best_member"] == plain["best_member"]
+  # One objective: the front is every member with the best accuracy (ties included).
+  assert plain["best_member"] in [r["id"] for r in named["pareto_front"]]
+  assert {r["objectives"]["eval/accuracy"] for r in named["pareto_front"]} == {
+      plain["best_score"]}
