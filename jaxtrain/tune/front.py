@@ -38,11 +38,12 @@ def _row(m: dict[str, Any], phase: int) -> dict[str, Any]:
           "eval": m["last_eval"]}
 
 
-def finish_phase(c, members: list[dict], loop: dict, workdir: Path,
-                 export) -> int | None:
+def finish_phase(c, members: list[dict], loop: dict, workdir: Path, export,
+                 main: bool = True) -> int | None:
   """Updates loop['front'] with this phase's `members`, exports those that join it
-  (`export(index, directory)`), removes the exports of members that left; returns
-  the index of the member that becomes the best (None: the best stays)."""
+  (`export(index, directory)`, in every process), removes the exports of members
+  that left (process 0, `main`, alone: it writes the files); returns the index of
+  the member that becomes the best (None: the best stays)."""
   objectives, constraints = pareto.objectives_of(c), pareto.constraints_of(c)
   old = loop.get("front", [])
   rows = [_row(m, loop["phase"]) for m in members]
@@ -53,7 +54,7 @@ def finish_phase(c, members: list[dict], loop: dict, workdir: Path,
     if len(old) + i in on_front:
       export(i, member_dir(workdir, rows[i]["id"]))
   for j, row in enumerate(old):
-    if j not in on_front:  # Dominated by a member of this phase: no longer on the front.
+    if j not in on_front and main:  # Dominated by a member of this phase: off the front.
       shutil.rmtree(member_dir(workdir, row["id"]), ignore_errors=True)
   loop["front"] = [pool[i] for i in sorted(on_front)]
   return _new_best(c, rows, loop.get("best"))

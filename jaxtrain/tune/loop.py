@@ -519,7 +519,7 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
     export.export_member(c, members[index], phase.take(pop, index), directory, schedule)
 
   if pareto.enabled(c):  # The front (exported as it grows) and the best member of it.
-    best = front_lib.finish_phase(c, members, loop, tune_dir.parent, export_to)
+    best = front_lib.finish_phase(c, members, loop, tune_dir.parent, export_to, main)
   else:
     scores = [m["score"] if m["score"] is not None and not math.isnan(m["score"])
               else -math.inf for m in members]
