@@ -180,6 +180,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune.strategy = "none"  # none | grid | random | pbt | halving | bayes
   c.tune.population_size = 8  # Members trained at once (grid: all grid points).
   c.tune.metric = "eval/accuracy"  # Evaluated every train.eval_every_steps.
+  # Several objectives, each in its metric's direction (e.g. ("eval/accuracy", "eval/ece")),
+  # and bounds ("eval/ece <= 0.05"): members rank by the constrained Pareto order
+  # (jaxtrain/tune/pareto.py); tune.metric names the one best/ follows. () = tune.metric alone.
+  c.tune.objectives = ()
+  c.tune.constraints = ()
   c.tune.space = ml_collections.ConfigDict()  # e.g. space.optim.learning_rate = "loguniform(1e-4, 1e-1)"
   c.tune.grid_points = 3  # grid: values per continuous dimension.
   c.tune.execution = "auto"  # vmap | map (one member at a time) | auto (map for CNNs on CPU).

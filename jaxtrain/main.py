@@ -148,6 +148,13 @@ def _run(config, workdir, options) -> int:
           f"{result['best_member']}: {result['best_settings']}); {result['num_members']} "
           f"members, {result['member_steps']} member-steps; best member exported to "
           f"{workdir}/best", file=sys.stdout)
+    if "pareto_front" in result:  # tune.objectives / tune.constraints.
+      front = result["pareto_front"]
+      print(f"Pareto front: {len(front)} members ({', '.join(str(r['id']) for r in front)}) "
+            f"exported to {workdir}/front/; see {workdir}/tune/result.json and pareto.png"
+            if front else "Pareto front: empty, no member meets tune.constraints "
+            f"({'; '.join(result['constraints'])}); best/ holds the one closest to them",
+            file=sys.stdout)
     return 0
   from jaxtrain.jobs import train  # pylint: disable=g-import-not-at-top
   result = _interruptible(train.run, config, workdir,

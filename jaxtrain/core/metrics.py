@@ -196,6 +196,14 @@ def per_class_scores(confusion_CxC) -> dict[str, Any]:
   return out
 
 
+def expected_calibration_error(bin_count, bin_correct, bin_confidence, count: float) -> float:
+  """ECE from the bin sums of `classification_report_sums`: the count-weighted mean
+  |accuracy - confidence| of the bins (`count`: the examples, at least 1)."""
+  bin_count = np.asarray(bin_count, np.float64)
+  accuracy, confidence = _ratio(bin_correct, bin_count), _ratio(bin_confidence, bin_count)
+  return float(np.sum(bin_count * np.abs(accuracy - confidence))) / count
+
+
 def compute_classification_report(sums: dict, top_k: int = 5) -> dict[str, Any]:
   """Host-side numbers from merged `classification_report_sums`.
 
@@ -224,7 +232,8 @@ def compute_classification_report(sums: dict, top_k: int = 5) -> dict[str, Any]:
       f"top_{k}_accuracy": float(sums["top_k_correct"]) / count,
       "nll": float(sums["nll"]) / count,
       "brier": float(sums["brier"]) / count,
-      "ece": float(np.sum(bin_count * np.abs(bin_accuracy - bin_confidence))) / count,
+      "ece": expected_calibration_error(bin_count, sums["bin_correct"], sums["bin_confidence"],
+                                        count),
   }
   scores = per_class_scores(sums["confusion"])
   per_class = scores.pop("per_class")

@@ -70,8 +70,10 @@ def predict(model: models.Model, state: TrainState, inputs: jax.Array) -> jax.Ar
 
 
 def eval_step(model: models.Model, state: TrainState,
-              batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Sums of loss and correct predictions over the batch's unmasked examples."""
+              batch: dict[str, jax.Array], calibration_bins: int = 0) -> dict[str, jax.Array]:
+  """Sums of loss and correct predictions over the batch's unmasked examples; with
+  `calibration_bins` > 0 also the confidence-bin sums of ECE under "calibration"
+  ({bin_count, bin_correct, bin_confidence}, as `classification_report_sums`)."""
   variables = {"params": state.params, **state.model_state}
   model_hparams = {k: state.hparams[k] for k in models.MODEL_HPARAMS}
   logits, _ = model.apply(variables, batch, state.rng, False, model_hparams)
@@ -86,6 +88,10 @@ def eval_step(model: models.Model, state: TrainState,
   sums = metrics_lib.classification_sums(logits, labels, loss_B, mask)
   if per_token:  # Mean loss in bits (log base 2) per token: bits per character.
     sums["bits_per_char"] = sums["loss"] / jnp.log(2.0)
+  if calibration_bins:
+    report = metrics_lib.classification_report_sums(logits, labels, mask,
+                                                    num_bins=calibration_bins)
+    sums["calibration"] = {k: report[k] for k in ("bin_count", "bin_correct", "bin_confidence")}
   return sums
 
 

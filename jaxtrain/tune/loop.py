@@ -29,6 +29,8 @@ from jaxtrain.io import compilation, preemption, writers
 from jaxtrain.jobs import cadence, checks, evaluate, setup, transfer, workdir as workdir_lib
 from jaxtrain.parallel import distributed, sharding
 from jaxtrain.tune import export, strategies
+from jaxtrain.tune import front as front_lib
+from jaxtrain.tune import pareto
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
@@ -50,6 +52,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
   if t.population_size <= 0:
     raise errors.UserError(f"tune.population_size={t.population_size} must be > 0")
   checks.check_rankable("tune.metric", t.metric, config)
+  pareto.check(config)  # tune.objectives, tune.constraints.
   if t.execution not in pop_lib.EXECUTIONS:
     raise errors.unknown_choice("tune.execution", t.execution, pop_lib.EXECUTIONS)
   if t.steps_per_call < 0 or (t.steps_per_call and
@@ -151,7 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     study = (strategies.open_study(c, tune_dir, loop["rounds"]) if c.tune.strategy == "bayes"
              else None)
     if study is not None:  # Trials a killed run finished but did not tell.
-      strategies.reconcile(study, loop, c.tune.metric)
+      strategies.reconcile(study, loop, c.tune.metric, c)
     if loop["phases"] is None:
       loop["phases"] = ([] if study is not None
                         else _plan_initial(c, dims, strategies.rng_for(c.seed, 0)))
@@ -171,6 +174,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   clock.stop(loop)
   result = {"status": status, **_result(c, loop, records.compiles, records.executions,
                                         time.perf_counter() - wall_start)}
+  if pareto.enabled(c):  # The objectives, constraints and the Pareto front.
+    result.update(front_lib.result(c, loop, workdir))
   if status == "completed" and c.data.test_split and loop.get("best"):
     # Members were compared on data.eval_split; the winner alone meets the test split.
     test_config = config_lib.load_snapshot(workdir / "best")
@@ -188,6 +193,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if main:
       from jaxtrain.tune import plots  # pylint: disable=g-import-not-at-top
       plots.write(workdir, loop, lineage_lib.read(tune_dir / "lineage.jsonl"), c.tune.metric)
+      if pareto.enabled(c):
+        plots.write_pareto(workdir, c, loop)
   except ImportError:  # matplotlib is optional for tuning itself.
     pass
   return preemption.raise_if_interrupted(signal, result, workdir, step=loop["global_step"])
@@ -233,7 +240,7 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
         # between leaves trials RUNNING, which a restart tells (`reconcile`), never a
         # study ahead of every checkpoint.
         ckpts.wait()
-        strategies.tell_round(study, loop["members"], c.tune.metric)
+        strategies.tell_round(study, loop["members"], c.tune.metric, c)
       records.compiles[loop["phase"]] = phase.compiles
       records.executions[loop["phase"]] = phase.execution
       if loop["step"] < c.train.num_steps or stopping:  # Stopped inside or at the end of a
@@ -504,20 +511,29 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
               "completed" if m["created_step"] == 0 else "cut_short")
     loop["done"].append(strategies.summary(m, loop["phase"], status))
   main = distributed.is_main()
-  scores = [m["score"] if m["score"] is not None and not math.isnan(m["score"]) else -math.inf
-            for m in members]
-  best = int(np.argmax(scores))
-  previous = loop.get("best")
-  # A diverged member (non-finite score) is never the best, not even the only one.
-  if math.isfinite(scores[best]) and (previous is None or scores[best] > previous["score"]):
-    loop["best"] = {"id": members[best]["id"], "score": scores[best],
-                    "settings": members[best]["settings"], "phase": loop["phase"],
-                    "eval": members[best]["last_eval"]}
+
+  def export_to(index: int, directory: Path) -> None:
     # Every process takes part in the export's checkpoint; process 0 writes the files.
     schedule = (lineage_lib.schedule_of(lineage_lib.read(tune_dir / "lineage.jsonl"),
-                                        members[best]["id"]) if main else None)
-    export.export_member(c, members[best], phase.take(pop, best), tune_dir.parent / "best",
-                         schedule)
+                                        members[index]["id"]) if main else None)
+    export.export_member(c, members[index], phase.take(pop, index), directory, schedule)
+
+  if pareto.enabled(c):  # The front (exported as it grows) and the best member of it.
+    best = front_lib.finish_phase(c, members, loop, tune_dir.parent, export_to, main)
+  else:
+    scores = [m["score"] if m["score"] is not None and not math.isnan(m["score"])
+              else -math.inf for m in members]
+    best = int(np.argmax(scores))
+    previous = loop.get("best")
+    # A diverged member (non-finite score) is never the best, not even the only one.
+    if not (math.isfinite(scores[best]) and (previous is None
+                                             or scores[best] > previous["score"])):
+      best = None
+  if best is not None:
+    loop["best"] = {"id": members[best]["id"], "score": members[best]["score"],
+                    "settings": members[best]["settings"], "phase": loop["phase"],
+                    "eval": members[best]["last_eval"]}
+    export_to(best, tune_dir.parent / "best")
 
 
 def _group(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -18,11 +18,13 @@ import numpy as np
 
 from jaxtrain import config as config_lib
 from jaxtrain.core import ema as ema_lib, metrics
+from jaxtrain.core import state as state_lib
 from jaxtrain.data import pipeline
 from jaxtrain.io import compilation
 from jaxtrain.jobs import setup, transfer
 from jaxtrain.parallel import sharding
 from jaxtrain.tune import execution as execution_lib
+from jaxtrain.tune import pareto
 from jaxtrain.tune import population as pop_lib
 
 
@@ -135,7 +137,12 @@ class Phase:
         train_fn, donate_argnums=(0, 1, 2),
         in_shardings=(ps, ms, ms, ms, replicated, ms) if shard else None,
         out_shardings=(ps, ms, ms) if shard else None))
-    self._eval = bounded(jax.jit(pop_lib.make_eval_fn(self.model),
+    # A multi-objective search's extra metrics (pareto.EXTRA_METRICS), when it names them.
+    needed = pareto.needed(config)
+    self.calibration_bins = c.eval.calibration_bins if "eval/ece" in needed else 0
+    self.num_params = (state_lib.num_params(shapes.params)
+                       if "model/num_params" in needed else None)
+    self._eval = bounded(jax.jit(pop_lib.make_eval_fn(self.model, self.calibration_bins),
                                  in_shardings=(ps, replicated) if shard else None,
                                  out_shardings=ms if shard else None))
     # One program makes a population: keys, parameters, init_from's arrays, settings.
@@ -234,9 +241,22 @@ class Phase:
     parameters too (eval/ema_*), as a single run does."""
     def member_metrics(states, prefix):
       sums = metrics.sum_batches(lambda batch: self._eval(states, batch), self.eval_batches)
-      return self.member_metrics(sums, prefix)
+      calibration = sums.pop("calibration", None)
+      values = self.member_metrics(sums, prefix)
+      if calibration is not None and prefix == "eval/":
+        bins = jax.tree.map(np.asarray, sharding.to_host(calibration))
+        for i, m in enumerate(values):
+          # A diverged member's metrics are all NaN (metrics.compute): its ECE too.
+          m["eval/ece"] = (metrics.expected_calibration_error(
+              bins["bin_count"][i], bins["bin_correct"][i], bins["bin_confidence"][i],
+              max(float(bins["bin_count"][i].sum()), 1.0))
+                           if math.isfinite(m["eval/loss"]) else math.nan)
+      return values
 
     values = member_metrics(pop, "eval/")
+    if self.num_params is not None:
+      for m in values:
+        m["model/num_params"] = float(self.num_params)
     if pop.ema_params is not None:
       for m, ema in zip(values, member_metrics(ema_lib.as_params(pop), "eval/ema_")):
         m.update(ema)

@@ -6,8 +6,12 @@
 - WORKDIR/tune/best_schedule.png: the winning member's hyperparameters over
   time, following its ancestry through every exploit.
 
-`population_figure` and `schedule_figure` build the Figures (tests read them
-back); `write` saves them.
+- WORKDIR/tune/pareto.png (a search with tune.objectives or tune.constraints): every
+  finished member by its first two objectives, infeasible ones hollow, the Pareto
+  front highlighted and joined.
+
+`population_figure`, `schedule_figure` and `pareto_figure` build the Figures (tests
+read them back); `write` and `write_pareto` save them.
 """
 
 from __future__ import annotations
@@ -226,3 +230,61 @@ def write(workdir: Path, loop: dict[str, Any], events: list[dict[str, Any]],
     paths.append(out_dir / "best_schedule.png")
     fig.savefig(paths[-1], dpi=110)
   return paths
+
+
+def pareto_figure(objectives: list[tuple[str, str]], members: list[dict[str, Any]],
+                  front_ids: set[int], bounds: tuple[tuple[str, float], ...] = (),
+                  title: str = ""):
+  """The members (rows with 'id', 'eval' and 'feasible') by their first two
+  objectives ((metric, 'max'|'min') pairs): feasible filled, infeasible hollow, the
+  front's members (`front_ids`) in red, joined in order of the first objective;
+  `bounds` ((metric, bound) of the constraints) dashed where their metric is an axis.
+  Returns the Figure; its first collection is the front, the second the other
+  feasible members, the third the infeasible ones. None with fewer than two objectives."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  if len(objectives) < 2:
+    return None
+  (mx, dx), (my, dy) = objectives[0], objectives[1]
+
+  def xy(rows):
+    pts = [(_number(r["eval"].get(mx)), _number(r["eval"].get(my))) for r in rows]
+    return [p for p in pts if all(map(math.isfinite, p))]
+
+  front = sorted(xy([r for r in members if r["id"] in front_ids]))
+  rest = [r for r in members if r["id"] not in front_ids]
+  feasible = xy([r for r in rest if r["feasible"]])
+  infeasible = xy([r for r in rest if not r["feasible"]])
+  fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+  ax = fig.add_subplot()
+  unzip = lambda pts: ([p[0] for p in pts], [p[1] for p in pts])
+  ax.scatter(*unzip(front), c="tab:red", s=45, zorder=3, label=f"Pareto front ({len(front)})")
+  ax.scatter(*unzip(feasible), c="tab:blue", s=20, alpha=0.7, label="feasible")
+  ax.scatter(*unzip(infeasible), facecolors="none", edgecolors="tab:gray", s=20,
+             label="infeasible")
+  if front:
+    ax.plot(*unzip(front), color="tab:red", lw=1, zorder=2)
+  for metric, bound in bounds:
+    if metric in (mx, my):
+      (ax.axvline if metric == mx else ax.axhline)(bound, color="tab:gray", ls="--", lw=1)
+  ax.set_xlabel(f"{mx} ({'higher' if dx == 'max' else 'lower'} is better)")
+  ax.set_ylabel(f"{my} ({'higher' if dy == 'max' else 'lower'} is better)")
+  ax.set_title(title or "members by objective")
+  ax.legend(loc="best", fontsize="small")
+  return fig
+
+
+def write_pareto(workdir: Path, config, loop: dict[str, Any]) -> Path | None:
+  """Writes WORKDIR/tune/pareto.png (`pareto_figure` of every finished member)."""
+  from jaxtrain.tune import pareto  # pylint: disable=g-import-not-at-top
+  objectives = [(o.metric, o.mode) for o in pareto.objectives_of(config)]
+  rows = [{**r, **pareto.describe(config, r["eval"])} for r in loop["done"]]
+  constraints = pareto.constraints_of(config)
+  text = ", ".join(str(k) for k in constraints)
+  fig = pareto_figure(objectives, rows, {r["id"] for r in loop.get("front", [])},
+                      tuple((k.metric, k.bound) for k in constraints),
+                      f"subject to {text}" if text else "")
+  if fig is None:
+    return None
+  path = Path(workdir) / "tune" / "pareto.png"
+  fig.savefig(path, dpi=110)
+  return path

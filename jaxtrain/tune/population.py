@@ -169,9 +169,11 @@ def make_member_train_fn(model, tx, schedule, batch_size: int, steps_per_call: i
   return fn
 
 
-def make_eval_fn(model) -> Callable:
-  """Returns `fn(pop_state, batch) -> metric sums [P]` (batch shared by all members)."""
-  return jax.vmap(lambda state, batch: step_lib.eval_step(model, state, batch),
+def make_eval_fn(model, calibration_bins: int = 0) -> Callable:
+  """Returns `fn(pop_state, batch) -> metric sums [P]` (batch shared by all members);
+  with `calibration_bins` > 0 the sums hold ECE's bin sums too (`step.eval_step`)."""
+  return jax.vmap(lambda state, batch: step_lib.eval_step(model, state, batch,
+                                                          calibration_bins),
                   in_axes=(0, None))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from jaxtrain import config as config_lib
 from jaxtrain import errors
 from jaxtrain.jobs import cadence
+from jaxtrain.tune import pareto
 from jaxtrain.tune import space as space_lib
 from jaxtrain.tune import storage as storage_lib
 from jaxtrain.tune.phase import Phase
@@ -68,7 +69,10 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
 
   if strategy == "pbt":
     before = [dict(m["settings"]) for m in members]
-    pop, parents, exploited = phase.exploit(pop, [m["score"] for m in members], loop["event"])
+    # Several objectives or constraints: members rank by the constrained Pareto order.
+    ranks = (pareto.scores_of(c, [m["last_eval"] for m in members]) if pareto.enabled(c)
+             else [m["score"] for m in members])
+    pop, parents, exploited = phase.exploit(pop, ranks, loop["event"])
     new_values = phase.dynamic_of(pop)
     old_members = copy.deepcopy(members)
     for i, m in enumerate(members):
@@ -97,7 +101,9 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
         arrivals.setdefault(rung, []).append(m)
     for rung, arrived in sorted(arrivals.items()):
       recorded = loop["rungs"].setdefault(str(rung), [])
-      promoted = promotions(recorded, [(m["id"], m["score"]) for m in arrived], eta)
+      promoted = (pareto.promotions(recorded, [(m["id"], m["last_eval"]) for m in arrived],
+                                    eta, c) if pareto.enabled(c) else
+                  promotions(recorded, [(m["id"], m["score"]) for m in arrived], eta))
       for m in arrived:
         if m["id"] not in promoted:
           m["active"] = False
@@ -177,6 +183,10 @@ class Study:
 def check_storage(c) -> None:
   """tune.storage and tune.study_name (`storage.check`), before anything is written."""
   storage_lib.check(c)
+  if c.tune.storage and pareto.enabled(c):
+    raise errors.UserError(
+        "tune.storage is not supported with tune.objectives or tune.constraints yet (a "
+        "multi-objective study lives in WORKDIR/tune/optuna.db); set tune.storage=''")
 
 
 def open_study(c, tune_dir: Path, rounds_done: int = 0) -> Study:
@@ -198,6 +208,8 @@ def open_study(c, tune_dir: Path, rounds_done: int = 0) -> Study:
   """
   import optuna  # pylint: disable=g-import-not-at-top
   optuna.logging.set_verbosity(optuna.logging.WARNING)
+  if pareto.enabled(c):  # Several objectives (or constraints): a multi-objective study.
+    return _open_pareto_study(c, tune_dir, rounds_done)
   direction = "maximize" if config_lib.mode_of(c.tune.metric) == "max" else "minimize"
   if c.tune.storage:
     return _open_shared_study(c, tune_dir, rounds_done, direction)
@@ -223,6 +235,42 @@ def open_study(c, tune_dir: Path, rounds_done: int = 0) -> Study:
         f"{path} holds a study that {study.direction.name.lower()}s {c.tune.metric}, but "
         f"{c.tune.metric} is to {direction} (the study was written by an older jaxtrain); "
         "start the search in a new --workdir")
+  return Study(study, None, str(path))
+
+
+def _open_pareto_study(c, tune_dir: Path, rounds_done: int) -> Study:
+  """`open_study` of a search with tune.objectives or tune.constraints: an Optuna study
+  with one direction per objective (constraints travel with each trial), in
+  WORKDIR/tune/optuna.db alone (a shared tune.storage is refused by `check_storage`)."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  directions = ["maximize" if o.mode == "max" else "minimize" for o in pareto.objectives_of(c)]
+  names = tuple(o.metric for o in pareto.objectives_of(c))
+  path = tune_dir / "optuna.db"
+  fix = ("it holds the trials of the rounds done: restore it, or start the search over in "
+         "a new --workdir")
+  if rounds_done and not path.is_file():
+    raise errors.UserError(f"{path} is missing, but the checkpoint being resumed has asked "
+                           f"{rounds_done} rounds of it: {fix}")
+  try:
+    study = optuna.create_study(study_name=c.tune.study_name, storage=f"sqlite:///{path}",
+                                directions=directions, load_if_exists=True)
+    told = len(study.get_trials(deepcopy=False))
+  except Exception as e:  # pylint: disable=broad-except
+    # SQLAlchemy and Optuna raise many types for a damaged database file.
+    raise errors.UserError(f"{path} cannot be read as an Optuna study ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:160]}): {fix}") from None
+  if rounds_done and not told:
+    raise errors.UserError(f"{path} holds no trials, but the checkpoint being resumed has "
+                           f"asked {rounds_done} rounds of it: {fix}")
+  studied = [d.name.lower() for d in study.directions]
+  metric = study.user_attrs.get(storage_lib.METRIC_ATTR)
+  if studied != directions or (metric is not None and metric != list(names)):
+    raise errors.UserError(
+        f"{path} holds a study of {metric or 'other objectives'} ({', '.join(studied)}), but "
+        f"this search has tune.objectives={names} ({', '.join(directions)}); start the search "
+        "in a new --workdir")
+  if metric is None:
+    study.set_user_attr(storage_lib.METRIC_ATTR, list(names))
   return Study(study, None, str(path))
 
 
@@ -280,13 +328,17 @@ def _open_shared_study(c, tune_dir: Path, rounds_done: int, direction: str) -> S
   return Study(study, worker, where)
 
 
-def tell_round(study: Study, members: list[dict], metric: str) -> None:
-  """Tells Optuna each member's final `metric` (non-finite: a failed trial).
+def tell_round(study: Study, members: list[dict], metric: str, config=None) -> None:
+  """Tells Optuna each member's final `metric` (non-finite: a failed trial); with
+  `config` of a search with tune.objectives or tune.constraints, each objective's
+  value and the trial's constraints (`_tell_pareto`).
 
   A trial already finished is left as it is (told by `reconcile`, or by a run that
   was killed right after telling).
   """
   import optuna  # pylint: disable=g-import-not-at-top
+  if config is not None and pareto.enabled(config):
+    return _tell_pareto(study, members, config)
   for m in members:
     value = m["last_eval"].get(metric)
     if value is None or not math.isfinite(value):
@@ -295,7 +347,30 @@ def tell_round(study: Study, members: list[dict], metric: str) -> None:
       study.optuna.tell(m["trial"], value, skip_if_finished=True)
 
 
-def reconcile(study: Study, loop: dict, metric: str) -> None:
+def _tell_pareto(study: Study, members: list[dict], config) -> None:
+  """`tell_round` of a multi-objective study: the objectives' values, and before them
+  each constraint's value in Optuna's form (<= 0: met) as the trial's constraint,
+  which Optuna's samplers and `study.best_trials` read (Trial.set_constraint)."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  storage, study_id = study.optuna._storage, study.optuna._study_id  # pylint: disable=protected-access
+  for m in members:
+    values = pareto.tell_values(config, m["last_eval"])
+    if values is None:
+      study.optuna.tell(m["trial"], state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+      continue
+    # Optuna sets constraints only through a live Trial, and its ask/tell API names a
+    # trial by number (a restarted run holds no Trial): the storage maps the two.
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, m["trial"])
+    if storage.get_trial(trial_id).state.is_finished():
+      continue
+    trial = optuna.trial.Trial(study.optuna, trial_id)
+    for key, value in pareto.constraint_values(config, m["last_eval"]).items():
+      if f"constraints:{key}" not in storage.get_trial_system_attrs(trial_id):
+        trial.set_constraint(key, value)
+    study.optuna.tell(m["trial"], values, skip_if_finished=True)
+
+
+def reconcile(study: Study, loop: dict, metric: str, config=None) -> None:
   """Tells Optuna the trials the checkpointed loop finished but the study still holds
   as RUNNING (the run was killed between its checkpoint and `tell_round`)."""
   import optuna  # pylint: disable=g-import-not-at-top
@@ -305,7 +380,7 @@ def reconcile(study: Study, loop: dict, metric: str) -> None:
   for row in loop["done"]:
     if row.get("trial") in running:
       finished[row["trial"]] = {"trial": row["trial"], "last_eval": row["eval"]}
-  tell_round(study, list(finished.values()), metric)
+  tell_round(study, list(finished.values()), metric, config)
 
 
 def _distribution(dim: space_lib.Dimension):
