@@ -35,6 +35,8 @@ from jaxtrain.jobs import transfer
 from jaxtrain.parallel import sharding
 
 
+# Searched keys that a LoRA population serves with one program (padded rank, see recipe).
+LORA_MEMBER_KEYS = ("model.lora_rank", "model.lora_alpha")
 # A PRNG key's shape and dtype: traced functions take it without a key being made.
 RNG_SHAPE = jax.ShapeDtypeStruct((2,), np.uint32)
 
@@ -86,9 +88,15 @@ def recipe(config, info: catalog.DatasetInfo, *, searched: tuple[str, ...] = ())
   if config.init_from.workdir:
     wanted = transfer.filter_of(config.init_from)
     fresh = lambda path: not wanted("params/" + path)
-  model = lora.maybe_wrap(model, config.model, train_full=fresh)
+  # A population searching rank or alpha: one program, each member's own rank and
+  # scale are state leaves (model.lora_rank is then the largest rank, see core/lora.py).
+  member_rank = config.model.lora_rank > 0 and any(k in searched for k in LORA_MEMBER_KEYS)
+  model = lora.maybe_wrap(model, config.model, train_full=fresh, member_rank=member_rank)
   tx, schedule = optimizer(config, searched)
-  return Recipe(model, tx, schedule, hparams(config))
+  state_hparams = hparams(config)
+  if member_rank:
+    state_hparams.update(lora.member_hparams(config.model.lora_rank, config.model.lora_alpha))
+  return Recipe(model, tx, schedule, state_hparams)
 
 
 @dataclasses.dataclass
