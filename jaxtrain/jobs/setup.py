@@ -184,23 +184,29 @@ def memory_available() -> tuple[int | None, str]:
     return None, ""
 
 
-def check_memory(state_shapes, copies: int, train_data, what: str, fix: str) -> None:
+def check_memory(state_shapes, copies: int, train_data, what: str, fix: str,
+                 shared_shapes=None) -> None:
   """Refuses, before anything is allocated or compiled, a run whose states alone
   (`copies` of `state_shapes`: parameters, optimizer state) plus the device-resident
   data cannot fit. A lower bound (activations come on top): what it refuses cannot
-  run, where it went on allocating for an hour or hung.
+  run, where it went on allocating for an hour or hung. `shared_shapes`: state held
+  once for all copies (a LoRA population's frozen base).
 
   Raises:
     UserError: naming the sizes and `fix`.
   """
-  per_copy = sum(int(np.prod(x.shape)) * x.dtype.itemsize
-                 for x in jax.tree_util.tree_leaves(state_shapes))
+  nbytes = lambda tree: sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                           for x in jax.tree_util.tree_leaves(tree))
+  per_copy = nbytes(state_shapes)
   data = sum(int(a.nbytes) for a in jax.tree_util.tree_leaves(
       getattr(train_data, "arrays", None) or {}))  # Grain data: read as it goes.
-  need = per_copy * copies + data
+  shared = nbytes(shared_shapes)
+  need = per_copy * copies + shared + data
   have, where = memory_available()
   if have is not None and need > have:
     copies_text = f"{copies} x {_gib(per_copy)}" if copies > 1 else _gib(per_copy)
+    if shared:
+      copies_text += f" + a shared base of {_gib(shared)}"
     raise errors.UserError(
         f"{what} needs at least {_gib(need)} (states {copies_text}, data {_gib(data)}) but "
         f"{where} is {_gib(have)}; {fix}")

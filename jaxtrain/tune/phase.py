@@ -60,9 +60,12 @@ def check_memory(config, s: setup.Setup) -> None:
   tune.population_size members of the config's model (a searched static key may
   give a phase another model; this is a lower bound, as setup.check_memory says)."""
   n = config.tune.population_size
-  setup.check_memory(s.recipe.shapes(s.train_data.sample_batch()), n, s.train_data,
+  shapes = s.recipe.shapes(s.train_data.sample_batch())
+  shared = (lora.BASE,) if config.model.lora_rank > 0 else ()  # Held once (Phase.shared).
+  setup.check_memory(pop_lib.without_shared(shapes, shared), n, s.train_data,
                      f"a population of {n} members",
-                     "lower tune.population_size, or choose a smaller model")
+                     "lower tune.population_size, or choose a smaller model",
+                     shared_shapes={k: shapes.model_state[k] for k in shared})
 
 
 def steps_per_call(config, model_name: str) -> int:
