@@ -114,7 +114,7 @@ def test_padded_members_equal_solo_runs_at_their_own_rank(execution):
 def test_the_base_is_held_once_whatever_the_population_size():
   """The compiled population step's arguments grow by the members' own state only: from
   K=1 to K=8 by 7 x (adapters + optimizer state + per-member scalars), never by the
-  base (compiled.memory_analysis(), the same numbers XLA allocates)."""
+  base (compiled.memory_analysis(): the bytes XLA allocates for the arguments)."""
   c = lora_config(**{"model.hidden_sizes": (256, 256)})  # A base much larger than adapters.
   c.tune.strategy = "random"
   c.tune.steps_per_call = 1
@@ -136,7 +136,10 @@ def test_the_base_is_held_once_whatever_the_population_size():
   eight, per_member_8, base_8 = arguments(8)
   assert per_member == per_member_8 and base == base_8
   assert base > 4 * per_member  # The base outweighs a member ...
-  assert eight - one == 7 * per_member  # ... and costs nothing per added member.
+  # ... and costs nothing per added member: 7 members' own state (less a few bytes per
+  # member where XLA prunes a scalar argument the step does not read), where a stacked
+  # base would add 7 x `base`.
+  assert 7 * (per_member - 64) <= eight - one <= 7 * per_member
 
 
 def test_a_searched_rank_must_be_a_whole_number_from_one(tmp_path):
@@ -158,22 +161,26 @@ def _lora_search(tmp_path, strategy, **overrides):
   c.tune.space.model = dict(lora_rank="choice(1, 2, 4)", lora_alpha="choice(2.0, 8.0)")
   c.tune.halving.min_steps = 10
   c.tune.halving.eta = 2
+  c.tune.bayes.rounds = 2
   c.init_from.workdir = str(tmp_path / "pre")
   return c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["pbt", "halving"])
+@pytest.mark.parametrize("strategy", ["pbt", "halving", "bayes"])
 def test_a_lora_search_trains_in_one_program_and_resumes_bitwise(tmp_path, strategy):
-  """PBT and halving over ranks, alphas and learning rates from a pretrained run: one
-  compiled program; a search stopped at step 20 and resumed exports the same best member
+  """PBT, halving and Bayesian search over ranks, alphas and learning rates from a
+  pretrained run: one compiled program per phase (Bayes: per round) holding members of
+  several ranks; a search stopped at step 20 and resumed exports the same best member
   (bitwise) as an uninterrupted one; the checkpoint holds the base once; each member
   loads at its own rank."""
   import jaxtrain
   import orbax.checkpoint as ocp
   c = _lora_search(tmp_path, strategy)
   whole = tune_run.run(c, tmp_path / "whole")
-  assert whole["train_step_compiles"] == {0: 1}
+  rounds = c.tune.bayes.rounds if strategy == "bayes" else 1
+  assert whole["train_step_compiles"] == {i: 1 for i in range(rounds)}
+  assert len({m["settings"]["model.lora_rank"] for m in whole["members"]}) > 1
   tune_run.run(c, tmp_path / "split", stop_after_steps=20)
   split = tune_run.run(c, tmp_path / "split")
   final = json.loads((tmp_path / "whole" / "best" / "final.json").read_text())
@@ -183,16 +190,19 @@ def test_a_lora_search_trains_in_one_program_and_resumes_bitwise(tmp_path, strat
   # Exploits copy a parent's rank, refills draw one: members change rank in the program.
   events = [json.loads(line) for line in
             (tmp_path / "whole" / "tune" / "lineage.jsonl").read_text().splitlines()]
-  assert any(e["event"] in ("exploit", "refill") and e["before"]["model.lora_rank"]
-             != e["after"]["model.lora_rank"] for e in events)
+  assert strategy == "bayes" or any(
+      e["event"] in ("exploit", "refill")
+      and e["before"]["model.lora_rank"] != e["after"]["model.lora_rank"] for e in events)
   # The checkpoint: the population without the base, the base once beside it.
-  ckpt = tmp_path / "whole" / "tune" / "checkpoints" / "40" / "state"
+  ckpts = tmp_path / "whole" / "tune" / "checkpoints"
+  ckpt = ckpts / str(max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())) / "state"
   meta = ocp.PyTreeCheckpointer().metadata(ckpt).item_metadata
   assert lora.BASE not in meta["population"]["model_state"]
   kernel = meta["shared"][lora.BASE]["Dense_0"]["kernel"]
   assert tuple(kernel.shape) == (64, 64)  # digits 8x8 -> hidden 64: no member axis.
+  last = max(m["phase"] for m in whole["members"])
   for m in whole["members"]:
-    if m["status"] == "culled":
+    if m["status"] == "culled" or m["phase"] != last:  # Not in the latest checkpoint.
       continue
     loaded = jaxtrain.load(tmp_path / "whole", member=m["id"])
     rank = m["settings"]["model.lora_rank"]
