@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors, models
+from jaxtrain import errors, models, records
 from jaxtrain.core import ema as ema_lib, lora, state as state_lib, step as step_lib
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import checkpoint
@@ -224,13 +224,31 @@ def _member(workdir: Path, config, which, member: int):
   member_config = phase_lib.member_config(config, settings)
   checks.validate(member_config)
   _, info = catalog.split_of(member_config.data, member_config.data.eval_split)
-  # Built as its phase built it: the searched dynamic keys exist in every member.
+  # Built as its phase built it: the searched dynamic keys exist in every member; a LoRA
+  # phase pads its members to the largest searched rank and holds its base once.
   searched = tuple(sorted(k for k in settings if k in space_lib.DYNAMIC_KEYS))
-  r = setup.recipe(member_config, info, searched=searched)
-  pop, step, _, _ = evaluate.restore_population(
-      directory, member_config, _population_shape(r, info, len(members)), step,
-      workdir=workdir)
-  return member_config, info, r.model, pop_lib.take(pop, index), step, which
+  # (The snapshot's schema drops tune.space; config.json still holds it.)
+  saved = records.read_object(workdir / "config.json", "restore it from the run")
+  searched_config = config_lib.with_settings(config, {})
+  with searched_config.unlocked():
+    searched_config.tune.space = ml_collections.ConfigDict(
+        (saved.get("tune") or {}).get("space") or {})
+  lora_keys = tuple(space_lib.member_key_dims(searched_config.tune.space))
+  padded = phase_lib.padded_config(searched_config, member_config)
+  r = setup.recipe(padded, info, searched=searched + lora_keys)
+  shape = _population_shape(r, info, len(members))
+  if padded.model.lora_rank <= 0:
+    pop, step, _, _ = evaluate.restore_population(directory, member_config, shape, step,
+                                                  workdir=workdir)
+    return member_config, info, r.model, pop_lib.take(pop, index), step, which
+  shared = {lora.BASE: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                                    shape.model_state[lora.BASE])}
+  (pop, shared), step, _, _ = evaluate.restore_population(
+      directory, member_config, pop_lib.without_shared(shape, tuple(shared)), step,
+      workdir=workdir, shared=shared)
+  model = setup.recipe(member_config, info, searched=searched).model  # Its own rank.
+  state = phase_lib.single_state(pop_lib.take(pop, index), shared)
+  return member_config, info, model, state, step, which
 
 
 def _population_shape(r: setup.Recipe, info: catalog.DatasetInfo, size: int):

@@ -21,6 +21,16 @@ they stay in `params` and are trained whole, next to the adapters.
 
 `merge(variables, scale)` turns a wrapped model's variables back into the base
 model's (adapters folded into the kernels): the export after a LoRA run.
+
+Members of a tuning population may differ in rank and alpha and still share one
+program (`wrap(..., member_rank=True)`): every member holds adapters of the
+largest rank R, and its own rank r and scale alpha / r are hyperparameter leaves
+(`RANK`, `SCALE`). Columns r..R of A and rows r..R of B are masked to zero in
+every apply, so they contribute nothing to the output and receive exactly zero
+gradient; `mask_rank` zeroes them at initialization too, so the optimizer never
+moves them, and `slice_rank` cuts a member back to its own rank. A is drawn
+column by column (column k from its own key), so the first r columns of a rank-R
+draw are the rank-r draw: a padded member starts where a run at its own rank starts.
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ from jaxtrain.core.param_groups import path_str
 BASE = "lora_base"  # The collection holding the frozen base parameters.
 ADAPTERS = ("lora_a", "lora_b")  # The last path component of every adapter leaf.
 _INPUT_FIRST = ("query", "key", "value")
+RANK, SCALE = "lora_rank", "lora_scale"  # A padded member's rank and alpha / rank (hparams).
+HPARAMS = (RANK, SCALE)
 
 
 def check_config(model_config) -> None:
@@ -63,11 +75,14 @@ def scale_of(model_config) -> float:
 
 
 def maybe_wrap(model: Model, model_config,
-               train_full: Callable[[str], bool] | None = None) -> Model:
+               train_full: Callable[[str], bool] | None = None,
+               member_rank: bool = False) -> Model:
   """`wrap(model, ...)` when `model.lora_rank > 0`, else `model` unchanged.
 
   Parameters whose path matches a `model.lora_train_full` regex, or for which
-  `train_full(path)` is true, are trained whole instead of frozen.
+  `train_full(path)` is true, are trained whole instead of frozen. `member_rank`:
+  `model.lora_rank` is the padded rank of a population whose members read their
+  own rank and scale from the state (`wrap`).
   """
   if model_config.lora_rank <= 0:
     return model
@@ -78,7 +93,14 @@ def maybe_wrap(model: Model, model_config,
 
   return wrap(model, int(model_config.lora_rank), scale_of(model_config),
               model_config.lora_targets, train_full=full,
-              freeze_batch_stats=bool(model_config.lora_freeze_batch_stats))
+              freeze_batch_stats=bool(model_config.lora_freeze_batch_stats),
+              member_rank=member_rank)
+
+
+def member_hparams(rank: int, alpha: float) -> dict[str, float]:
+  """The state leaves of a padded member of rank `rank` (see `wrap`): its scale
+  computed as a single run computes it (`scale_of`), then stored as float32."""
+  return {RANK: float(rank), SCALE: float(alpha) / int(rank)}
 
 
 def matrix_shape(path: str, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -161,15 +183,56 @@ def with_base_tree(params, model_state: dict, new_base):
   return jax.tree_util.tree_map_with_path(take, params), {**model_state, BASE: new_frozen}
 
 
+def _columns(rng: jax.Array, d_in: int, rank: int, dtype) -> jax.Array:
+  """[d_in, rank] standard normals, column k drawn from fold_in(rng, k): the first r
+  columns do not depend on `rank` (a padded member starts as its own rank would)."""
+  draw = lambda k: jax.random.normal(jax.random.fold_in(rng, k), (d_in,), dtype)
+  return jax.vmap(draw, out_axes=1)(jnp.arange(rank))
+
+
+def _rank_masks(path: str, leaf: jax.Array, rank) -> jax.Array | None:
+  """The 0/1 mask of an adapter leaf's first `rank` components (None: not an adapter)."""
+  name = path.rsplit("/", 1)[-1]
+  if name not in ADAPTERS or leaf.ndim != 2:
+    return None
+  axis = 1 if name == "lora_a" else 0  # A [d_in, R]: columns; B [R, d_out]: rows.
+  keep = (jnp.arange(leaf.shape[axis]) < rank).astype(leaf.dtype)
+  return keep[None, :] if axis == 1 else keep[:, None]
+
+
+def mask_rank(tree, rank):
+  """`tree` (params, or anything shaped like them: optimizer moments) with every
+  adapter's components past `rank` (a scalar, maybe traced) set to zero (pure)."""
+  def masked(key_path, leaf):
+    mask = _rank_masks(path_str(key_path), leaf, rank)
+    return leaf if mask is None else leaf * mask
+  return jax.tree_util.tree_map_with_path(masked, tree)
+
+
+def slice_rank(tree, rank: int):
+  """`tree` with every adapter leaf cut to its first `rank` components: a padded
+  member's params, optimizer state or EMA as a run of rank `rank` holds them."""
+  def cut(key_path, leaf):
+    name = path_str(key_path).rsplit("/", 1)[-1]
+    if name == "lora_a" and leaf.ndim == 2:
+      return leaf[:, :rank]
+    if name == "lora_b" and leaf.ndim == 2:
+      return leaf[:rank, :]
+    return leaf
+  return jax.tree_util.tree_map_with_path(cut, tree)
+
+
 def wrap(model: Model, rank: int, scale: float, targets: str,
          train_full: Callable[[str], bool] | None = None,
-         freeze_batch_stats: bool = False) -> Model:
+         freeze_batch_stats: bool = False, member_rank: bool = False) -> Model:
   """A `Model` that trains rank-`rank` adapters on the kernels matching `targets`.
 
   Leaves for which `train_full(path)` is true are trained whole (not adapted, not
   frozen). With `freeze_batch_stats` the base model's mutable collections (BatchNorm
   running statistics) keep their values during training; otherwise they update as
-  they would in the base model.
+  they would in the base model. With `member_rank`, `rank` is the padded rank R and
+  each apply reads the member's own rank and scale from `hparams[RANK]`,
+  `hparams[SCALE]` (`scale` is unused): see the module docstring.
   """
   pattern = re.compile(targets)
 
@@ -190,7 +253,7 @@ def wrap(model: Model, rank: int, scale: float, targets: str,
       d_in, d_out = matrix_shape(path, w.shape)
       # A ~ N(0, 1/d_in), B = 0 so the delta starts at 0. (peft draws A kaiming-uniform,
       # variance 1/(3 d_in); the scale of A only rescales the adapters' learning rate.)
-      a = jax.random.normal(jax.random.fold_in(lora_rng, i), (d_in, rank), w.dtype)
+      a = _columns(jax.random.fold_in(lora_rng, i), d_in, rank, w.dtype)
       _set(trainable, path + "/lora_a", a / jnp.sqrt(jnp.asarray(d_in, w.dtype)))
       _set(trainable, path + "/lora_b", jnp.zeros((rank, d_out), w.dtype))
     if not any(is_adapter(p) for p in split(trainable)[0]):
@@ -209,7 +272,12 @@ def wrap(model: Model, rank: int, scale: float, targets: str,
   def apply(variables: dict, batch: dict, rng: jax.Array, train: bool, hparams) -> tuple:
     variables = dict(variables)
     params, base_params = variables.pop("params"), variables.pop(BASE)
-    merged = merge_params(base_params, params, scale)
+    member_scale = scale
+    if member_rank:  # A padded member: its own rank's components only.
+      hparams = dict(hparams)
+      params = mask_rank(params, hparams.pop(RANK))
+      member_scale = hparams.pop(SCALE)
+    merged = merge_params(base_params, params, member_scale)
     logits, new_state = model.apply({"params": merged, **variables}, batch, rng, train, hparams)
     if freeze_batch_stats:
       new_state = {}

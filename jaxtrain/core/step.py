@@ -12,8 +12,14 @@ import numpy as np
 import optax
 
 from jaxtrain import errors, models
-from jaxtrain.core import ema as ema_lib, losses, metrics as metrics_lib, optim
+from jaxtrain.core import ema as ema_lib, lora, losses, metrics as metrics_lib, optim
 from jaxtrain.core.state import TrainState
+
+
+def _model_hparams(hparams: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The state's hyperparameters the model reads: dropout, and a padded LoRA
+  member's rank and scale when it has them (core/lora.py)."""
+  return {k: hparams[k] for k in models.MODEL_HPARAMS + lora.HPARAMS if k in hparams}
 
 
 def train_step(model: models.Model, tx: optax.GradientTransformation,
@@ -25,7 +31,7 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
   over steps and calling `metrics.compute` gives per-step averages.
   """
   rng = jax.random.fold_in(state.rng, state.step)
-  model_hparams = {k: state.hparams[k] for k in models.MODEL_HPARAMS}
+  model_hparams = _model_hparams(state.hparams)
 
   def loss_fn(params):
     variables = {"params": params, **state.model_state}
@@ -65,7 +71,7 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
 def predict(model: models.Model, state: TrainState, inputs: jax.Array) -> jax.Array:
   """The model's logits for `inputs` in eval mode (no dropout, batch statistics frozen)."""
   variables = {"params": state.params, **state.model_state}
-  model_hparams = {k: state.hparams[k] for k in models.MODEL_HPARAMS}
+  model_hparams = _model_hparams(state.hparams)
   return model.apply(variables, {"inputs": inputs}, state.rng, False, model_hparams)[0]
 
 
@@ -75,7 +81,7 @@ def eval_step(model: models.Model, state: TrainState,
   `calibration_bins` > 0 also the confidence-bin sums of ECE under "calibration"
   ({bin_count, bin_correct, bin_confidence}, as `classification_report_sums`)."""
   variables = {"params": state.params, **state.model_state}
-  model_hparams = {k: state.hparams[k] for k in models.MODEL_HPARAMS}
+  model_hparams = _model_hparams(state.hparams)
   logits, _ = model.apply(variables, batch, state.rng, False, model_hparams)
   labels, mask = batch["labels"], batch.get("mask")
   per_token = labels.ndim > 1  # Language modelling: logits [B, T, V], labels [B, T].

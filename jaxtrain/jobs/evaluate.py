@@ -122,19 +122,25 @@ def choose_step(ckpts: checkpoint.Checkpoints, step: int | str | None, which: st
 
 def restore_population(directory: Path, config: ml_collections.ConfigDict, population,
                        step: int | str | None = None, which: str = "latest",
-                       workdir: Path | None = None):
+                       workdir: Path | None = None, shared=None):
   """(population state, step, which, loop state) of a checkpoint that holds a population
   shaped like `population` (abstract: a TrainState with a leading member axis, e.g.
   jax.eval_shape of the tuner's population.create): {"population": ..., "metric_sums":
   [members]} as jaxtrain/tune/loop.py and jaxtrain/tune/cv.py save it, read on one
-  device. The caller builds the shape: the population engine lives above this layer."""
+  device. The caller builds the shape: the population engine lives above this layer.
+  `shared` (abstract): the collections a LoRA population saves once beside it
+  ("shared", tune/phase.py); then the population comes back as (population, shared)."""
   workdir = workdir or directory
   if not has_checkpoints(directory):
     raise errors.UserError(f"no checkpoint in {directory}; run {workdir} until it saves one")
   compilation.enable_cache(config.compile.cache_dir)
   size = jax.tree.leaves(population)[0].shape[0]
   target = {"population": population, "metric_sums": metrics.new_sums((size,))}
+  if shared is not None:
+    target["shared"] = shared
   restored, loop, step, which = _read(directory, config, target, step, which, workdir)
+  if shared is not None:
+    return (restored["population"], restored["shared"]), step, which, loop
   return restored["population"], step, which, loop
 
 

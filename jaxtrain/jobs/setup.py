@@ -35,6 +35,8 @@ from jaxtrain.jobs import transfer
 from jaxtrain.parallel import sharding
 
 
+# Searched keys that a LoRA population serves with one program (padded rank, see recipe).
+LORA_MEMBER_KEYS = ("model.lora_rank", "model.lora_alpha")
 # A PRNG key's shape and dtype: traced functions take it without a key being made.
 RNG_SHAPE = jax.ShapeDtypeStruct((2,), np.uint32)
 
@@ -86,9 +88,15 @@ def recipe(config, info: catalog.DatasetInfo, *, searched: tuple[str, ...] = ())
   if config.init_from.workdir:
     wanted = transfer.filter_of(config.init_from)
     fresh = lambda path: not wanted("params/" + path)
-  model = lora.maybe_wrap(model, config.model, train_full=fresh)
+  # A population searching rank or alpha: one program, each member's own rank and
+  # scale are state leaves (model.lora_rank is then the largest rank, see core/lora.py).
+  member_rank = config.model.lora_rank > 0 and any(k in searched for k in LORA_MEMBER_KEYS)
+  model = lora.maybe_wrap(model, config.model, train_full=fresh, member_rank=member_rank)
   tx, schedule = optimizer(config, searched)
-  return Recipe(model, tx, schedule, hparams(config))
+  state_hparams = hparams(config)
+  if member_rank:
+    state_hparams.update(lora.member_hparams(config.model.lora_rank, config.model.lora_alpha))
+  return Recipe(model, tx, schedule, state_hparams)
 
 
 @dataclasses.dataclass
@@ -176,23 +184,29 @@ def memory_available() -> tuple[int | None, str]:
     return None, ""
 
 
-def check_memory(state_shapes, copies: int, train_data, what: str, fix: str) -> None:
+def check_memory(state_shapes, copies: int, train_data, what: str, fix: str,
+                 shared_shapes=None) -> None:
   """Refuses, before anything is allocated or compiled, a run whose states alone
   (`copies` of `state_shapes`: parameters, optimizer state) plus the device-resident
   data cannot fit. A lower bound (activations come on top): what it refuses cannot
-  run, where it went on allocating for an hour or hung.
+  run, where it went on allocating for an hour or hung. `shared_shapes`: state held
+  once for all copies (a LoRA population's frozen base).
 
   Raises:
     UserError: naming the sizes and `fix`.
   """
-  per_copy = sum(int(np.prod(x.shape)) * x.dtype.itemsize
-                 for x in jax.tree_util.tree_leaves(state_shapes))
+  nbytes = lambda tree: sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                           for x in jax.tree_util.tree_leaves(tree))
+  per_copy = nbytes(state_shapes)
   data = sum(int(a.nbytes) for a in jax.tree_util.tree_leaves(
       getattr(train_data, "arrays", None) or {}))  # Grain data: read as it goes.
-  need = per_copy * copies + data
+  shared = nbytes(shared_shapes)
+  need = per_copy * copies + shared + data
   have, where = memory_available()
   if have is not None and need > have:
     copies_text = f"{copies} x {_gib(per_copy)}" if copies > 1 else _gib(per_copy)
+    if shared:
+      copies_text += f" + a shared base of {_gib(shared)}"
     raise errors.UserError(
         f"{what} needs at least {_gib(need)} (states {copies_text}, data {_gib(data)}) but "
         f"{where} is {_gib(have)}; {fix}")

@@ -98,16 +98,18 @@ class HostLoop:
       return member_fn(*args)
 
     self._step = jax.jit(traced, donate_argnums=(0, 1, 2))
-    self.member_step = self._step  # (pop, acc, orders, member index, data, data_keys)
+    # (pop, acc, orders, member index, data, data_keys, shared collections)
+    self.member_step = self._step
     # Index arrays made once: a fresh host scalar per call would cost a transfer.
     self._indices: list[jax.Array] = []
 
-  def train(self, pop, acc, orders, active, data, data_keys):
+  def train(self, pop, acc, orders, active, data, data_keys, shared=None):
     if active is None:
       active = np.ones(orders.epoch.shape[0], bool)
     active = np.asarray(jax.device_get(active), bool)
     while len(self._indices) < len(active):
       self._indices.append(jnp.asarray(len(self._indices), jnp.int32))
     for i in np.flatnonzero(active):
-      pop, acc, orders = self._step(pop, acc, orders, self._indices[i], data, data_keys)
+      pop, acc, orders = self._step(pop, acc, orders, self._indices[i], data, data_keys,
+                                    shared)
     return pop, acc, orders

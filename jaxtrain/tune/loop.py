@@ -100,6 +100,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
     raise errors.UserError(
         "tune.strategy='pbt' needs at least one dimension PBT can change during training: "
         + ", ".join(sorted(space_lib.DYNAMIC_KEYS)))
+  _check_lora_ranks(dims)
   for d in dims:
     for value in ([d.low, d.high] if d.kind != "choice" else list(d.choices)):
       try:
@@ -107,6 +108,23 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
       except errors.UserError as e:
         raise errors.UserError(f"tune.space.{d.key} allows {value!r}, which fails: {e}") from None
   return dims
+
+
+def _check_lora_ranks(dims) -> None:
+  """A searched model.lora_rank holds whole numbers >= 1 (one program pads the members
+  to the largest; rank 0, full fine-tuning, is another model)."""
+  rank = next((d for d in dims if d.key == "model.lora_rank"), None)
+  if rank is None:
+    return
+  values = rank.choices if rank.kind == "choice" else (rank.low, rank.high)
+  if rank.kind in ("int", "choice") and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer()
+      and v >= 1 for v in values):
+    return
+  raise errors.UserError(
+      f"tune.space.model.lora_rank allows {', '.join(map(repr, values))}: a LoRA search pads "
+      "every member to the largest rank, so each rank must be a whole number >= 1; write "
+      "e.g. choice(2, 4, 8) (full fine-tuning, rank 0, is a run of its own)")
 
 
 # --- The loop. ---
@@ -234,7 +252,7 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
         stopping = preempt.should_stop(loop["global_step"]) or (
             stop_after_steps is not None and loop["global_step"] >= stop_after_steps)
         if cadence.itstime(loop["step"], c.checkpoint.every_steps, c.train.num_steps) or stopping:
-          clock.save(ckpts, loop, records.lineage, pop, acc)
+          clock.save(ckpts, loop, records.lineage, phase.checkpoint_items(pop, acc))
       if study is not None and loop["step"] >= c.train.num_steps:
         # Optuna hears of a round only once its checkpoint has committed: a kill in
         # between leaves trials RUNNING, which a restart tells (`reconcile`), never a
@@ -326,11 +344,11 @@ class _Clock:
   def __init__(self):
     self.start, self.trained = time.perf_counter(), False
 
-  def save(self, ckpts, loop, lineage, pop, acc) -> None:
+  def save(self, ckpts, loop, lineage, items) -> None:
     loop["elapsed_sec"] += time.perf_counter() - self.start
     self.start = time.perf_counter()
     loop["lineage_count"] = lineage.count  # Lineage events past a checkpoint are redone.
-    ckpts.save(loop["global_step"], {"population": pop, "metric_sums": acc}, loop)
+    ckpts.save(loop["global_step"], items, loop)  # Phase.checkpoint_items
 
   def stop(self, loop) -> None:
     if self.trained:  # A rerun of a finished search adds no training time.

@@ -3,6 +3,12 @@
 A tuning run trains one `Phase` per group of members that share static
 settings (width, depth, batch size...): each phase has one compiled train
 step, eval step, exploit/explore and refill, reused for every event.
+
+A LoRA phase (`model.lora_rank > 0`) holds the frozen base once: the stacked
+population carries only what members own (adapters, optimizer state, settings),
+`Phase.shared` the base, passed to every program un-stacked (population.py) and
+saved once in the checkpoint. Members searching `model.lora_rank`/`lora_alpha`
+share the phase too, padded to the largest searched rank (core/lora.py).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain.core import ema as ema_lib, metrics
+from jaxtrain.core import ema as ema_lib, lora, metrics
 from jaxtrain.core import state as state_lib
 from jaxtrain.data import pipeline
 from jaxtrain.io import compilation
@@ -26,6 +32,7 @@ from jaxtrain.parallel import sharding
 from jaxtrain.tune import execution as execution_lib
 from jaxtrain.tune import pareto
 from jaxtrain.tune import population as pop_lib
+from jaxtrain.tune import space as space_lib
 
 
 def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
@@ -55,9 +62,12 @@ def check_memory(config, s: setup.Setup) -> None:
   tune.population_size members of the config's model (a searched static key may
   give a phase another model; this is a lower bound, as setup.check_memory says)."""
   n = config.tune.population_size
-  setup.check_memory(s.recipe.shapes(s.train_data.sample_batch()), n, s.train_data,
+  shapes = s.recipe.shapes(s.train_data.sample_batch())
+  shared = (lora.BASE,) if config.model.lora_rank > 0 else ()  # Held once (Phase.shared).
+  setup.check_memory(pop_lib.without_shared(shapes, shared), n, s.train_data,
                      f"a population of {n} members",
-                     "lower tune.population_size, or choose a smaller model")
+                     "lower tune.population_size, or choose a smaller model",
+                     shared_shapes={k: shapes.model_state[k] for k in shared})
 
 
 def steps_per_call(config, model_name: str) -> int:
@@ -84,19 +94,28 @@ class Phase:
   def __init__(self, config, settings: dict[str, Any], info, train_data, eval_batches,
                dynamic_dims, size: int):
     self.config = member_config(config, settings)
-    c = self.config
     self.size = size
     self.seed = config.seed
     self.dynamic_dims = dynamic_dims
     self.dynamic_keys = [d.key for d in dynamic_dims]
     self.data = train_data.arrays
     self.eval_batches = eval_batches
+    # A searched LoRA rank or alpha: one program, padded to the largest rank.
+    self.lora_keys = tuple(space_lib.member_key_dims(config.tune.space)) if (
+        config.model.lora_rank > 0 or "model.lora_rank" in config_lib.flatten(
+            config.tune.space)) else ()
+    self.lora_default = {"model.lora_rank": self.config.model.lora_rank,
+                         "model.lora_alpha": self.config.model.lora_alpha}
+    self.config = padded_config(config, self.config)
+    c = self.config
     # What a searched key needs exists in every member (some may draw 0: dropout,
     # weight decay, clipping).
-    r = setup.recipe(c, info, searched=tuple(self.dynamic_keys))
+    r = setup.recipe(c, info, searched=tuple(self.dynamic_keys) + self.lora_keys)
     self.model, self.tx, self.base_hparams = r.model, r.tx, r.hparams
     schedule = r.schedule
     self.sample_batch = train_data.sample_batch()
+    # LoRA: the frozen base is held once (Phase.shared), not by every member.
+    self.shared_names = (lora.BASE,) if c.model.lora_rank > 0 else ()
     # init_from: every member (and every refill) starts from the same copied arrays.
     shapes = r.shapes(self.sample_batch)
     self.init_copies, self.init_record = (
@@ -123,19 +142,20 @@ class Phase:
         self.model, self.tx, schedule, c.data.batch_size, "vmap", self.steps_per_call,
         unroll=True if c.model.name == "cnn" else 1)  # Rolled conv scans are slow on CPU.
 
-    def train_fn(pop, acc, orders, active, data, data_keys):
+    def train_fn(pop, acc, orders, active, data, data_keys, shared):
       self.traces.append(1)
-      return pop_train(pop, acc, orders, active, data, data_keys)
+      return pop_train(pop, acc, orders, active, data, data_keys, shared)
 
     ms = self.member_sharding
     # The population's state: split over members, and within a member like a single run's
     # state when the mesh has fsdp/model axes (a member too large for one device).
-    ps = (sharding.population_state_shardings(mesh, shapes, r.tx, c.mesh)
+    ps = (sharding.population_state_shardings(
+        mesh, pop_lib.without_shared(shapes, self.shared_names), r.tx, c.mesh)
           if sharding.members_sharded(mesh) else ms)
     bounded = functools.partial(sharding.bounded_dispatch, mesh=mesh)  # CPU meshes: sharding.py.
     self._train = bounded(jax.jit(
         train_fn, donate_argnums=(0, 1, 2),
-        in_shardings=(ps, ms, ms, ms, replicated, ms) if shard else None,
+        in_shardings=(ps, ms, ms, ms, replicated, ms, replicated) if shard else None,
         out_shardings=(ps, ms, ms) if shard else None))
     # A multi-objective search's extra metrics (pareto.EXTRA_METRICS), when it names them.
     needed = pareto.needed(config)
@@ -143,15 +163,24 @@ class Phase:
     self.num_params = (state_lib.num_params(shapes.params)
                        if "model/num_params" in needed else None)
     self._eval = bounded(jax.jit(pop_lib.make_eval_fn(self.model, self.calibration_bins),
-                                 in_shardings=(ps, replicated) if shard else None,
+                                 in_shardings=(ps, replicated, replicated) if shard else None,
                                  out_shardings=ms if shard else None))
     # One program makes a population: keys, parameters, init_from's arrays, settings.
     # (Done eagerly, each of those steps compiled a small program of its own.)
     self._init = jax.jit(functools.partial(
         _init_population, self.model, self.tx, self.sample_batch, self.base_hparams,
-        per_member_data_order=config.tune.per_member_data_order),
+        per_member_data_order=config.tune.per_member_data_order,
+        shared_names=self.shared_names),
         out_shardings=(ps, ms) if shard else None,
         compiler_options=compilation.run_once_options())
+    # The shared collections (LoRA's base): one member's, made and placed once.
+    self.shared = None
+    if self.shared_names:
+      self.shared = jax.jit(functools.partial(
+          _init_shared, self.model, self.tx, self.sample_batch, self.base_hparams,
+          names=self.shared_names), out_shardings=replicated if shard else None,
+          compiler_options=compilation.run_once_options())(np.int32(self.seed),
+                                                           self.init_copies)
     # Every function that replaces the population donates the old one: updated in place.
     self._exploit = bounded(jax.jit(
         lambda pop, scores, seed, event: pop_lib.exploit_and_explore(
@@ -187,18 +216,38 @@ class Phase:
     return sharding.to_host(pop_lib.get_dynamic(pop, self.dynamic_keys))
 
   def take(self, pop, index: int):
-    """Member `index`'s state as host arrays, on every process (to export it)."""
-    return sharding.to_host(pop_lib.take(pop, index))
+    """Member `index`'s state as host arrays, on every process (to export it): as a
+    single run at the member's own settings holds it (a LoRA member with its base,
+    its adapters cut to its own rank)."""
+    return single_state(sharding.to_host(pop_lib.take(pop, index)),
+                        sharding.to_host(self.shared))
 
   def dynamic_values(self, members) -> dict[str, np.ndarray]:
     return {k: np.asarray([float(m["settings"][k]) for m in members], np.float32)
             for k in self.dynamic_keys}
 
+  def member_hparams(self, members) -> dict[str, np.ndarray]:
+    """A padded LoRA phase's per-member state leaves (rank, scale) from the settings."""
+    if not self.lora_keys:
+      return {}
+    values = [lora.member_hparams(*(m["settings"].get(k, self.lora_default[k])
+                                    for k in ("model.lora_rank", "model.lora_alpha")))
+              for m in members]
+    return {k: np.asarray([v[k] for v in values], np.float32) for k in lora.HPARAMS}
+
+  def checkpoint_items(self, pop, acc) -> dict[str, Any]:
+    """What a checkpoint holds: the population, its metric sums and, once, the
+    shared collections (the LoRA base)."""
+    items = {"population": pop, "metric_sums": acc}
+    if self.shared is not None:
+      items["shared"] = self.shared
+    return items
+
   def initial_state(self, members):
     """A fresh population for `members` (each with its own init RNG and settings)."""
     ids = np.asarray([m["id"] for m in members], np.int32)
     pop, data_keys = self._init(np.int32(self.seed), ids, self.dynamic_values(members),
-                                self.init_copies)
+                                self.init_copies, self.member_hparams(members))
     self.data_keys = data_keys  # Placed by the program (out_shardings) when sharded.
     self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
     return pop, self._put(metrics.new_sums((len(members),)))
@@ -209,13 +258,15 @@ class Phase:
     n = len(members)
     ids = np.asarray([m["id"] for m in members], np.int32)
     pop, data_keys = jax.eval_shape(self._init, np.int32(self.seed), ids,
-                                    self.dynamic_values(members), self.init_copies)
+                                    self.dynamic_values(members), self.init_copies,
+                                    self.member_hparams(members))
     acc = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, metrics.new_sums((n,))))
     orders = jax.eval_shape(lambda: pipeline.new_epoch_order(self.num_examples, (n,)))
     if self._host_loop is None:
-      return self._train, (pop, acc, orders, None, self.data, data_keys)
+      return self._train, (pop, acc, orders, None, self.data, data_keys, self.shared)
     index = jax.ShapeDtypeStruct((), jnp.int32)  # The member step takes the whole population.
-    return self._host_loop.member_step, (pop, acc, orders, index, self.data, data_keys)
+    return self._host_loop.member_step, (pop, acc, orders, index, self.data, data_keys,
+                                         self.shared)
 
   def fresh_sums(self, size: int):
     """Zero metric sums for `size` members, placed like the population."""
@@ -223,7 +274,9 @@ class Phase:
 
   def restore(self, ckpts, step: int, pop, acc):
     """The population and metric sums of checkpoint `step` (shaped like `pop`, `acc`)."""
-    restored = ckpts.restore(step, {"population": pop, "metric_sums": acc})[0]
+    restored = ckpts.restore(step, self.checkpoint_items(pop, acc))[0]
+    if self.shared is not None:  # The base as saved (init_from's source may have changed).
+      self.shared = restored["shared"]
     return restored["population"], restored["metric_sums"]  # Placed like the targets.
 
   def active(self, members) -> jax.Array | None:
@@ -233,14 +286,16 @@ class Phase:
 
   def train(self, pop, acc, active):
     run = self._host_loop.train if self._host_loop is not None else self._train
-    pop, acc, self.orders = run(pop, acc, self.orders, active, self.data, self.data_keys)
+    pop, acc, self.orders = run(pop, acc, self.orders, active, self.data, self.data_keys,
+                                self.shared)
     return pop, acc
 
   def evaluate(self, pop) -> list[dict[str, float]]:
     """Per-member eval metrics; with train.ema_decay > 0 the members' EMA
     parameters too (eval/ema_*), as a single run does."""
     def member_metrics(states, prefix):
-      sums = metrics.sum_batches(lambda batch: self._eval(states, batch), self.eval_batches)
+      sums = metrics.sum_batches(lambda batch: self._eval(states, batch, self.shared),
+                                 self.eval_batches)
       calibration = sums.pop("calibration", None)
       values = self.member_metrics(sums, prefix)
       if calibration is not None and prefix == "eval/":
@@ -280,23 +335,67 @@ class Phase:
 
 
 
-def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, copies, *,
-                     per_member_data_order: bool):
+def single_state(member, shared):
+  """A member's state (no member axis) as a single run at its own settings holds it:
+  the shared collections (a LoRA base) put back; a padded LoRA member's adapters,
+  optimizer moments and averages cut to its own rank, its rank and scale leaves
+  dropped (a single run's scale is its config's)."""
+  state = pop_lib.with_shared(member, shared)
+  if lora.RANK not in state.hparams:
+    return state
+  rank = int(np.asarray(state.hparams[lora.RANK]))
+  hparams = {k: v for k, v in state.hparams.items() if k not in lora.HPARAMS}
+  return lora.slice_rank(state, rank).replace(hparams=hparams)
+
+
+def padded_config(config, member: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`member` (a member's single-run config) with model.lora_rank set to the largest
+  rank `config.tune.space` searches: the shapes every member of a padded LoRA phase has."""
+  dims = space_lib.member_key_dims(config.tune.space)
+  if "model.lora_rank" not in dims:
+    return member
+  return config_lib.with_settings(member, {"model.lora_rank":
+                                           int(dims["model.lora_rank"].largest())})
+
+
+def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, copies,
+                     member_hparams, *, per_member_data_order: bool, shared_names):
   """(population, data keys) for members `ids` (pure; jitted by `Phase`).
 
   Member i's parameters come from fold_in(PRNGKey(seed), ids[i]) and its data
   order from fold_in(fold_in(PRNGKey(seed), 0x0DA7A), ids[i]) (one shared order
   without per_member_data_order); `copies` ({path: array}, init_from's) replace
-  those paths in every member; `values` ({key: [P]}) set the dynamic settings.
+  those paths in every member; `values` ({key: [P]}) set the dynamic settings;
+  `member_hparams` ({name: [P]}) a padded LoRA member's rank and scale, its
+  adapters zero past its rank. The `shared_names` collections are left out (XLA
+  drops their per-member computation): `_init_shared` makes them once.
   """
   base = jax.random.PRNGKey(seed)
   rngs = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
   pop = pop_lib.create(model, tx, sample_batch, base_hparams, rngs)
   if copies:
     pop = transfer.init_population(copies, pop)
+  pop = pop_lib.without_shared(pop, shared_names)
+  if member_hparams:
+    pop = pop.replace(hparams={**pop.hparams, **member_hparams})
+    rank = member_hparams[lora.RANK]
+    pop = pop.replace(params=jax.vmap(lora.mask_rank)(pop.params, rank))
+    if pop.ema_params is not None:
+      pop = pop.replace(ema_params=jax.vmap(lora.mask_rank)(pop.ema_params, rank))
   if values:
     pop = pop_lib.set_dynamic(pop, values)
   data_base = jax.random.fold_in(base, 0x0DA7A)
   data_keys = (jax.vmap(lambda i: jax.random.fold_in(data_base, i))(ids)
                if per_member_data_order else jnp.broadcast_to(data_base, (len(ids), 2)))
   return pop, data_keys
+
+
+def _init_shared(model, tx, sample_batch, base_hparams, seed, copies, *, names):
+  """The collections `names` every member of a phase shares (LoRA: the frozen base),
+  once: those of a member with id 0 (pure; jitted by `Phase`), with init_from's
+  `copies` in place."""
+  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0)[None]
+  one = pop_lib.create(model, tx, sample_batch, base_hparams, rng)
+  if copies:
+    one = transfer.init_population(copies, one)
+  return {k: jax.tree.map(lambda x: x[0], one.model_state[k]) for k in names}

@@ -12,6 +12,11 @@ optionally `steps_per_call` steps per dispatch with `lax.scan`.
 Members never mix: each has its own optimizer state, hyperparameters, RNG and
 data order, so one member's NaN cannot reach another. Exploit, explore and
 refill are pure functions that gather whole member states on device.
+
+Model-state collections that every member holds identically and never changes
+(a LoRA population's frozen base, `lora.BASE`) are *shared*: kept out of the
+stacked state, held once, and passed to the steps as `shared` (vmapped with
+`in_axes=None`), so their bytes do not grow with the population.
 """
 
 from __future__ import annotations
@@ -37,6 +42,22 @@ def create(model, tx, sample_batch: dict, base_hparams: dict[str, float],
            rngs: jax.Array) -> state_lib.TrainState:
   """A population of fresh members, one per key in `rngs` ([P, 2])."""
   return jax.vmap(lambda rng: state_lib.create(model, tx, sample_batch, base_hparams, rng))(rngs)
+
+
+def with_shared(state, shared: dict | None):
+  """`state` (one member's or the population's) with the shared collections put back
+  into its model state."""
+  if not shared:
+    return state
+  return state.replace(model_state={**state.model_state, **shared})
+
+
+def without_shared(state, names):
+  """`state` without the model-state collections `names` (the shared ones)."""
+  if not names:
+    return state
+  return state.replace(model_state={k: v for k, v in state.model_state.items()
+                                    if k not in names})
 
 
 def get_dynamic(pop_state, keys: Sequence[str]) -> dict[str, jax.Array]:
@@ -85,7 +106,8 @@ def select(mask_P: jax.Array, new, old):
 
 def make_train_fn(model, tx, schedule, batch_size: int, execution: str = "vmap",
                   steps_per_call: int = 1, unroll: int | bool = 1) -> Callable:
-  """Returns `fn(pop, acc, orders, active_P, data, data_keys_P) -> (pop, acc, orders)`.
+  """Returns `fn(pop, acc, orders, active_P, data, data_keys_P, shared=None) ->
+  (pop, acc, orders)`; `shared`: collections every member reads, not stacked.
 
   The vmapped population step (`execution` must be 'vmap'; members one at a
   time are `make_member_train_fn`). Not jitted (the caller jits it, with
@@ -102,16 +124,18 @@ def make_train_fn(model, tx, schedule, batch_size: int, execution: str = "vmap",
     raise ValueError(f"make_train_fn runs members with vmap; got execution={execution!r} "
                      "(members one at a time: make_member_train_fn)")
 
-  def member_step(state, acc, order, data):
+  def member_step(state, acc, order, data, shared):
     batch = pipeline.device_batch(data, order, state.step, batch_size)
-    return step_lib.accumulate_train_step(model, tx, schedule, state, acc, batch)
+    state, acc = step_lib.accumulate_train_step(model, tx, schedule,
+                                                with_shared(state, shared), acc, batch)
+    return without_shared(state, shared), acc
 
-  members_step = jax.vmap(member_step, in_axes=(0, 0, 0, None))
+  members_step = jax.vmap(member_step, in_axes=(0, 0, 0, None, None))
 
-  def pop_step(states, accs, orders, active, data, data_keys):
+  def pop_step(states, accs, orders, active, data, data_keys, shared=None):
     num_examples = data["labels"].shape[0]
     orders = pipeline.refresh_orders(orders, data_keys, states.step, num_examples, batch_size)
-    new_states, new_accs = members_step(states, accs, orders, data)
+    new_states, new_accs = members_step(states, accs, orders, data, shared)
     if active is None:
       return new_states, new_accs, orders
     states, accs = select(active, (new_states, new_accs), (states, accs))
@@ -120,9 +144,9 @@ def make_train_fn(model, tx, schedule, batch_size: int, execution: str = "vmap",
   if steps_per_call == 1:
     return pop_step
 
-  def multi_step(states, accs, orders, active, data, data_keys):
+  def multi_step(states, accs, orders, active, data, data_keys, shared=None):
     def body(carry, _):
-      return pop_step(*carry, active, data, data_keys), None
+      return pop_step(*carry, active, data, data_keys, shared), None
     (states, accs, orders), _ = jax.lax.scan(body, (states, accs, orders), None,
                                              length=steps_per_call, unroll=unroll)
     return states, accs, orders
@@ -132,7 +156,8 @@ def make_train_fn(model, tx, schedule, batch_size: int, execution: str = "vmap",
 
 def make_member_train_fn(model, tx, schedule, batch_size: int, steps_per_call: int = 1,
                          unroll: int | bool = 1) -> Callable:
-  """Returns `fn(pop, acc, orders, index, data, data_keys_P) -> (pop, acc, orders)`.
+  """Returns `fn(pop, acc, orders, index, data, data_keys_P, shared=None) -> (pop, acc,
+  orders)`; `shared` as in `make_train_fn`.
 
   Member `index` (an int32 scalar array, so one compiled program serves every
   member) takes `steps_per_call` steps; every other member is untouched. The
@@ -144,9 +169,10 @@ def make_member_train_fn(model, tx, schedule, batch_size: int, steps_per_call: i
   for convolutions. Not jitted (the caller jits and donates).
   """
 
-  def fn(pop, acc, orders, index, data, data_keys):
+  def fn(pop, acc, orders, index, data, data_keys, shared=None):
     take = lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False)
     state, member_acc, order = jax.tree.map(take, (pop, acc, orders))
+    state = with_shared(state, shared)
     data_key = take(data_keys)
     num_examples = data["labels"].shape[0]
 
@@ -163,6 +189,7 @@ def make_member_train_fn(model, tx, schedule, batch_size: int, steps_per_call: i
       carry, _ = one(carry, None)
     else:
       carry, _ = jax.lax.scan(one, carry, None, length=steps_per_call, unroll=unroll)
+    carry = (without_shared(carry[0], shared), *carry[1:])
     put = lambda x, m: jax.lax.dynamic_update_index_in_dim(x, m, index, 0)
     return jax.tree.map(put, (pop, acc, orders), carry)
 
@@ -170,11 +197,12 @@ def make_member_train_fn(model, tx, schedule, batch_size: int, steps_per_call: i
 
 
 def make_eval_fn(model, calibration_bins: int = 0) -> Callable:
-  """Returns `fn(pop_state, batch) -> metric sums [P]` (batch shared by all members);
-  with `calibration_bins` > 0 the sums hold ECE's bin sums too (`step.eval_step`)."""
-  return jax.vmap(lambda state, batch: step_lib.eval_step(model, state, batch,
-                                                          calibration_bins),
-                  in_axes=(0, None))
+  """Returns `fn(pop_state, batch, shared=None) -> metric sums [P]` (batch and `shared`
+  collections the same for every member); with `calibration_bins` > 0 the sums hold
+  ECE's bin sums too (`step.eval_step`)."""
+  members = jax.vmap(lambda state, batch, shared: step_lib.eval_step(
+      model, with_shared(state, shared), batch, calibration_bins), in_axes=(0, None, None))
+  return lambda pop_state, batch, shared=None: members(pop_state, batch, shared)
 
 
 def compute_member_metrics(sums: dict[str, Any], prefix: str) -> list[dict[str, float]]:

@@ -14,8 +14,12 @@ Once in a config file, a dimension can be overridden on the command line:
 
 Keys whose values live in the train state as arrays (`DYNAMIC_KEYS`) can differ
 between members of one compiled population and can change during training
-(PBT). Every other key is static: members that differ in it are trained as
-separate groups, one compiled program each.
+(PBT). `MEMBER_KEYS` (a LoRA population's rank and alpha) can differ between
+members of one program too -- every member is padded to the largest rank, its own
+rank and scale are state leaves (core/lora.py) -- but stay fixed during training
+(PBT copies them with the parent's state, never perturbs them). Every other key is
+static: members that differ in it are trained as separate groups, one compiled
+program each.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ DYNAMIC_KEYS = {
     "loss.label_smoothing": ("state", "label_smoothing"),
 }
 
+# Config keys served by one padded program, fixed per member (LoRA rank and alpha).
+MEMBER_KEYS = ("model.lora_rank", "model.lora_alpha")
+
 KINDS = ("uniform", "loguniform", "int", "choice")
 # Keys a search may vary: the model, optimizer, loss and batch size. (Step
 # counts, checkpointing, data names and the seed are the experiment, not a
@@ -62,6 +69,15 @@ class Dimension:
   @property
   def dynamic(self) -> bool:
     return self.key in DYNAMIC_KEYS
+
+  @property
+  def per_member(self) -> bool:
+    """Whether members of one program may differ in it (dynamic or `MEMBER_KEYS`)."""
+    return self.dynamic or self.key in MEMBER_KEYS
+
+  def largest(self) -> Any:
+    """The largest value the dimension allows."""
+    return max(self.choices) if self.kind == "choice" else self.high
 
   def sample(self, rng: np.random.Generator) -> Any:
     if self.kind == "uniform":
@@ -163,7 +179,16 @@ def sample_points(dims: list[Dimension], count: int, rng: np.random.Generator) -
 
 
 def static_part(setting: dict[str, Any]) -> tuple:
-  """The static keys of a setting, as a hashable group key."""
+  """The static keys of a setting, as a hashable group key (members whose static
+  parts are equal train in one program)."""
   def frozen(v):
     return tuple(v) if isinstance(v, list) else v
-  return tuple(sorted((k, frozen(v)) for k, v in setting.items() if k not in DYNAMIC_KEYS))
+  return tuple(sorted((k, frozen(v)) for k, v in setting.items()
+                      if k not in DYNAMIC_KEYS and k not in MEMBER_KEYS))
+
+
+def member_key_dims(space_config) -> dict[str, Dimension]:
+  """{key: dimension} of the `MEMBER_KEYS` searched in `space_config` (tune.space)."""
+  from jaxtrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  flat = config_lib.flatten(space_config)
+  return {k: parse_dimension(k, flat[k]) for k in MEMBER_KEYS if k in flat}

@@ -112,13 +112,15 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
                         score=m["score"], rung=rung)
   if strategy in ("halving", "random"):
     rng = rng_for(c.seed, 1, loop["event"])
-    static = {k: v for k, v in members[0]["settings"].items() if k not in space_lib.DYNAMIC_KEYS}
+    static = {k: v for k, v in members[0]["settings"].items()
+              if k not in space_lib.DYNAMIC_KEYS and k not in space_lib.MEMBER_KEYS}
+    sampled = [d for d in dims if d.per_member]  # A LoRA rank too: the program is padded.
     for i, m in enumerate(members):
       if m["active"]:
         continue
       loop["done"].append(summary(m, loop["phase"], status="culled" if strategy == "halving"
                                    else "stopped"))
-      settings = {**static, **{d.key: d.sample(rng) for d in dynamic_dims}}
+      settings = {**static, **{d.key: d.sample(rng) for d in sampled}}
       members[i] = new_member(loop, settings, step)
       lineage.write(event="refill", member=members[i]["id"], parent=None, step=step,
                     phase=loop["phase"], before=m["settings"], after=settings, score=None,
