@@ -187,6 +187,12 @@ def base_config() -> ml_collections.ConfigDict:
   # whole interval per call (one step per call for convolutional models on CPU).
   c.tune.steps_per_call = 0
   c.tune.per_member_data_order = True
+  # A single run that starts as member `tune.member` of a search with this seed: the
+  # member's init key fold_in(PRNGKey(seed), i) and data-order key (with
+  # per_member_data_order) instead of the run's own. -1 = a plain run. The tuner writes it
+  # into the configs it exports (best/, soup/); see "The member-equivalence guarantee" in
+  # docs/guide/tuning.md.
+  c.tune.member = -1
   c.tune.shard_population = True  # Member axis over the mesh's pop axis when it divides (mesh.pop).
   c.tune.pbt = ml_collections.ConfigDict()
   c.tune.pbt.exploit = "truncation"  # truncation | tournament

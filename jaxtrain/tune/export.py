@@ -15,6 +15,8 @@ def export_member(config, member: dict, state, directory: Path, schedule) -> Non
   """Writes one member as a normal single-run workdir (config, checkpoint, final.json),
   with the hyperparameter schedule its lineage followed (schedule.json)."""
   single = member_config(config, member["settings"])
+  with single.unlocked():  # Its init and data-order keys: a solo rerun starts as it did.
+    single.tune.member = member.get("origin", member["id"])
   state = jax.device_get(state)
   step = int(state.step)
   final = {"status": "completed", "step": step, "final": member["last_eval"],

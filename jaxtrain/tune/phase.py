@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain.core import ema as ema_lib, metrics
+from jaxtrain.core import ema as ema_lib, metrics, state as state_lib
 from jaxtrain.data import pipeline
 from jaxtrain.io import compilation
 from jaxtrain.jobs import setup, transfer
@@ -264,19 +264,19 @@ def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, c
                      per_member_data_order: bool):
   """(population, data keys) for members `ids` (pure; jitted by `Phase`).
 
-  Member i's parameters come from fold_in(PRNGKey(seed), ids[i]) and its data
-  order from fold_in(fold_in(PRNGKey(seed), 0x0DA7A), ids[i]) (one shared order
-  without per_member_data_order); `copies` ({path: array}, init_from's) replace
-  those paths in every member; `values` ({key: [P]}) set the dynamic settings.
+  Member i's state is created from `state.init_key(seed, ids[i])` and its data
+  order from `pipeline.data_key_of(seed, ids[i])` (one shared order,
+  data_key_of(seed), without per_member_data_order): the keys of a single run with
+  tune.member=ids[i]. `copies` ({path: array}, init_from's) replace those paths in
+  every member; `values` ({key: [P]}) set the dynamic settings.
   """
-  base = jax.random.PRNGKey(seed)
-  rngs = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
+  rngs = jax.vmap(lambda i: state_lib.init_key(seed, i))(ids)
   pop = pop_lib.create(model, tx, sample_batch, base_hparams, rngs)
   if copies:
     pop = transfer.init_population(copies, pop)
   if values:
     pop = pop_lib.set_dynamic(pop, values)
-  data_base = jax.random.fold_in(base, 0x0DA7A)
-  data_keys = (jax.vmap(lambda i: jax.random.fold_in(data_base, i))(ids)
+  data_base = pipeline.base_data_key(seed)
+  data_keys = (jax.vmap(lambda i: pipeline.member_data_key(data_base, i))(ids)
                if per_member_data_order else jnp.broadcast_to(data_base, (len(ids), 2)))
   return pop, data_keys

@@ -33,7 +33,8 @@ def rng_for(seed: int, *counters: int) -> np.random.Generator:
 def new_member(loop: dict, settings: dict[str, Any], step: int, trial: int | None = None) -> dict:
   member = {"id": loop["next_member_id"], "settings": dict(settings), "active": True,
             "score": None, "best_score": None, "evals_since_best": 0, "history": [],
-            "last_eval": {}, "created_step": step, "trial": trial}
+            "last_eval": {}, "created_step": step, "trial": trial,
+            "origin": loop["next_member_id"]}  # Whose initialisation it carries (soups).
   loop["next_member_id"] += 1
   return member
 
@@ -80,6 +81,7 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
                     phase=loop["phase"], before=before[i], after=after,
                     score=m["score"], parent_score=parent["score"])
       m["settings"] = after
+      m["origin"] = parent.get("origin", parent["id"])  # The parent's initialisation now.
       # The member now is a copy of its parent: it also continues the parent's
       # early-stopping count, not its own (it would be stopped for the parent's past).
       m["active"] = parent["active"]
