@@ -212,6 +212,10 @@ def base_config() -> ml_collections.ConfigDict:
   # "env:NAME" or "file:PATH": the records keep the reference, never the password.
   c.tune.storage = ""
   c.tune.study_name = "jaxtrain"  # The study in the storage: searches may share one.
+  # Model soup (jaxtrain/tune/soup.py): > 0 exports WORKDIR/soup/, the greedy average of
+  # up to top_k best members of the best member's phase that share its initialisation.
+  c.tune.soup = ml_collections.ConfigDict()
+  c.tune.soup.top_k = 0
   c.tune.early_stopping = ml_collections.ConfigDict()
   c.tune.early_stopping.patience = 0  # Evaluations without improvement per member; 0 = off.
   c.tune.early_stopping.min_delta = 0.0

@@ -32,6 +32,7 @@ from jaxtrain.tune import export, strategies
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
+from jaxtrain.tune import soup as soup_lib
 from jaxtrain.tune import space as space_lib
 from jaxtrain.tune.phase import Phase, member_config  # noqa: F401 (API)
 
@@ -83,6 +84,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
   if t.bayes.rounds <= 0:
     raise errors.UserError(f"tune.bayes.rounds={t.bayes.rounds} must be > 0")
   strategies.check_storage(config)  # tune.storage, tune.study_name: before anything is written.
+  soup_lib.check_config(config)
   if t.grid_points <= 0:
     raise errors.UserError(f"tune.grid_points={t.grid_points} must be > 0")
   catalog.check_splits(config.data)
@@ -177,6 +179,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     test_config.data.eval_split = c.data.test_split
     test = evaluate.run(workdir / "best", test_config, record="test.json")
     result["best_test"] = {k: v for k, v in test.items() if k.startswith("eval/")}
+  if status == "completed" and loop.get("soup"):  # Scored like any run, beside the best.
+    result["soup"] = soup_lib.evaluate(c, workdir / "soup", loop["soup"])
   workdir_lib.write_json(tune_dir / "result.json", result)
   if status == "completed" and not loop.get("best"):
     raise errors.NonFiniteError(
@@ -518,6 +522,8 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
                                         members[best]["id"]) if main else None)
     export.export_member(c, members[best], phase.take(pop, best), tune_dir.parent / "best",
                          schedule)
+    if c.tune.soup.top_k > 0:  # The soup of the best member's phase.
+      loop["soup"] = soup_lib.make(c, phase, pop, members, best, tune_dir.parent / "soup")
 
 
 def _group(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

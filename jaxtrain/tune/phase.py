@@ -89,6 +89,7 @@ class Phase:
     self.dynamic_keys = [d.key for d in dynamic_dims]
     self.data = train_data.arrays
     self.eval_batches = eval_batches
+    self.host_eval_batches = eval_batches  # This process's own copy (the soup scores on it).
     # What a searched key needs exists in every member (some may draw 0: dropout,
     # weight decay, clipping).
     r = setup.recipe(c, info, searched=tuple(self.dynamic_keys))
@@ -100,6 +101,9 @@ class Phase:
     self.init_copies, self.init_record = (
         transfer.load(c.init_from, shapes.params, shapes.model_state)
         if c.init_from.workdir else ({}, None))
+    # Every member starts from the same parameters when init_from copied all of them.
+    self.shared_init = self.init_record is not None and not any(
+        p.startswith("params/") for p in self.init_record["fresh"])
     self.execution = execution_for(config, c.model.name)
     self.steps_per_call = steps_per_call(config, c.model.name)
     self.traces = []
