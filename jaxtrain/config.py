@@ -212,6 +212,10 @@ def base_config() -> ml_collections.ConfigDict:
   # "env:NAME" or "file:PATH": the records keep the reference, never the password.
   c.tune.storage = ""
   c.tune.study_name = "jaxtrain"  # The study in the storage: searches may share one.
+  # bayes: begin from an earlier search's finished trials (jaxtrain/tune/warm_start.py):
+  # its --workdir, or an Optuna storage URL with warm_start_study ("" = tune.study_name).
+  c.tune.warm_start_from = ""
+  c.tune.warm_start_study = ""
   # Model soup (jaxtrain/tune/soup.py): > 0 exports WORKDIR/soup/, the greedy average of
   # up to top_k best members of the best member's phase that share its initialisation.
   c.tune.soup = ml_collections.ConfigDict()
@@ -386,9 +390,11 @@ def with_settings(config: ml_collections.ConfigDict, settings: dict[str, Any]):
 def check_references(config: ml_collections.ConfigDict) -> None:
   """Every 'env:'/'file:' value resolves (before anything is compiled)."""
   for key, value in flatten(config).items():
-    # tune.storage is read by a Bayesian search alone: a best member's exported config
-    # (tune.strategy='none') keeps the reference, and its --mode=eval needs no storage.
-    unread = key == "tune.storage" and config.tune.strategy != "bayes"
+    # tune.storage (and warm_start_from) is read by a Bayesian search alone: a best
+    # member's exported config (tune.strategy='none') keeps the reference, and its
+    # --mode=eval needs no storage.
+    unread = (key in ("tune.storage", "tune.warm_start_from")
+              and config.tune.strategy != "bayes")
     if not key.startswith("tune.space.") and not unread:
       redact.resolve(key, value)
 

@@ -34,6 +34,7 @@ from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import soup as soup_lib
 from jaxtrain.tune import space as space_lib
+from jaxtrain.tune import warm_start
 from jaxtrain.tune.phase import Phase, member_config  # noqa: F401 (API)
 
 STRATEGIES = ("grid", "random", "pbt", "halving", "bayes")
@@ -85,6 +86,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
     raise errors.UserError(f"tune.bayes.rounds={t.bayes.rounds} must be > 0")
   strategies.check_storage(config)  # tune.storage, tune.study_name: before anything is written.
   soup_lib.check_config(config)
+  warm_start.check(config)
   if t.grid_points <= 0:
     raise errors.UserError(f"tune.grid_points={t.grid_points} must be > 0")
   catalog.check_splits(config.data)
@@ -154,6 +156,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
              else None)
     if study is not None:  # Trials a killed run finished but did not tell.
       strategies.reconcile(study, loop, c.tune.metric)
+    if study is not None and c.tune.warm_start_from:  # Before the first round is asked.
+      loop["warm_start"] = warm_start.seed_study(study, c, dims, strategies.distribution)
     if loop["phases"] is None:
       loop["phases"] = ([] if study is not None
                         else _plan_initial(c, dims, strategies.rng_for(c.seed, 0)))
@@ -179,6 +183,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     test_config.data.eval_split = c.data.test_split
     test = evaluate.run(workdir / "best", test_config, record="test.json")
     result["best_test"] = {k: v for k, v in test.items() if k.startswith("eval/")}
+  if c.tune.warm_start_from:
+    result["warm_start"] = {"from": c.tune.warm_start_from, "trials": loop.get("warm_start")}
   if status == "completed" and loop.get("soup"):  # Scored like any run, beside the best.
     result["soup"] = soup_lib.evaluate(c, workdir / "soup", loop["soup"])
   workdir_lib.write_json(tune_dir / "result.json", result)
