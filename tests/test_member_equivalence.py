@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import jaxtrain
+from jaxtrain import config as config_lib
 from jaxtrain import errors
 from jaxtrain.io import writers
-from jaxtrain.jobs import train
+from jaxtrain.jobs import checks, train
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import loop as tune_loop
 from jaxtrain.tune import phase as phase_lib
@@ -109,15 +110,9 @@ def test_the_exported_best_member_reruns_as_a_solo_run(tmp_path):
   result = tune_loop.run(config, tmp_path / "search")
   exported = json.loads((tmp_path / "search" / "best" / "config.json").read_text())
   assert exported["tune"]["member"] == result["best_member"]
-  rerun = config_from(tmp_path / "search" / "best")
-  train.run(rerun, tmp_path / "rerun")
+  train.run(config_lib.load_snapshot(tmp_path / "search" / "best"), tmp_path / "rerun")
   chex.assert_trees_all_equal(_params(tmp_path / "search" / "best"), _params(tmp_path / "rerun"),
                               strict=True)
-
-
-def config_from(workdir):
-  from jaxtrain import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.load_snapshot(workdir)
 
 
 def test_a_member_key_is_a_single_run_key():
@@ -129,3 +124,7 @@ def test_a_member_key_is_a_single_run_key():
   single.tune.member = -5
   with pytest.raises(errors.UserError, match=r"^tune.member=-5 must be -1"):
     train.run(single, "/nonexistent/never-written")
+  folds = tiny_config(**{"eval.cross_validation.folds": 3})
+  folds.tune.member = 1
+  with pytest.raises(errors.UserError, match=r"eval.cross_validation trains one member per fold"):
+    checks.validate(folds)

@@ -67,6 +67,11 @@ def check_member(config) -> None:
     raise errors.UserError(
         f"tune.member={member} is a single run's key (the member of a search it starts "
         f"as), but tune.strategy={strategy!r} numbers its own members; set tune.member=-1")
+  cv = config.eval.cross_validation
+  if member >= 0 and (cv.folds or cv.holdout_fraction):
+    raise errors.UserError(
+        f"tune.member={member} is a single run's key, but eval.cross_validation trains one "
+        "member per fold from the run's own seed; set tune.member=-1")
 
 
 def check_accumulation(config) -> None:

@@ -16,7 +16,7 @@ def export_member(config, member: dict, state, directory: Path, schedule) -> Non
   with the hyperparameter schedule its lineage followed (schedule.json)."""
   single = member_config(config, member["settings"])
   with single.unlocked():  # Its init and data-order keys: a solo rerun starts as it did.
-    single.tune.member = member.get("origin", member["id"])
+    single.tune.member = member["id"]
   state = jax.device_get(state)
   step = int(state.step)
   final = {"status": "completed", "step": step, "final": member["last_eval"],
@@ -36,7 +36,7 @@ def export_soup(config, best: dict, state, directory: Path, record: dict) -> Non
   the soup's evaluation and `record` (which members, each greedy step)."""
   single = member_config(config, best["settings"])
   with single.unlocked():
-    single.tune.member = best.get("origin", best["id"])
+    single.tune.member = best["id"]
   state = jax.device_get(state)
   step = int(state.step)
   final = {"status": "completed", "step": step, "final": record["eval"],
