@@ -113,7 +113,7 @@ def make(c, phase, pop, members: list[dict], best: int, directory: Path) -> dict
   metric, mode = c.tune.metric, config_lib.mode_of(c.tune.metric)
   eval_fn = jax.jit(functools.partial(step_lib.eval_step, phase.model))
 
-  def score(state):  # As --mode=eval scores a run (jobs/evaluate.py): same batches, step.
+  def score(state):  # The batches and eval step of --mode=eval (jobs/evaluate.py).
     values = setup.evaluate(eval_fn, state, phase.host_eval_batches)
     return cadence.signed(values[metric], mode), values
 
@@ -138,7 +138,8 @@ def evaluate(c, directory: Path, record: dict[str, Any]) -> dict[str, Any]:
   metric = c.tune.metric
   scored = evaluate_lib.run(directory)
   out = {**record, "eval": {k: v for k, v in scored.items() if k.startswith("eval/")}}
-  out["score"] = out["eval"][metric]
+  # eval.use_ema scores the average as eval/*: an eval/ema_* metric keeps the search's own.
+  out["score"] = out["eval"].get(metric, record["score"])
   if c.data.test_split:
     test_config = config_lib.load_snapshot(directory)
     test_config.data.eval_split = c.data.test_split
