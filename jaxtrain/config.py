@@ -216,6 +216,9 @@ def base_config() -> ml_collections.ConfigDict:
   # its --workdir, or an Optuna storage URL with warm_start_study ("" = tune.study_name).
   c.tune.warm_start_from = ""
   c.tune.warm_start_study = ""
+  # With warm_start_from a workdir: a phase whose model fits its best/ starts every member
+  # from best/'s parameters (as init_from would); a phase that does not fit starts fresh.
+  c.tune.warm_start_params = False
   # Model soup (jaxtrain/tune/soup.py): > 0 exports WORKDIR/soup/, the greedy average of
   # up to top_k best members of the best member's phase that share its initialisation.
   c.tune.soup = ml_collections.ConfigDict()

@@ -1,13 +1,19 @@
 """Warm starts (tune.warm_start_from): a Bayesian search begins from an earlier search's
 finished trials, checked against the Optuna studies themselves."""
 
+import copy
 import json
+from pathlib import Path
 
+import chex
 import optuna
 import pytest
 
+import jaxtrain
 from jaxtrain import errors
+from jaxtrain.jobs import setup, train
 from jaxtrain.tune import loop as tune_loop
+from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import strategies, warm_start
 from tests.conftest import tiny_config
 
@@ -106,4 +112,44 @@ def test_bad_warm_starts_are_one_line_errors(tmp_path):
   c.tune.warm_start_from = str(pbt)
   with pytest.raises(errors.UserError, match=r"tune.strategy='pbt' search.*init_from.workdir"):
     tune_loop.validate(c)
+  c = bayes_config(2, 1)
+  c.tune.warm_start_params = True
+  with pytest.raises(errors.UserError, match=r"^tune.warm_start_params=True needs "
+                                             r"tune.warm_start_from"):
+    tune_loop.validate(c)
+  c.tune.warm_start_from = str(tmp_path / "earlier")
+  c.init_from.workdir = str(tmp_path / "earlier" / "best")
+  with pytest.raises(errors.UserError, match=r"init_from.workdir=.* both choose"):
+    tune_loop.validate(c)
   assert not (tmp_path / "never").exists()
+
+
+def test_warm_start_params_start_the_members_from_the_earlier_best_when_it_fits(tmp_path):
+  tune_loop.run(bayes_config(2, 1), tmp_path / "earlier")
+  c = bayes_config(2, 1)
+  c.tune.execution = "map"  # Bitwise equal to single runs (test_member_equivalence.py).
+  c.tune.warm_start_from, c.tune.warm_start_params = str(tmp_path / "earlier"), True
+  result = tune_loop.run(c, tmp_path / "warm")
+  record = json.loads((tmp_path / "warm" / "init_from.json").read_text())
+  assert Path(record["workdir"]) == (tmp_path / "earlier" / "best").absolute()
+  assert not [p for p in record["fresh"] if p.startswith("params/")]
+  # A member is the single run that starts from the earlier best as that member.
+  member = result["members"][0]
+  single = phase_lib.member_config(c, member["settings"])
+  single.init_from.workdir, single.tune.member = str(tmp_path / "earlier" / "best"), member["id"]
+  train.run(single, tmp_path / "solo")
+  chex.assert_trees_all_equal(
+      jaxtrain.load(tmp_path / "warm", member=member["id"]).variables["params"],
+      jaxtrain.load(tmp_path / "solo").variables["params"], strict=True)
+  # The exported best member names where it started: training it again reproduces it.
+  assert json.loads((tmp_path / "warm" / "best" / "config.json").read_text())[
+      "init_from"]["workdir"] == str(tmp_path / "earlier" / "best")
+
+  # A model that does not fit the earlier best starts fresh (said on stdout).
+  other = copy.deepcopy(c)
+  other.model.hidden_sizes = (32,)
+  s = setup.build(other, data_pipeline="device", placement=False)
+  assert warm_start.phase_config(other, member["settings"], s.info,
+                                 s.train_data.sample_batch()) is other
+  fits = warm_start.phase_config(c, member["settings"], s.info, s.train_data.sample_batch())
+  assert fits.init_from.workdir == str(tmp_path / "earlier" / "best")

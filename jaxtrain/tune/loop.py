@@ -216,7 +216,9 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
       resuming = latest is not None and bool(loop["members"])
       if not resuming:
         _start_members(loop, records.lineage)
-      phase = Phase(c, loop["members"][0]["settings"], s.info, s.train_data, eval_batches,
+      settings = loop["members"][0]["settings"]
+      phase = Phase(warm_start.phase_config(c, settings, s.info, s.train_data.sample_batch()),
+                    settings, s.info, s.train_data, eval_batches,
                     [d for d in dims if d.dynamic], len(loop["members"]))
       if phase.init_record is not None:
         transfer.write_record(workdir, phase.init_record)
@@ -526,10 +528,12 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
     # Every process takes part in the export's checkpoint; process 0 writes the files.
     schedule = (lineage_lib.schedule_of(lineage_lib.read(tune_dir / "lineage.jsonl"),
                                         members[best]["id"]) if main else None)
-    export.export_member(c, members[best], phase.take(pop, best), tune_dir.parent / "best",
-                         schedule)
+    # The phase's config: with tune.warm_start_params, its init_from (warm_start.py).
+    export.export_member(phase.search_config, members[best], phase.take(pop, best),
+                         tune_dir.parent / "best", schedule)
     if c.tune.soup.top_k > 0:  # The soup of the best member's phase.
-      loop["soup"] = soup_lib.make(c, phase, pop, members, best, tune_dir.parent / "soup")
+      loop["soup"] = soup_lib.make(phase.search_config, phase, pop, members, best,
+                                   tune_dir.parent / "soup")
 
 
 def _group(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -81,6 +81,7 @@ class Phase:
 
   def __init__(self, config, settings: dict[str, Any], info, train_data, eval_batches,
                dynamic_dims, size: int):
+    self.search_config = config  # What its exported members' configs derive from.
     self.config = member_config(config, settings)
     c = self.config
     self.size = size

@@ -25,6 +25,7 @@ import ml_collections
 from jaxtrain import config as config_lib
 from jaxtrain import errors, records, redact
 from jaxtrain.io import writers
+from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import space as space_lib
 from jaxtrain.tune import storage as storage_lib
 
@@ -41,10 +42,13 @@ def check(c) -> None:
   """
   source = c.tune.warm_start_from
   if not source:
-    if c.tune.warm_start_study:
-      raise errors.UserError(f"tune.warm_start_study={c.tune.warm_start_study!r} names a study "
-                             "in tune.warm_start_from, which is empty; set both or neither")
+    for key in ("warm_start_study", "warm_start_params"):
+      if c.tune[key]:
+        raise errors.UserError(f"tune.{key}={c.tune[key]!r} needs tune.warm_start_from, which "
+                               "is empty; name the earlier search there")
     return
+  if c.tune.warm_start_params:
+    _check_params(c)
   if c.tune.strategy != "bayes":
     raise errors.UserError(
         f"tune.warm_start_from seeds a Bayesian search's sampler, but tune.strategy="
@@ -54,6 +58,40 @@ def check(c) -> None:
     _source_config(c, _workdir(c))
   else:
     storage_lib.target(_as_storage(c))  # Its form, directory or driver; nothing opened.
+
+
+def _check_params(c) -> None:
+  """tune.warm_start_params: a source workdir with an exported best/, and no init_from."""
+  workdir = _workdir(c)
+  if workdir is None or not (workdir / "best" / "config.json").is_file():
+    raise errors.UserError(
+        f"tune.warm_start_params=True starts members from the earlier search's best/, but "
+        f"tune.warm_start_from={c.tune.warm_start_from!r} is no workdir with one; name a "
+        "finished search's --workdir, or set tune.warm_start_params=False")
+  if c.init_from.workdir:
+    raise errors.UserError(
+        f"tune.warm_start_params=True and init_from.workdir={c.init_from.workdir!r} both "
+        "choose the members' initial parameters; keep one")
+
+
+def phase_config(c, settings: dict[str, Any], info, sample_batch):
+  """The search config a phase with `settings` is built from: with
+  tune.warm_start_params, `c` with init_from.workdir = the earlier search's best/
+  when the phase's model fits that checkpoint (checked from its metadata), else `c`
+  (said on stdout: its members start fresh)."""
+  if not c.tune.warm_start_params:
+    return c
+  out = copy.deepcopy(c)
+  with out.unlocked():
+    out.init_from.workdir = str(_workdir(c) / "best")
+  try:
+    phase_lib.check_init_from(out, settings, info, sample_batch)
+  except errors.UserError as e:
+    writers.say(f"warm start: {out.init_from.workdir} does not fit the model of "
+                f"{space_lib.static_part(settings) or 'this phase'} ({e}); its members start "
+                "fresh")
+    return c
+  return out
 
 
 def _workdir(c) -> Path | None:
