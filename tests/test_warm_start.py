@@ -124,6 +124,7 @@ def test_bad_warm_starts_are_one_line_errors(tmp_path):
   assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_warm_start_params_start_the_members_from_the_earlier_best_when_it_fits(tmp_path):
   tune_loop.run(bayes_config(2, 1), tmp_path / "earlier")
   c = bayes_config(2, 1)
