@@ -192,6 +192,12 @@ def base_config() -> ml_collections.ConfigDict:
   # whole interval per call (one step per call for convolutional models on CPU).
   c.tune.steps_per_call = 0
   c.tune.per_member_data_order = True
+  # A single run that starts as member `tune.member` of a search with this seed: the
+  # member's init key fold_in(PRNGKey(seed), i) and data-order key (with
+  # per_member_data_order) instead of the run's own. -1 = a plain run. The tuner writes it
+  # into the configs it exports (best/, soup/); see "The member-equivalence guarantee" in
+  # docs/guide/tuning.md.
+  c.tune.member = -1
   c.tune.shard_population = True  # Member axis over the mesh's pop axis when it divides (mesh.pop).
   c.tune.pbt = ml_collections.ConfigDict()
   c.tune.pbt.exploit = "truncation"  # truncation | tournament
@@ -211,6 +217,17 @@ def base_config() -> ml_collections.ConfigDict:
   # "env:NAME" or "file:PATH": the records keep the reference, never the password.
   c.tune.storage = ""
   c.tune.study_name = "jaxtrain"  # The study in the storage: searches may share one.
+  # bayes: begin from an earlier search's finished trials (jaxtrain/tune/warm_start.py):
+  # its --workdir, or an Optuna storage URL with warm_start_study ("" = tune.study_name).
+  c.tune.warm_start_from = ""
+  c.tune.warm_start_study = ""
+  # With warm_start_from a workdir: a phase whose model fits its best/ starts every member
+  # from best/'s parameters (as init_from would); a phase that does not fit starts fresh.
+  c.tune.warm_start_params = False
+  # Model soup (jaxtrain/tune/soup.py): > 0 exports WORKDIR/soup/, the greedy average of
+  # up to top_k best members of the best member's phase that share its initialisation.
+  c.tune.soup = ml_collections.ConfigDict()
+  c.tune.soup.top_k = 0
   c.tune.early_stopping = ml_collections.ConfigDict()
   c.tune.early_stopping.patience = 0  # Evaluations without improvement per member; 0 = off.
   c.tune.early_stopping.min_delta = 0.0
@@ -385,9 +402,11 @@ def with_settings(config: ml_collections.ConfigDict, settings: dict[str, Any]):
 def check_references(config: ml_collections.ConfigDict) -> None:
   """Every 'env:'/'file:' value resolves (before anything is compiled)."""
   for key, value in flatten(config).items():
-    # tune.storage is read by a Bayesian search alone: a best member's exported config
-    # (tune.strategy='none') keeps the reference, and its --mode=eval needs no storage.
-    unread = key == "tune.storage" and config.tune.strategy != "bayes"
+    # tune.storage (and warm_start_from) is read by a Bayesian search alone: a best
+    # member's exported config (tune.strategy='none') keeps the reference, and its
+    # --mode=eval needs no storage.
+    unread = (key in ("tune.storage", "tune.warm_start_from")
+              and config.tune.strategy != "bayes")
     if not key.startswith("tune.space.") and not unread:
       redact.resolve(key, value)
 

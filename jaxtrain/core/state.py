@@ -54,6 +54,18 @@ def create(model: models.Model, tx: optax.GradientTransformation, sample_batch: 
   )
 
 
+def init_key(seed, member=-1) -> jax.Array:
+  """The key a run's state is created from: PRNGKey(seed), or for member `member`
+  (>= 0; a Python int or a traced int32) of a population fold_in(PRNGKey(seed), member).
+
+  One definition for the tuner's members and for a single run with tune.member set, so
+  that the two start from the same state (the member-equivalence guarantee)."""
+  key = jax.random.PRNGKey(seed)
+  if isinstance(member, int) and member < 0:
+    return key
+  return jax.random.fold_in(key, member)
+
+
 def params_sha256(params) -> str:
   """sha256 over the raw bytes of every parameter leaf, in sorted path order.
 

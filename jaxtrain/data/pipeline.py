@@ -71,14 +71,25 @@ def new_epoch_order(num_examples: int, leading: tuple[int, ...] = ()) -> EpochOr
                     np.full(leading, -1, np.int32))
 
 
-@jax.jit
-def _data_key(seed: jax.Array) -> jax.Array:
+def base_data_key(seed) -> jax.Array:
+  """fold_in(PRNGKey(seed), 0x0DA7A): a run's data-order key (pure; `seed` may be traced)."""
   return jax.random.fold_in(jax.random.PRNGKey(seed), 0x0DA7A)
 
 
-def data_key_of(seed: int) -> jax.Array:
-  """The key of a run's data order: fold_in(PRNGKey(seed), 0x0DA7A), as one program."""
-  return _data_key(np.int32(seed))
+_data_key = jax.jit(base_data_key)
+
+
+def data_key_of(seed: int, member: int = -1) -> jax.Array:
+  """The key of a run's data order: fold_in(PRNGKey(seed), 0x0DA7A), as one program;
+  for member `member` >= 0 of a population with per-member data orders (or a single
+  run with tune.member set), `member_data_key` of it."""
+  key = _data_key(np.int32(seed))
+  return key if member < 0 else member_data_key(key, member)
+
+
+def member_data_key(data_key: jax.Array, member) -> jax.Array:
+  """Member `member`'s data-order key in a population with per-member data orders."""
+  return jax.random.fold_in(data_key, member)
 
 
 def epoch_permutation(data_key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
@@ -142,10 +153,11 @@ class DeviceData:
   batch_size: int
   sample: dict[str, np.ndarray]  # The first batch_size examples, on the host.
   kind: str = "device"
+  member: int = -1  # >= 0: the data order of this member of a population (data_key_of).
 
   @functools.cached_property
   def data_key(self) -> jax.Array:
-    return data_key_of(self.seed)
+    return data_key_of(self.seed, self.member)
 
   @property
   def num_examples(self) -> int:
@@ -232,8 +244,9 @@ def choose_pipeline(requested: str, num_examples: int, input_shape, max_mb: int)
   return "device" if megabytes <= max_mb else "grain"
 
 
-def create_train_data(data_config, seed: int):
-  """Opens the training split; returns (DeviceData or GrainData, DatasetInfo)."""
+def create_train_data(data_config, seed: int, member: int = -1):
+  """Opens the training split; returns (DeviceData or GrainData, DatasetInfo). The
+  examples depend on `seed` alone; their order on (`seed`, `member`): `data_key_of`."""
   source, info = catalog.split_of(data_config, data_config.train_split)
   source = subset.apply(source, info, data_config, data_config.train_split, seed, train=True)
   kind = choose_pipeline(data_config.pipeline, len(source), info.input_shape,
@@ -248,8 +261,9 @@ def create_train_data(data_config, seed: int):
     inputs = permute_features(inputs, data_config.permute_features_seed)
     host = {"inputs": np.asarray(inputs), "labels": np.asarray(labels, np.int32)}
     sample = {k: v[:data_config.batch_size].copy() for k, v in host.items()}
-    return DeviceData(jax.device_put(host), seed, data_config.batch_size, sample), info
-  return GrainData(source, info, data_config.batch_size, data_key_of(seed),
+    return DeviceData(jax.device_put(host), seed, data_config.batch_size, sample,
+                      member=member), info
+  return GrainData(source, info, data_config.batch_size, data_key_of(seed, member),
                    data_config.permute_features_seed), info
 
 

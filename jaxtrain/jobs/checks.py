@@ -31,6 +31,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   config_lib.check_references(config)  # env:/file: values (secrets kept off the record).
   if not 0 <= config.seed < 2**31:  # PRNG seeds are int32 inside the programs.
     raise errors.UserError(f"seed={config.seed} must be in [0, 2**31), e.g. 0")
+  check_member(config)
   pipeline.check_config(config.data)
   cadence.check_config(config)
   optim.check_config(config.optim)
@@ -54,6 +55,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   transfer.check_config(config.init_from)
   sharding.check_config(config.mesh)  # Sizes against devices: sharding.make_mesh.
   analysis_options.check_config(config.eval)
+
+
+def check_member(config) -> None:
+  """tune.member: -1, or (a single run only) the member of a search the run starts as."""
+  member, strategy = config.tune.member, config.tune.strategy
+  if not -1 <= member < 2**31:
+    raise errors.UserError(f"tune.member={member} must be -1 (a plain run) or a member "
+                           "number in [0, 2**31)")
+  if member >= 0 and strategy != "none":
+    raise errors.UserError(
+        f"tune.member={member} is a single run's key (the member of a search it starts "
+        f"as), but tune.strategy={strategy!r} numbers its own members; set tune.member=-1")
+  cv = config.eval.cross_validation
+  if member >= 0 and (cv.folds or cv.holdout_fraction):
+    raise errors.UserError(
+        f"tune.member={member} is a single run's key, but eval.cross_validation trains one "
+        "member per fold from the run's own seed; set tune.member=-1")
 
 
 def check_accumulation(config) -> None:

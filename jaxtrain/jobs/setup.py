@@ -131,7 +131,9 @@ def build(config, *, data_pipeline: str | None = None, placement: bool = True) -
     data_config = copy.deepcopy(c.data)
     with data_config.unlocked():
       data_config.pipeline = data_pipeline
-  train_data, info = pipeline.create_train_data(data_config, c.seed)
+  # tune.member >= 0: a single run ordered as that member of a search (config.py).
+  order_member = c.tune.member if c.tune.per_member_data_order else -1
+  train_data, info = pipeline.create_train_data(data_config, c.seed, order_member)
   eval_inputs, eval_labels = pipeline.load_eval_arrays(c.data)
   r = recipe(c, info)
   if models.reference.is_reference(c.model.name):
@@ -244,7 +246,8 @@ def programs(s: Setup) -> Programs:
                           unroll=unroll)
   return Programs(
       # The key is made inside the program from the seed: no small program of its own.
-      create=jax.jit(lambda sample, seed: r.create(sample, jax.random.PRNGKey(seed)),
+      create=jax.jit(lambda sample, seed: r.create(sample, state_lib.init_key(
+          seed, c.tune.member)),
                      out_shardings=placement.state,
                      compiler_options=compilation.run_once_options()),
       train=placement.jit_train(train_one, data.kind),

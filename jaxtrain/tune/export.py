@@ -1,4 +1,4 @@
-"""Writing a member out: the best member as a single-run workdir."""
+"""Writing a member out: the best member (and the soup) as a single-run workdir."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def export_member(config, member: dict, state, directory: Path, schedule) -> Non
   """Writes one member as a normal single-run workdir (config, checkpoint, final.json),
   with the hyperparameter schedule its lineage followed (schedule.json)."""
   single = member_config(config, member["settings"])
+  with single.unlocked():  # Its init and data-order keys: a solo rerun starts as it did.
+    single.tune.member = member["id"]
   state = jax.device_get(state)
   step = int(state.step)
   final = {"status": "completed", "step": step, "final": member["last_eval"],
@@ -26,3 +28,20 @@ def export_member(config, member: dict, state, directory: Path, schedule) -> Non
     final["lora_merged_workdir"] = str(workdir_lib.export_merged(
         single, state, directory / "merged", final))
   workdir_lib.export_run(directory, single, state, final, {"schedule.json": schedule})
+
+
+def export_soup(config, best: dict, state, directory: Path, record: dict) -> None:
+  """Writes a soup (`tune/soup.py`: `state` is the best member's with averaged
+  parameters) as a single-run workdir with the best member's config; final.json holds
+  the soup's evaluation and `record` (which members, each greedy step)."""
+  single = member_config(config, best["settings"])
+  with single.unlocked():
+    single.tune.member = best["id"]
+  state = jax.device_get(state)
+  step = int(state.step)
+  final = {"status": "completed", "step": step, "final": record["eval"],
+           "best": {"metric": config.tune.metric, "step": step, **record["eval"]},
+           "params_sha256": state_lib.params_sha256(state.params),
+           "num_params": state_lib.num_params(state.params), "soup": record,
+           "settings": best["settings"]}
+  workdir_lib.export_run(directory, single, state, final)

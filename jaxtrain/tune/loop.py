@@ -34,7 +34,9 @@ from jaxtrain.tune import pareto
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
+from jaxtrain.tune import soup as soup_lib
 from jaxtrain.tune import space as space_lib
+from jaxtrain.tune import warm_start
 from jaxtrain.tune.phase import Phase, member_config  # noqa: F401 (API)
 
 STRATEGIES = ("grid", "random", "pbt", "halving", "bayes")
@@ -86,6 +88,8 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
   if t.bayes.rounds <= 0:
     raise errors.UserError(f"tune.bayes.rounds={t.bayes.rounds} must be > 0")
   strategies.check_storage(config)  # tune.storage, tune.study_name: before anything is written.
+  soup_lib.check_config(config)
+  warm_start.check(config)
   if t.grid_points <= 0:
     raise errors.UserError(f"tune.grid_points={t.grid_points} must be > 0")
   catalog.check_splits(config.data)
@@ -173,6 +177,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
              else None)
     if study is not None:  # Trials a killed run finished but did not tell.
       strategies.reconcile(study, loop, c.tune.metric, c)
+    if study is not None and c.tune.warm_start_from:  # Before the first round is asked.
+      loop["warm_start"] = warm_start.seed_study(study, c, dims, strategies.distribution)
     if loop["phases"] is None:
       loop["phases"] = ([] if study is not None
                         else _plan_initial(c, dims, strategies.rng_for(c.seed, 0)))
@@ -200,6 +206,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
     test_config.data.eval_split = c.data.test_split
     test = evaluate.run(workdir / "best", test_config, record="test.json")
     result["best_test"] = {k: v for k, v in test.items() if k.startswith("eval/")}
+  if c.tune.warm_start_from:
+    result["warm_start"] = {"from": c.tune.warm_start_from, "trials": loop.get("warm_start")}
+  if status == "completed" and loop.get("soup"):  # Scored like any run, beside the best.
+    result["soup"] = soup_lib.evaluate(c, workdir / "soup", loop["soup"])
   workdir_lib.write_json(tune_dir / "result.json", result)
   if status == "completed" and not loop.get("best"):
     raise errors.NonFiniteError(
@@ -231,7 +241,9 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
       resuming = latest is not None and bool(loop["members"])
       if not resuming:
         _start_members(loop, records.lineage)
-      phase = Phase(c, loop["members"][0]["settings"], s.info, s.train_data, eval_batches,
+      settings = loop["members"][0]["settings"]
+      phase = Phase(warm_start.phase_config(c, settings, s.info, s.train_data.sample_batch()),
+                    settings, s.info, s.train_data, eval_batches,
                     [d for d in dims if d.dynamic], len(loop["members"]))
       if phase.init_record is not None:
         transfer.write_record(workdir, phase.init_record)
@@ -534,7 +546,9 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
     # Every process takes part in the export's checkpoint; process 0 writes the files.
     schedule = (lineage_lib.schedule_of(lineage_lib.read(tune_dir / "lineage.jsonl"),
                                         members[index]["id"]) if main else None)
-    export.export_member(c, members[index], phase.take(pop, index), directory, schedule)
+    # The phase's config: with tune.warm_start_params, its init_from (warm_start.py).
+    export.export_member(phase.search_config, members[index], phase.take(pop, index),
+                         directory, schedule)
 
   if pareto.enabled(c):  # The front (exported as it grows) and the best member of it.
     best = front_lib.finish_phase(c, members, loop, tune_dir.parent, export_to, main)
@@ -552,6 +566,9 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
                     "settings": members[best]["settings"], "phase": loop["phase"],
                     "eval": members[best]["last_eval"]}
     export_to(best, tune_dir.parent / "best")
+    if c.tune.soup.top_k > 0:  # The soup of the best member's phase.
+      loop["soup"] = soup_lib.make(phase.search_config, phase, pop, members, best,
+                                   tune_dir.parent / "soup")
 
 
 def _group(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -93,6 +93,7 @@ class Phase:
 
   def __init__(self, config, settings: dict[str, Any], info, train_data, eval_batches,
                dynamic_dims, size: int):
+    self.search_config = config  # What its exported members' configs derive from.
     self.config = member_config(config, settings)
     self.size = size
     self.seed = config.seed
@@ -100,6 +101,7 @@ class Phase:
     self.dynamic_keys = [d.key for d in dynamic_dims]
     self.data = train_data.arrays
     self.eval_batches = eval_batches
+    self.host_eval_batches = eval_batches  # This process's own copy (the soup scores on it).
     # A searched LoRA rank or alpha: one program, padded to the largest rank.
     self.lora_keys = tuple(space_lib.member_key_dims(config.tune.space)) if (
         config.model.lora_rank > 0 or "model.lora_rank" in config_lib.flatten(
@@ -121,6 +123,9 @@ class Phase:
     self.init_copies, self.init_record = (
         transfer.load(c.init_from, shapes.params, shapes.model_state)
         if c.init_from.workdir else ({}, None))
+    # Every member starts from the same parameters when init_from copied all of them.
+    self.shared_init = self.init_record is not None and not any(
+        p.startswith("params/") for p in self.init_record["fresh"])
     self.execution = execution_for(config, c.model.name)
     self.steps_per_call = steps_per_call(config, c.model.name)
     self.traces = []
@@ -362,16 +367,16 @@ def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, c
                      member_hparams, *, per_member_data_order: bool, shared_names):
   """(population, data keys) for members `ids` (pure; jitted by `Phase`).
 
-  Member i's parameters come from fold_in(PRNGKey(seed), ids[i]) and its data
-  order from fold_in(fold_in(PRNGKey(seed), 0x0DA7A), ids[i]) (one shared order
-  without per_member_data_order); `copies` ({path: array}, init_from's) replace
-  those paths in every member; `values` ({key: [P]}) set the dynamic settings;
-  `member_hparams` ({name: [P]}) a padded LoRA member's rank and scale, its
-  adapters zero past its rank. The `shared_names` collections are left out (XLA
-  drops their per-member computation): `_init_shared` makes them once.
+  Member i's state is created from `state.init_key(seed, ids[i])` and its data
+  order from `pipeline.data_key_of(seed, ids[i])` (one shared order,
+  data_key_of(seed), without per_member_data_order): the keys of a single run with
+  tune.member=ids[i]. `copies` ({path: array}, init_from's) replace those paths in
+  every member; `values` ({key: [P]}) set the dynamic settings; `member_hparams`
+  ({name: [P]}) a padded LoRA member's rank and scale, its adapters zero past its
+  rank. The `shared_names` collections are left out (XLA drops their per-member
+  computation): `_init_shared` makes them once.
   """
-  base = jax.random.PRNGKey(seed)
-  rngs = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
+  rngs = jax.vmap(lambda i: state_lib.init_key(seed, i))(ids)
   pop = pop_lib.create(model, tx, sample_batch, base_hparams, rngs)
   if copies:
     pop = transfer.init_population(copies, pop)
@@ -384,8 +389,8 @@ def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, c
       pop = pop.replace(ema_params=jax.vmap(lora.mask_rank)(pop.ema_params, rank))
   if values:
     pop = pop_lib.set_dynamic(pop, values)
-  data_base = jax.random.fold_in(base, 0x0DA7A)
-  data_keys = (jax.vmap(lambda i: jax.random.fold_in(data_base, i))(ids)
+  data_base = pipeline.base_data_key(seed)
+  data_keys = (jax.vmap(lambda i: pipeline.member_data_key(data_base, i))(ids)
                if per_member_data_order else jnp.broadcast_to(data_base, (len(ids), 2)))
   return pop, data_keys
 
@@ -394,7 +399,7 @@ def _init_shared(model, tx, sample_batch, base_hparams, seed, copies, *, names):
   """The collections `names` every member of a phase shares (LoRA: the frozen base),
   once: those of a member with id 0 (pure; jitted by `Phase`), with init_from's
   `copies` in place."""
-  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0)[None]
+  rng = state_lib.init_key(seed, 0)[None]  # Member 0's key.
   one = pop_lib.create(model, tx, sample_batch, base_hparams, rng)
   if copies:
     one = transfer.init_population(copies, one)

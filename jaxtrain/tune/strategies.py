@@ -26,6 +26,9 @@ from jaxtrain.tune import storage as storage_lib
 from jaxtrain.tune.phase import Phase
 
 
+DUPLICATE_ATTR = "jaxtrain_duplicate"  # Trial user attribute: a setting the study held.
+
+
 def rng_for(seed: int, *counters: int) -> np.random.Generator:
   """A host RNG derived from (seed, counters): no RNG state to checkpoint."""
   return np.random.default_rng([seed, *counters])
@@ -34,7 +37,8 @@ def rng_for(seed: int, *counters: int) -> np.random.Generator:
 def new_member(loop: dict, settings: dict[str, Any], step: int, trial: int | None = None) -> dict:
   member = {"id": loop["next_member_id"], "settings": dict(settings), "active": True,
             "score": None, "best_score": None, "evals_since_best": 0, "history": [],
-            "last_eval": {}, "created_step": step, "trial": trial}
+            "last_eval": {}, "created_step": step, "trial": trial,
+            "origin": loop["next_member_id"]}  # Whose initialisation it carries (soups).
   loop["next_member_id"] += 1
   return member
 
@@ -84,6 +88,7 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
                     phase=loop["phase"], before=before[i], after=after,
                     score=m["score"], parent_score=parent["score"])
       m["settings"] = after
+      m["origin"] = parent.get("origin", parent["id"])  # The parent's initialisation now.
       # The member now is a copy of its parent: it also continues the parent's
       # early-stopping count, not its own (it would be stopped for the parent's past).
       m["active"] = parent["active"]
@@ -385,7 +390,8 @@ def reconcile(study: Study, loop: dict, metric: str, config=None) -> None:
   tell_round(study, list(finished.values()), metric, config)
 
 
-def _distribution(dim: space_lib.Dimension):
+def distribution(dim: space_lib.Dimension):
+  """The Optuna distribution `dim` is asked with (a choice: the index of its value)."""
   import optuna  # pylint: disable=g-import-not-at-top
   if dim.kind == "uniform":
     return optuna.distributions.FloatDistribution(dim.low, dim.high)
@@ -415,12 +421,9 @@ def ask_round(study: Study, dims, c, loop) -> list[dict[str, Any]]:
   study.optuna.sampler = optuna.samplers.TPESampler(seed=sampler_seed,
                                                     n_startup_trials=c.tune.population_size)
   settings = []
+  known = _known_settings(study.optuna)
   for _ in range(c.tune.population_size):
-    trial = study.optuna.ask({d.key: _distribution(d) for d in dims})
-    if study.worker is not None:
-      # Marked at once (Optuna's ask takes no attributes): a kill between the two calls
-      # would leave a RUNNING trial no process recognises as its own.
-      trial.set_user_attr(storage_lib.WORKER_ATTR, study.worker)
+    trial = _ask_new(study, {d.key: distribution(d) for d in dims}, known)
     s = {}
     for d in dims:
       value = trial.params[d.key]
@@ -428,3 +431,47 @@ def ask_round(study: Study, dims, c, loop) -> list[dict[str, Any]]:
     s["__trial__"] = trial.number
     settings.append(s)
   return settings
+
+
+_ASK_TRIES = 50  # Asks for a setting the study does not hold, before one is taken anyway.
+
+
+def _params_key(params: dict[str, Any]) -> tuple:
+  return tuple(sorted(params.items()))
+
+
+def _known_settings(study) -> set[tuple]:
+  """The settings of every trial the study holds that finished (COMPLETE) or is being
+  trained (RUNNING), the warm start's included."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+  return {_params_key(t.params) for t in study.get_trials(deepcopy=False, states=states)}
+
+
+def _ask_new(study: Study, distributions, known: set[tuple]):
+  """A trial whose settings the study does not hold yet (`known`, updated). A sampler
+  may propose a held setting (a choice space, a warm start's trials): that trial is
+  failed, marked DUPLICATE_ATTR (a failed trial informs no sampler: the held one keeps
+  its single vote) and the sampler asked again; after _ASK_TRIES the setting is taken
+  (a space with fewer settings than the search asks)."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  sampler, trial = study.optuna.sampler, None
+  for attempt in range(_ASK_TRIES):
+    if attempt:  # TPE proposes the argmax of its model: asked again, in a choice space,
+      # it proposes the same held setting. Retries draw at random (seeded by the study).
+      study.optuna.sampler = optuna.samplers.RandomSampler(seed=trial.number)
+    try:
+      trial = study.optuna.ask(distributions)
+    finally:
+      study.optuna.sampler = sampler
+    if study.worker is not None:
+      # Marked at once (Optuna's ask takes no attributes): a kill between the two calls
+      # would leave a RUNNING trial no process recognises as its own.
+      trial.set_user_attr(storage_lib.WORKER_ATTR, study.worker)
+    key = _params_key(trial.params)
+    if key not in known or attempt == _ASK_TRIES - 1:
+      known.add(key)
+      return trial
+    trial.set_user_attr(DUPLICATE_ATTR, True)
+    study.optuna.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+  raise AssertionError("unreachable")
