@@ -25,7 +25,7 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
   over steps and calling `metrics.compute` gives per-step averages.
   """
   rng = jax.random.fold_in(state.rng, state.step)
-  model_hparams = {k: state.hparams[k] for k in models.MODEL_HPARAMS}
+  model_hparams = models.model_hparams(state.hparams)
 
   def loss_fn(params):
     variables = {"params": params, **state.model_state}
@@ -35,7 +35,12 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
 
   (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
+  mask = model.param_mask(model_hparams) if model.param_mask is not None else None
+  if mask is not None:  # Padded parameters: no gradient, so no optimizer state either...
+    grads = _masked(grads, mask)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if mask is not None:  # ...and no update (weight decay, Adam with eps=0).
+    updates = _masked(updates, mask)
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
   if ema_params is not None:  # train.ema_decay > 0
@@ -62,10 +67,16 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
   return new_state, step_metrics
 
 
+def _masked(tree, mask):
+  """`tree` with the entries where `mask` is False set to exactly zero (a `where`, not a
+  product: a NaN or Inf there does not leak through)."""
+  return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, mask)
+
+
 def predict(model: models.Model, state: TrainState, inputs: jax.Array) -> jax.Array:
   """The model's logits for `inputs` in eval mode (no dropout, batch statistics frozen)."""
   variables = {"params": state.params, **state.model_state}
-  model_hparams = {k: state.hparams[k] for k in models.MODEL_HPARAMS}
+  model_hparams = models.model_hparams(state.hparams)
   return model.apply(variables, {"inputs": inputs}, state.rng, False, model_hparams)[0]
 
 
@@ -73,7 +84,7 @@ def eval_step(model: models.Model, state: TrainState,
               batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Sums of loss and correct predictions over the batch's unmasked examples."""
   variables = {"params": state.params, **state.model_state}
-  model_hparams = {k: state.hparams[k] for k in models.MODEL_HPARAMS}
+  model_hparams = models.model_hparams(state.hparams)
   logits, _ = model.apply(variables, batch, state.rng, False, model_hparams)
   labels, mask = batch["labels"], batch.get("mask")
   per_token = labels.ndim > 1  # Language modelling: logits [B, T, V], labels [B, T].

@@ -103,7 +103,29 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
         checks.validate(config_lib.with_settings(config, {d.key: value}))
       except errors.UserError as e:
         raise errors.UserError(f"tune.space.{d.key} allows {value!r}, which fails: {e}") from None
+  _check_pad_widths(config, dims)
   return dims
+
+
+def _check_pad_widths(config, dims) -> None:
+  """tune.pad_widths: members of several MLP widths in one program (models/padded.py)."""
+  if not config.tune.pad_widths:
+    return
+  off = "or set tune.pad_widths=False (one program per width)"
+  if not any(d.key == phase_lib.WIDTHS for d in dims):
+    raise errors.UserError(
+        "tune.pad_widths=True pads members that differ in model.hidden_sizes, but tune.space "
+        f'does not search it; add e.g. tune.space.model.hidden_sizes="choice((64,), (256,))" {off}')
+  if config.model.name != "mlp":
+    raise errors.UserError(
+        f"tune.pad_widths=True pads the hidden layers of model.name='mlp', not "
+        f"model.name={config.model.name!r}; use the mlp {off}")
+  if config.model.lora_rank > 0 or config.init_from.workdir:
+    what = (f"model.lora_rank={config.model.lora_rank}" if config.model.lora_rank > 0
+            else f"init_from.workdir={config.init_from.workdir!r}")
+    raise errors.UserError(
+        f"tune.pad_widths=True cannot pad {what} (its arrays have one width); "
+        f"drop it {off}")
 
 
 # --- The loop. ---
@@ -206,8 +228,10 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
       resuming = latest is not None and bool(loop["members"])
       if not resuming:
         _start_members(loop, records.lineage)
-      phase = Phase(c, loop["members"][0]["settings"], s.info, s.train_data, eval_batches,
-                    [d for d in dims if d.dynamic], len(loop["members"]))
+      settings = loop["members"][0]["settings"]
+      phase = Phase(c, settings, s.info, s.train_data, eval_batches,
+                    [d for d in dims if d.dynamic], len(loop["members"]),
+                    width_choices=phase_lib.width_choices(c, dims, settings))
       if phase.init_record is not None:
         transfer.write_record(workdir, phase.init_record)
       pop, acc = phase.initial_state(loop["members"])
@@ -275,7 +299,7 @@ def _next_phase(c, dims, loop, study) -> bool:
     return True
   if study is None or loop["rounds"] >= c.tune.bayes.rounds:
     return False
-  loop["phases"].extend(_group(strategies.ask_round(study, dims, c, loop)))
+  loop["phases"].extend(_group(strategies.ask_round(study, dims, c, loop), c.tune.pad_widths))
   loop["rounds"] += 1
   return True
 
@@ -487,10 +511,7 @@ def _plan_initial(config, dims, rng: np.random.Generator) -> list[list[dict[str,
     settings = space_lib.grid_points(dims, t.grid_points)
   else:
     settings = space_lib.sample_points(dims, t.population_size, rng)
-  groups: dict[tuple, list] = {}
-  for s in settings:
-    groups.setdefault(space_lib.static_part(s), []).append(s)
-  return [groups[k] for k in sorted(groups, key=repr)]
+  return _group(settings, t.pad_widths)
 
 
 def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
@@ -520,10 +541,11 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
                          schedule)
 
 
-def _group(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def _group(settings: list[dict[str, Any]], pad_widths: bool) -> list[list[dict[str, Any]]]:
+  """Settings grouped into phases by their static part (`space.static_part`)."""
   groups: dict[tuple, list] = {}
   for s in settings:
-    key = space_lib.static_part({k: v for k, v in s.items() if k != "__trial__"})
+    key = space_lib.static_part({k: v for k, v in s.items() if k != "__trial__"}, pad_widths)
     groups.setdefault(key, []).append(s)
   return [groups[k] for k in sorted(groups, key=repr)]
 
@@ -568,7 +590,7 @@ def compile_report(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Bayesian rounds are asked at run time; a sample of the space stands in for one.
   settings = max(_plan_initial(c, dims, strategies.rng_for(c.seed, 0)), key=len)
   phase = Phase(c, settings[0], s.info, s.train_data, [], [d for d in dims if d.dynamic],
-                len(settings))
+                len(settings), width_choices=phase_lib.width_choices(c, dims, settings[0]))
   fn, args = phase.train_program([{"id": i, "settings": st} for i, st in enumerate(settings)])
   result = compile_lib.report(c, {"train_step": (fn, args)},
                               what=f"a population of {len(settings)} members",

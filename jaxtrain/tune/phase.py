@@ -7,6 +7,7 @@ step, eval step, exploit/explore and refill, reused for every event.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -17,13 +18,58 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain.core import ema as ema_lib, metrics
+from jaxtrain import models
+from jaxtrain.core import ema as ema_lib, metrics, state as state_lib
 from jaxtrain.data import pipeline
 from jaxtrain.io import compilation
 from jaxtrain.jobs import setup, transfer
+from jaxtrain.models import padded as padded_lib
 from jaxtrain.parallel import sharding
 from jaxtrain.tune import execution as execution_lib
 from jaxtrain.tune import population as pop_lib
+from jaxtrain.tune import space as space_lib
+
+
+WIDTHS = space_lib.PADDED_KEY  # model.hidden_sizes: tune.pad_widths pads it.
+
+
+def width_choices(config, dims, settings: dict[str, Any]) -> tuple:
+  """The hidden sizes a phase of `settings` trains padded together: with tune.pad_widths,
+  every choice of the searched model.hidden_sizes with the depth of `settings`' (a
+  mixed-depth search pads each depth apart); () when nothing is padded."""
+  dim = next((d for d in dims if d.key == WIDTHS), None)
+  if not config.tune.pad_widths or dim is None:
+    return ()
+  depth = len(settings[WIDTHS])
+  choices = tuple(dict.fromkeys(tuple(c) for c in dim.choices if len(c) == depth))
+  return choices if len(choices) > 1 else ()  # One width: an unpadded phase as before.
+
+
+def recipe(c, info, searched: tuple[str, ...], width_choices: tuple, sample_batch
+           ) -> tuple[setup.Recipe, padded_lib.Padded | None]:
+  """(recipe, padded) of a phase whose config is `c`: `setup.recipe`'s, or with
+  `width_choices` the padded model (models/padded.py; `c` at the widest sizes) and
+  each member's widths in the state's hparams (models.WIDTHS_KEY)."""
+  r = setup.recipe(c, info, searched=searched)
+  if not width_choices:
+    return r, None
+  padded = padded_lib.build(
+      lambda sizes: setup.recipe(config_lib.with_settings(c, {WIDTHS: sizes}), info,
+                                 searched=searched).model, width_choices, sample_batch)
+  return dataclasses.replace(r, model=padded.model, hparams={
+      **r.hparams, models.WIDTHS_KEY: padded.sizes}), padded
+
+
+def unpad(padded: padded_lib.Padded, tx, sample_batch, state):
+  """A padded member's state (host arrays, no member axis) cut to its own widths: the
+  state an unpadded run of those widths holds (params, optimizer and model state, EMA)."""
+  widths = tuple(int(w) for w in np.asarray(state.hparams[models.WIDTHS_KEY]))
+  state = state.replace(hparams={k: v for k, v in state.hparams.items()
+                                 if k != models.WIDTHS_KEY})
+  solo = padded.solo[padded.choices.index(widths)]
+  shapes = jax.eval_shape(lambda rng: state_lib.create(
+      solo, tx, sample_batch, state.hparams, rng), setup.RNG_SHAPE)
+  return padded_lib.extract(state, shapes)
 
 
 def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
@@ -80,7 +126,11 @@ class Phase:
   """One population with shared static settings: its model and compiled functions."""
 
   def __init__(self, config, settings: dict[str, Any], info, train_data, eval_batches,
-               dynamic_dims, size: int):
+               dynamic_dims, size: int, width_choices: tuple = ()):
+    """`width_choices` (tune.pad_widths, see `width_choices`): the model.hidden_sizes
+    this phase's members may have; they train padded to the widest, in one program."""
+    if width_choices:
+      settings = {**settings, WIDTHS: padded_lib.widest(width_choices)}
     self.config = member_config(config, settings)
     c = self.config
     self.size = size
@@ -91,10 +141,11 @@ class Phase:
     self.eval_batches = eval_batches
     # What a searched key needs exists in every member (some may draw 0: dropout,
     # weight decay, clipping).
-    r = setup.recipe(c, info, searched=tuple(self.dynamic_keys))
+    self.sample_batch = train_data.sample_batch()
+    r, self.padded = recipe(c, info, tuple(self.dynamic_keys), width_choices,
+                            self.sample_batch)
     self.model, self.tx, self.base_hparams = r.model, r.tx, r.hparams
     schedule = r.schedule
-    self.sample_batch = train_data.sample_batch()
     # init_from: every member (and every refill) starts from the same copied arrays.
     shapes = r.shapes(self.sample_batch)
     self.init_copies, self.init_record = (
@@ -142,7 +193,7 @@ class Phase:
     # (Done eagerly, each of those steps compiled a small program of its own.)
     self._init = jax.jit(functools.partial(
         _init_population, self.model, self.tx, self.sample_batch, self.base_hparams,
-        per_member_data_order=config.tune.per_member_data_order),
+        per_member_data_order=config.tune.per_member_data_order, padded=self.padded),
         out_shardings=(ps, ms) if shard else None,
         compiler_options=compilation.run_once_options())
     # Every function that replaces the population donates the old one: updated in place.
@@ -180,8 +231,23 @@ class Phase:
     return sharding.to_host(pop_lib.get_dynamic(pop, self.dynamic_keys))
 
   def take(self, pop, index: int):
-    """Member `index`'s state as host arrays, on every process (to export it)."""
-    return sharding.to_host(pop_lib.take(pop, index))
+    """Member `index`'s state as host arrays, on every process (to export it); a padded
+    member's at its own width, as an unpadded run of that width holds it."""
+    state = sharding.to_host(pop_lib.take(pop, index))
+    return state if self.padded is None else unpad(self.padded, self.tx, self.sample_batch,
+                                                   state)
+
+  def member_widths(self, members) -> np.ndarray | None:
+    """The members' hidden sizes ([P, depth] float32) in a padded phase, else None."""
+    if self.padded is None:
+      return None
+    return np.asarray([m["settings"][WIDTHS] for m in members], np.float32)
+
+  def sample_widths(self, rng: np.random.Generator) -> dict[str, Any]:
+    """A refill's hidden sizes, drawn from this padded phase's choices ({} unpadded)."""
+    if self.padded is None:
+      return {}
+    return {WIDTHS: self.padded.choices[int(rng.integers(len(self.padded.choices)))]}
 
   def dynamic_values(self, members) -> dict[str, np.ndarray]:
     return {k: np.asarray([float(m["settings"][k]) for m in members], np.float32)
@@ -191,7 +257,7 @@ class Phase:
     """A fresh population for `members` (each with its own init RNG and settings)."""
     ids = np.asarray([m["id"] for m in members], np.int32)
     pop, data_keys = self._init(np.int32(self.seed), ids, self.dynamic_values(members),
-                                self.init_copies)
+                                self.init_copies, self.member_widths(members))
     self.data_keys = data_keys  # Placed by the program (out_shardings) when sharded.
     self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
     return pop, self._put(metrics.new_sums((len(members),)))
@@ -202,7 +268,8 @@ class Phase:
     n = len(members)
     ids = np.asarray([m["id"] for m in members], np.int32)
     pop, data_keys = jax.eval_shape(self._init, np.int32(self.seed), ids,
-                                    self.dynamic_values(members), self.init_copies)
+                                    self.dynamic_values(members), self.init_copies,
+                                    self.member_widths(members))
     acc = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, metrics.new_sums((n,))))
     orders = jax.eval_shape(lambda: pipeline.new_epoch_order(self.num_examples, (n,)))
     if self._host_loop is None:
@@ -260,18 +327,24 @@ class Phase:
 
 
 
-def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, copies, *,
-                     per_member_data_order: bool):
+def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, copies,
+                     widths, *, per_member_data_order: bool, padded=None):
   """(population, data keys) for members `ids` (pure; jitted by `Phase`).
 
   Member i's parameters come from fold_in(PRNGKey(seed), ids[i]) and its data
   order from fold_in(fold_in(PRNGKey(seed), 0x0DA7A), ids[i]) (one shared order
   without per_member_data_order); `copies` ({path: array}, init_from's) replace
   those paths in every member; `values` ({key: [P]}) set the dynamic settings.
+  With `padded` (models/padded.py), member i is initialised at its own hidden sizes
+  `widths[i]` and embedded into the padded arrays.
   """
   base = jax.random.PRNGKey(seed)
   rngs = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
-  pop = pop_lib.create(model, tx, sample_batch, base_hparams, rngs)
+  if padded is None:
+    pop = pop_lib.create(model, tx, sample_batch, base_hparams, rngs)
+  else:
+    pop = jax.vmap(lambda rng, w: _create_padded(padded, tx, sample_batch, base_hparams, rng,
+                                                 w))(rngs, widths)
   if copies:
     pop = transfer.init_population(copies, pop)
   if values:
@@ -280,3 +353,13 @@ def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, c
   data_keys = (jax.vmap(lambda i: jax.random.fold_in(data_base, i))(ids)
                if per_member_data_order else jnp.broadcast_to(data_base, (len(ids), 2)))
   return pop, data_keys
+
+
+def _create_padded(padded, tx, sample_batch, base_hparams, rng, widths):
+  """One padded member of hidden sizes `widths`: `state.create`'s state (the same
+  split of `rng`, so the same init and train keys as an unpadded run), its variables
+  those of its own width embedded (`Padded.init_at`), its widths in its hparams."""
+  model = dataclasses.replace(
+      padded.model, init=lambda r, batch: padded.init_at(r, batch, widths))
+  state = state_lib.create(model, tx, sample_batch, base_hparams, rng)
+  return state.replace(hparams={**state.hparams, models.WIDTHS_KEY: widths})

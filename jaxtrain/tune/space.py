@@ -43,6 +43,9 @@ DYNAMIC_KEYS = {
     "loss.label_smoothing": ("state", "label_smoothing"),
 }
 
+# The static key whose values tune.pad_widths trains together (same depth, any widths).
+PADDED_KEY = "model.hidden_sizes"
+
 KINDS = ("uniform", "loguniform", "int", "choice")
 # Keys a search may vary: the model, optimizer, loss and batch size. (Step
 # counts, checkpointing, data names and the seed are the experiment, not a
@@ -162,8 +165,12 @@ def sample_points(dims: list[Dimension], count: int, rng: np.random.Generator) -
   return [{d.key: d.sample(rng) for d in dims} for _ in range(count)]
 
 
-def static_part(setting: dict[str, Any]) -> tuple:
-  """The static keys of a setting, as a hashable group key."""
-  def frozen(v):
+def static_part(setting: dict[str, Any], pad_widths: bool = False) -> tuple:
+  """The static keys of a setting, as a hashable group key. With `pad_widths`
+  (tune.pad_widths) model.hidden_sizes counts by its depth alone: members of one depth
+  train together, padded to the widest (jaxtrain/models/padded.py)."""
+  def frozen(k, v):
+    if pad_widths and k == PADDED_KEY:
+      return ("depth", len(v))
     return tuple(v) if isinstance(v, list) else v
-  return tuple(sorted((k, frozen(v)) for k, v in setting.items() if k not in DYNAMIC_KEYS))
+  return tuple(sorted((k, frozen(k, v)) for k, v in setting.items() if k not in DYNAMIC_KEYS))
