@@ -92,24 +92,34 @@ def test_each_padded_member_equals_its_own_width_alone(widths, steps, batch_norm
     _padded_is_zero(phase, pop, i, solo.params)
 
 
-def test_one_train_program_for_four_widths_and_the_best_exports_at_its_width(tmp_path):
+def _search_config(**overrides):
+  """A 40-step grid over the four widths (one learning rate)."""
   c = _config(**{"train.num_steps": 40, "train.eval_every_steps": 20,
-                 "checkpoint.every_steps": 20, "model.dropout_rate": 0.0})
+                 "checkpoint.every_steps": 20, "model.dropout_rate": 0.0, **overrides})
   c.tune.space.optim = dict(learning_rate="choice(0.01)")
-  padded = tune_loop.run(c, tmp_path / "padded")
+  return c
+
+
+def test_one_train_program_for_four_widths_and_the_best_exports_at_its_width(tmp_path):
+  padded = tune_loop.run(_search_config(), tmp_path)
   assert padded["train_step_compiles"] == {0: 1}  # One phase, one compile.
   assert padded["num_members"] == 4
   best = tuple(padded["best_settings"]["model.hidden_sizes"])
   # The export is a normal single run of the best width: jaxtrain.load and --mode=eval.
-  final = json.loads((tmp_path / "padded" / "best" / "final.json").read_text())
-  inputs, classes = 64, 10  # digits: 8x8 pixels, 10 classes.
-  sizes = (inputs,) + best + (classes,)
+  final = json.loads((tmp_path / "best" / "final.json").read_text())
+  sizes = (64,) + best + (10,)  # digits: 8x8 pixels, 10 classes.
   assert final["num_params"] == sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-  loaded = jaxtrain.load(tmp_path / "padded" / "best")
+  loaded = jaxtrain.load(tmp_path / "best")
   assert tuple(loaded.config.model.hidden_sizes) == best
-  result = evaluate.run(tmp_path / "padded" / "best")
+  assert state_lib.num_params(loaded.variables["params"]) == final["num_params"]
+  result = evaluate.run(tmp_path / "best")
   assert result["eval/accuracy"] == pytest.approx(padded["best_score"], abs=1e-6)
 
+
+@pytest.mark.slow
+def test_a_padded_search_scores_every_member_as_one_program_per_width_does(tmp_path):
+  padded = tune_loop.run(_search_config(), tmp_path / "padded")
+  c = _search_config()
   c.tune.pad_widths = False  # Today's execution: one phase (and one program) per width.
   unpadded = tune_loop.run(c, tmp_path / "unpadded")
   assert unpadded["train_step_compiles"] == {0: 1, 1: 1, 2: 1, 3: 1}
@@ -118,6 +128,37 @@ def test_one_train_program_for_four_widths_and_the_best_exports_at_its_width(tmp
   assert scores(padded).keys() == scores(unpadded).keys()
   for key, score in scores(unpadded).items():  # Same members, same evaluations.
     assert scores(padded)[key] == pytest.approx(score, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_padded_pbt_search_resumes_bitwise(tmp_path):
+  c = _search_config(**{"train.num_steps": 60, "model.dropout_rate": 0.1,
+                        "train.eval_every_steps": 10})
+  c.tune.strategy, c.tune.population_size, c.tune.pbt.fraction = "pbt", 4, 0.5
+  c.tune.space.optim = dict(learning_rate="loguniform(1e-4, 3e-1)")
+  tune_loop.run(c, tmp_path / "whole")
+  assert tune_loop.run(c, tmp_path / "parts", stop_after_steps=30)["status"] == "stopped"
+  assert tune_loop.run(c, tmp_path / "parts")["status"] == "completed"
+  final = lambda d: json.loads((tmp_path / d / "best" / "final.json").read_text())
+  assert final("parts")["params_sha256"] == final("whole")["params_sha256"]
+  lineage = lambda d: (tmp_path / d / "tune" / "lineage.jsonl").read_text()
+  assert lineage("parts") == lineage("whole")
+  assert '"event": "exploit"' in lineage("whole")
+
+
+def test_halving_refills_a_padded_slot_with_a_width_of_its_phase(tmp_path):
+  c = _search_config(**{"train.eval_every_steps": 10})
+  c.tune.strategy = "halving"
+  c.tune.population_size = 4
+  c.tune.halving.min_steps, c.tune.halving.eta = 10, 2
+  c.tune.space.model = dict(hidden_sizes="choice" + repr(WIDTHS))
+  c.tune.space.optim = dict(learning_rate="loguniform(1e-3, 3e-2)")
+  result = tune_loop.run(c, tmp_path)
+  events = [json.loads(line) for line in (tmp_path / "tune" / "lineage.jsonl").open()]
+  refills = [e for e in events if e["event"] == "refill"]
+  assert refills
+  assert {tuple(e["after"]["model.hidden_sizes"]) for e in refills} <= set(WIDTHS)
+  assert result["train_step_compiles"] == {0: 1}  # Refills reuse the program.
 
 
 def test_pbt_exploit_copies_the_parents_width_with_its_state(tmp_path):
