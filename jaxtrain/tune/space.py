@@ -15,7 +15,9 @@ Once in a config file, a dimension can be overridden on the command line:
 Keys whose values live in the train state as arrays (`DYNAMIC_KEYS`) can differ
 between members of one compiled population and can change during training
 (PBT). Every other key is static: members that differ in it are trained as
-separate groups, one compiled program each.
+separate groups, one compiled program each -- except model.hidden_sizes with
+tune.pad_widths, whose widths of one depth share a group, padded to the widest
+(jaxtrain/models/padded.py).
 """
 
 from __future__ import annotations
