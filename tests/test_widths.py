@@ -159,6 +159,20 @@ def test_a_padded_pbt_search_resumes_bitwise(tmp_path):
   assert '"event": "exploit"' in lineage("whole")
 
 
+@pytest.mark.slow
+def test_a_padded_population_over_8_devices_scores_as_on_one(tmp_path):
+  assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+  c = _search_config(**{"model.dropout_rate": 0.1})
+  c.tune.space.optim = dict(learning_rate="choice(0.01, 0.003)")  # 8 members.
+  one = tune_loop.run(c, tmp_path / "one")
+  c.mesh.num_devices = 0  # Every device: the members split over the 'pop' axis.
+  many = tune_loop.run(c, tmp_path / "many")
+  assert many["train_step_compiles"] == {0: 1}
+  assert [m["id"] for m in many["members"]] == [m["id"] for m in one["members"]]
+  assert [m["score"] for m in many["members"]] == pytest.approx(
+      [m["score"] for m in one["members"]], abs=1e-6)
+
+
 def test_halving_refills_a_padded_slot_with_a_width_of_its_phase(tmp_path):
   c = _search_config(**{"train.eval_every_steps": 10})
   c.tune.strategy = "halving"
