@@ -72,9 +72,6 @@ class Padded:
           lambda new, old, i=i: jnp.where(index == i, new, old), variables, out)
     return out
 
-  def solo_variables_shapes(self, widths: Sequence[int]) -> Any:
-    return self.solo_shapes[self.choices.index(tuple(int(w) for w in widths))]
-
 
 def build(build_at: Callable[[tuple[int, ...]], models.Model],
           choices: Sequence[Sequence[int]], sample_batch: dict) -> Padded:
@@ -91,7 +88,7 @@ def build(build_at: Callable[[tuple[int, ...]], models.Model],
   limits = _limits(shapes["params"], [s["params"] for s in solo_shapes])
 
   def param_mask(model_hparams: dict[str, Any]):
-    index = Padded.index(result, model_hparams[models.WIDTHS_KEY])
+    index = result.index(model_hparams[models.WIDTHS_KEY])  # `result`: defined below.
     return jax.tree.map(lambda leaf, table: _mask(leaf.shape, table, index),
                         shapes["params"], limits)
 
