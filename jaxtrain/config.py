@@ -199,6 +199,9 @@ def base_config() -> ml_collections.ConfigDict:
   # docs/guide/tuning.md.
   c.tune.member = -1
   c.tune.shard_population = True  # Member axis over the mesh's pop axis when it divides (mesh.pop).
+  # Members that differ only in model.hidden_sizes widths (same depth) train in one program,
+  # padded to the widest with masks (MLP only; jaxtrain/models/padded.py).
+  c.tune.pad_widths = False
   c.tune.pbt = ml_collections.ConfigDict()
   c.tune.pbt.exploit = "truncation"  # truncation | tournament
   c.tune.pbt.fraction = 0.25  # truncation: bottom fraction copies the top fraction.

@@ -34,6 +34,7 @@ from jaxtrain.core import ema as ema_lib, lora, state as state_lib, step as step
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import checkpoint
 from jaxtrain.jobs import checks, evaluate, setup, workdir as workdir_lib
+from jaxtrain.models import padded as padded_lib
 from jaxtrain.tune import phase as phase_lib, population as pop_lib, space as space_lib
 
 
@@ -224,9 +225,32 @@ def _member(workdir: Path, config, which, member: int):
   member_config = phase_lib.member_config(config, settings)
   checks.validate(member_config)
   _, info = catalog.split_of(member_config.data, member_config.data.eval_split)
-  # Built as its phase built it: the searched dynamic keys exist in every member; a LoRA
-  # phase pads its members to the largest searched rank and holds its base once.
+  # Built as its phase built it: the searched dynamic keys exist in every member; with
+  # tune.pad_widths every width of its depth is padded to the widest (no LoRA there).
   searched = tuple(sorted(k for k in settings if k in space_lib.DYNAMIC_KEYS))
+  choices = _width_choices(workdir, config, settings)
+  if not choices:
+    return _member_of_phase(workdir, directory, config, member_config, info, members, index,
+                            searched, step, which)
+  phase_config = phase_lib.member_config(
+      config, {**settings, phase_lib.WIDTHS: padded_lib.widest(choices)})
+  r, padded = phase_lib.recipe(phase_config, info, searched, choices,
+                               evaluate.sample_batch(info))
+  pop, step, _, _ = evaluate.restore_population(
+      directory, member_config, _population_shape(r, info, len(members)), step,
+      workdir=workdir)
+  state = pop_lib.take(pop, index)
+  if padded is None:
+    return member_config, info, r.model, state, step, which
+  state = phase_lib.unpad(padded, r.tx, evaluate.sample_batch(info), jax.device_get(state))
+  model = padded.solo[padded.choices.index(tuple(settings[phase_lib.WIDTHS]))]
+  return member_config, info, model, state, step, which
+
+
+def _member_of_phase(workdir, directory, config, member_config, info, members, index,
+                     searched, step, which):
+  """`_member` of an unpadded phase: a LoRA phase pads its members to the largest
+  searched rank and holds its base once."""
   # (The snapshot's schema drops tune.space; config.json still holds it.)
   saved = records.read_object(workdir / "config.json", "restore it from the run")
   searched_config = config_lib.with_settings(config, {})
@@ -249,6 +273,17 @@ def _member(workdir: Path, config, which, member: int):
   model = setup.recipe(member_config, info, searched=searched).model  # Its own rank.
   state = phase_lib.single_state(pop_lib.take(pop, index), shared)
   return member_config, info, model, state, step, which
+
+
+def _width_choices(workdir: Path, config, settings) -> tuple:
+  """The widths padded together with a member of `settings` (tune.pad_widths), from the
+  search space in WORKDIR/config.json (the schema's snapshot leaves tune.space out)."""
+  if not config.tune.pad_widths:
+    return ()
+  saved = records.read_object(workdir / "config.json", "pass the --workdir a search wrote")
+  space = ml_collections.ConfigDict(saved.get("tune", {}).get("space", {}))
+  dims = space_lib.parse_space(space, config_lib.flatten(config_lib.base_config()))
+  return phase_lib.width_choices(config, dims, settings)
 
 
 def _population_shape(r: setup.Recipe, info: catalog.DatasetInfo, size: int):

@@ -17,9 +17,11 @@ from jaxtrain.core.state import TrainState
 
 
 def _model_hparams(hparams: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """The state's hyperparameters the model reads: dropout, and a padded LoRA
-  member's rank and scale when it has them (core/lora.py)."""
-  return {k: hparams[k] for k in models.MODEL_HPARAMS + lora.HPARAMS if k in hparams}
+  """The state's hyperparameters the model reads (`models.model_hparams`: dropout, a
+  padded member's widths), and a padded LoRA member's rank and scale when it has them
+  (core/lora.py)."""
+  return {**models.model_hparams(hparams),
+          **{k: hparams[k] for k in lora.HPARAMS if k in hparams}}
 
 
 def train_step(model: models.Model, tx: optax.GradientTransformation,
@@ -41,7 +43,12 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
 
   (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
+  mask = model.param_mask(model_hparams) if model.param_mask is not None else None
+  if mask is not None:  # Padded parameters: no gradient, so no optimizer state either...
+    grads = _masked(grads, mask)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if mask is not None:  # ...and no update (weight decay, Adam with eps=0).
+    updates = _masked(updates, mask)
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
   if ema_params is not None:  # train.ema_decay > 0
@@ -66,6 +73,12 @@ def train_step(model: models.Model, tx: optax.GradientTransformation,
                             model_state={**state.model_state, **new_model_state},
                             opt_state=opt_state, ema_params=ema_params)
   return new_state, step_metrics
+
+
+def _masked(tree, mask):
+  """`tree` with the entries where `mask` is False set to exactly zero (a `where`, not a
+  product: a NaN or Inf there does not leak through)."""
+  return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, mask)
 
 
 def predict(model: models.Model, state: TrainState, inputs: jax.Array) -> jax.Array:

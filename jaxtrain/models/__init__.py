@@ -23,6 +23,17 @@ NAMES = ("mlp", "cnn", "gru", "lstm") + zoo.NAMES
 # The top-level `precision` key: "bf16" computes in bfloat16 (parameters stay float32).
 PRECISIONS = ("f32", "bf16")
 MODEL_HPARAMS = ("dropout_rate",)
+# A padded population's per-member layer widths (models/padded.py): a float32 vector in
+# the state's hparams, passed to the model like its other hyperparameters.
+WIDTHS_KEY = "hidden_widths"
+
+
+def model_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+  """The model-side hyperparameters of a state's `hparams`, as `Model.apply` takes them."""
+  out = {k: hparams[k] for k in MODEL_HPARAMS}
+  if WIDTHS_KEY in hparams:
+    out[WIDTHS_KEY] = hparams[WIDTHS_KEY]
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +44,10 @@ class Model:
   # (`module.apply(variables, inputs, train=False)`); None for a model that is not
   # one module, e.g. a LoRA wrapper (core/lora.py).
   module: Any = None
+  # `param_mask(model_hparams) -> tree of bools like params`, or None: the parameters a
+  # member really has (a padded population's, models/padded.py). The train step zeroes
+  # the gradients and updates of the others, so they stay exactly as initialised (zero).
+  param_mask: Callable[[dict[str, Any]], Any] | None = None
 
 
 def from_flax(module, takes: set[str] | None = None) -> Model:

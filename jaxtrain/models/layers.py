@@ -23,11 +23,26 @@ class Dropout(nn.Module):
   """
 
   @nn.compact
-  def __call__(self, x: jax.Array, rate: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, rate: jax.Array, *, train: bool,
+               width: jax.Array | None = None) -> jax.Array:
+    """`width` (a padded member's live units, models/padded.py; `x` is [B, W] with the
+    first `width` columns live): the live units get the mask an unpadded [B, width]
+    layer draws, so a padded member drops what its solo run drops."""
     if not train:
       return x
     keep = 1.0 - jnp.asarray(rate, x.dtype)
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    rng = self.make_rng("dropout")
+    if width is None:
+      mask = jax.random.bernoulli(rng, keep, x.shape)
+    else:
+      # With jax_threefry_partitionable (JAX's default) element k of a draw depends on its
+      # flat index k alone, so row b, column j of a [B, width] draw is element
+      # b * width + j of a flat [B * W] draw (W >= width: every index exists).
+      batch, padded = x.shape
+      flat = jax.random.bernoulli(rng, keep, (batch * padded,))
+      index = (jnp.arange(batch)[:, None] * width
+               + jnp.arange(padded)[None, :])
+      mask = flat[jnp.minimum(index, batch * padded - 1)]
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 

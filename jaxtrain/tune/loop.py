@@ -111,6 +111,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
         checks.validate(config_lib.with_settings(config, {d.key: value}))
       except errors.UserError as e:
         raise errors.UserError(f"tune.space.{d.key} allows {value!r}, which fails: {e}") from None
+  _check_pad_widths(config, dims)
   return dims
 
 
@@ -129,6 +130,37 @@ def _check_lora_ranks(dims) -> None:
       f"tune.space.model.lora_rank allows {', '.join(map(repr, values))}: a LoRA search pads "
       "every member to the largest rank, so each rank must be a whole number >= 1; write "
       "e.g. choice(2, 4, 8) (full fine-tuning, rank 0, is a run of its own)")
+
+
+def _check_pad_widths(config, dims) -> None:
+  """tune.pad_widths: members of several MLP widths in one program (models/padded.py)."""
+  if not config.tune.pad_widths:
+    return
+  off = "or set tune.pad_widths=False (one program per width)"
+  if not any(d.key == phase_lib.WIDTHS for d in dims):
+    raise errors.UserError(
+        "tune.pad_widths=True pads members that differ in model.hidden_sizes, but tune.space "
+        f'does not search it; add e.g. tune.space.model.hidden_sizes="choice((64,), (256,))" {off}')
+  if config.model.name != "mlp":
+    raise errors.UserError(
+        f"tune.pad_widths=True pads the hidden layers of model.name='mlp', not "
+        f"model.name={config.model.name!r}; use the mlp {off}")
+  if config.model.lora_rank > 0 or config.init_from.workdir or config.tune.warm_start_params:
+    what = (f"model.lora_rank={config.model.lora_rank}" if config.model.lora_rank > 0
+            else f"init_from.workdir={config.init_from.workdir!r}" if config.init_from.workdir
+            else "tune.warm_start_params=True (an earlier best/)")
+    raise errors.UserError(
+        f"tune.pad_widths=True cannot pad {what} (its arrays have one width); "
+        f"drop it {off}")
+  # Not built together (yet): a soup of padded members, and the padded parameter count
+  # as an objective (it would count the padding).
+  if config.tune.soup.top_k > 0:
+    raise errors.UserError(f"tune.soup.top_k={config.tune.soup.top_k} with "
+                           f"tune.pad_widths=True is not supported; set tune.soup.top_k=0 {off}")
+  if "model/num_params" in pareto.needed(config):
+    raise errors.UserError("tune.objectives or tune.constraints name model/num_params, which "
+                           "tune.pad_widths=True would count at the padded width; drop it "
+                           f"{off}")
 
 
 # --- The loop. ---
@@ -244,7 +276,8 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
       settings = loop["members"][0]["settings"]
       phase = Phase(warm_start.phase_config(c, settings, s.info, s.train_data.sample_batch()),
                     settings, s.info, s.train_data, eval_batches,
-                    [d for d in dims if d.dynamic], len(loop["members"]))
+                    [d for d in dims if d.dynamic], len(loop["members"]),
+                    width_choices=phase_lib.width_choices(c, dims, settings))
       if phase.init_record is not None:
         transfer.write_record(workdir, phase.init_record)
       pop, acc = phase.initial_state(loop["members"])
@@ -312,7 +345,7 @@ def _next_phase(c, dims, loop, study) -> bool:
     return True
   if study is None or loop["rounds"] >= c.tune.bayes.rounds:
     return False
-  loop["phases"].extend(_group(strategies.ask_round(study, dims, c, loop)))
+  loop["phases"].extend(_group(strategies.ask_round(study, dims, c, loop), c.tune.pad_widths))
   loop["rounds"] += 1
   return True
 
@@ -524,10 +557,7 @@ def _plan_initial(config, dims, rng: np.random.Generator) -> list[list[dict[str,
     settings = space_lib.grid_points(dims, t.grid_points)
   else:
     settings = space_lib.sample_points(dims, t.population_size, rng)
-  groups: dict[tuple, list] = {}
-  for s in settings:
-    groups.setdefault(space_lib.static_part(s), []).append(s)
-  return [groups[k] for k in sorted(groups, key=repr)]
+  return _group(settings, t.pad_widths)
 
 
 def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
@@ -571,10 +601,11 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
                                    tune_dir.parent / "soup")
 
 
-def _group(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def _group(settings: list[dict[str, Any]], pad_widths: bool) -> list[list[dict[str, Any]]]:
+  """Settings grouped into phases by their static part (`space.static_part`)."""
   groups: dict[tuple, list] = {}
   for s in settings:
-    key = space_lib.static_part({k: v for k, v in s.items() if k != "__trial__"})
+    key = space_lib.static_part({k: v for k, v in s.items() if k != "__trial__"}, pad_widths)
     groups.setdefault(key, []).append(s)
   return [groups[k] for k in sorted(groups, key=repr)]
 
@@ -619,7 +650,7 @@ def compile_report(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Bayesian rounds are asked at run time; a sample of the space stands in for one.
   settings = max(_plan_initial(c, dims, strategies.rng_for(c.seed, 0)), key=len)
   phase = Phase(c, settings[0], s.info, s.train_data, [], [d for d in dims if d.dynamic],
-                len(settings))
+                len(settings), width_choices=phase_lib.width_choices(c, dims, settings[0]))
   fn, args = phase.train_program([{"id": i, "settings": st} for i, st in enumerate(settings)])
   result = compile_lib.report(c, {"train_step": (fn, args)},
                               what=f"a population of {len(settings)} members",

@@ -13,6 +13,7 @@ share the phase too, padded to the largest searched rank (core/lora.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -23,16 +24,60 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
+from jaxtrain import models
 from jaxtrain.core import ema as ema_lib, lora, metrics
 from jaxtrain.core import state as state_lib
 from jaxtrain.data import pipeline
 from jaxtrain.io import compilation
 from jaxtrain.jobs import setup, transfer
+from jaxtrain.models import padded as padded_lib
 from jaxtrain.parallel import sharding
 from jaxtrain.tune import execution as execution_lib
 from jaxtrain.tune import pareto
 from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import space as space_lib
+
+
+WIDTHS = space_lib.PADDED_KEY  # model.hidden_sizes: tune.pad_widths pads it.
+
+
+def width_choices(config, dims, settings: dict[str, Any]) -> tuple:
+  """The hidden sizes a phase of `settings` trains padded together: with tune.pad_widths,
+  every choice of the searched model.hidden_sizes with the depth of `settings`' (a
+  mixed-depth search pads each depth apart); () when nothing is padded."""
+  dim = next((d for d in dims if d.key == WIDTHS), None)
+  if not config.tune.pad_widths or dim is None:
+    return ()
+  depth = len(settings[WIDTHS])
+  choices = tuple(dict.fromkeys(tuple(c) for c in dim.choices if len(c) == depth))
+  return choices if len(choices) > 1 else ()  # One width: an unpadded phase as before.
+
+
+def recipe(c, info, searched: tuple[str, ...], width_choices: tuple, sample_batch
+           ) -> tuple[setup.Recipe, padded_lib.Padded | None]:
+  """(recipe, padded) of a phase whose config is `c`: `setup.recipe`'s, or with
+  `width_choices` the padded model (models/padded.py; `c` at the widest sizes) and
+  each member's widths in the state's hparams (models.WIDTHS_KEY)."""
+  r = setup.recipe(c, info, searched=searched)
+  if not width_choices:
+    return r, None
+  padded = padded_lib.build(
+      lambda sizes: setup.recipe(config_lib.with_settings(c, {WIDTHS: sizes}), info,
+                                 searched=searched).model, width_choices, sample_batch)
+  return dataclasses.replace(r, model=padded.model, hparams={
+      **r.hparams, models.WIDTHS_KEY: padded.sizes}), padded
+
+
+def unpad(padded: padded_lib.Padded, tx, sample_batch, state):
+  """A padded member's state (host arrays, no member axis) cut to its own widths: the
+  state an unpadded run of those widths holds (params, optimizer and model state, EMA)."""
+  widths = tuple(int(w) for w in np.asarray(state.hparams[models.WIDTHS_KEY]))
+  state = state.replace(hparams={k: v for k, v in state.hparams.items()
+                                 if k != models.WIDTHS_KEY})
+  solo = padded.solo[padded.choices.index(widths)]
+  shapes = jax.eval_shape(lambda rng: state_lib.create(
+      solo, tx, sample_batch, state.hparams, rng), setup.RNG_SHAPE)
+  return padded_lib.extract(state, shapes)
 
 
 def member_config(config: ml_collections.ConfigDict, settings: dict[str, Any]):
@@ -92,7 +137,11 @@ class Phase:
   """One population with shared static settings: its model and compiled functions."""
 
   def __init__(self, config, settings: dict[str, Any], info, train_data, eval_batches,
-               dynamic_dims, size: int):
+               dynamic_dims, size: int, width_choices: tuple = ()):
+    """`width_choices` (tune.pad_widths, see `width_choices`): the model.hidden_sizes
+    this phase's members may have; they train padded to the widest, in one program."""
+    if width_choices:
+      settings = {**settings, WIDTHS: padded_lib.widest(width_choices)}
     self.search_config = config  # What its exported members' configs derive from.
     self.config = member_config(config, settings)
     self.size = size
@@ -112,10 +161,11 @@ class Phase:
     c = self.config
     # What a searched key needs exists in every member (some may draw 0: dropout,
     # weight decay, clipping).
-    r = setup.recipe(c, info, searched=tuple(self.dynamic_keys) + self.lora_keys)
+    self.sample_batch = train_data.sample_batch()
+    r, self.padded = recipe(c, info, tuple(self.dynamic_keys) + self.lora_keys, width_choices,
+                            self.sample_batch)
     self.model, self.tx, self.base_hparams = r.model, r.tx, r.hparams
     schedule = r.schedule
-    self.sample_batch = train_data.sample_batch()
     # LoRA: the frozen base is held once (Phase.shared), not by every member.
     self.shared_names = (lora.BASE,) if c.model.lora_rank > 0 else ()
     # init_from: every member (and every refill) starts from the same copied arrays.
@@ -175,7 +225,7 @@ class Phase:
     self._init = jax.jit(functools.partial(
         _init_population, self.model, self.tx, self.sample_batch, self.base_hparams,
         per_member_data_order=config.tune.per_member_data_order,
-        shared_names=self.shared_names),
+        shared_names=self.shared_names, padded=self.padded),
         out_shardings=(ps, ms) if shard else None,
         compiler_options=compilation.run_once_options())
     # The shared collections (LoRA's base): one member's, made and placed once.
@@ -223,9 +273,22 @@ class Phase:
   def take(self, pop, index: int):
     """Member `index`'s state as host arrays, on every process (to export it): as a
     single run at the member's own settings holds it (a LoRA member with its base,
-    its adapters cut to its own rank)."""
-    return single_state(sharding.to_host(pop_lib.take(pop, index)),
-                        sharding.to_host(self.shared))
+    its adapters cut to its own rank; a padded member at its own width)."""
+    state = single_state(sharding.to_host(pop_lib.take(pop, index)),
+                         sharding.to_host(self.shared))
+    return state if self.padded is None else unpad(self.padded, self.tx, self.sample_batch,
+                                                   state)
+  def member_widths(self, members) -> np.ndarray | None:
+    """The members' hidden sizes ([P, depth] float32) in a padded phase, else None."""
+    if self.padded is None:
+      return None
+    return np.asarray([m["settings"][WIDTHS] for m in members], np.float32)
+
+  def sample_widths(self, rng: np.random.Generator) -> dict[str, Any]:
+    """A refill's hidden sizes, drawn from this padded phase's choices ({} unpadded)."""
+    if self.padded is None:
+      return {}
+    return {WIDTHS: self.padded.choices[int(rng.integers(len(self.padded.choices)))]}
 
   def dynamic_values(self, members) -> dict[str, np.ndarray]:
     return {k: np.asarray([float(m["settings"][k]) for m in members], np.float32)
@@ -252,7 +315,8 @@ class Phase:
     """A fresh population for `members` (each with its own init RNG and settings)."""
     ids = np.asarray([m["id"] for m in members], np.int32)
     pop, data_keys = self._init(np.int32(self.seed), ids, self.dynamic_values(members),
-                                self.init_copies, self.member_hparams(members))
+                                self.init_copies, self.member_hparams(members),
+                                self.member_widths(members))
     self.data_keys = data_keys  # Placed by the program (out_shardings) when sharded.
     self.orders = self._put(pipeline.new_epoch_order(self.num_examples, (len(members),)))
     return pop, self._put(metrics.new_sums((len(members),)))
@@ -264,7 +328,7 @@ class Phase:
     ids = np.asarray([m["id"] for m in members], np.int32)
     pop, data_keys = jax.eval_shape(self._init, np.int32(self.seed), ids,
                                     self.dynamic_values(members), self.init_copies,
-                                    self.member_hparams(members))
+                                    self.member_hparams(members), self.member_widths(members))
     acc = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, metrics.new_sums((n,))))
     orders = jax.eval_shape(lambda: pipeline.new_epoch_order(self.num_examples, (n,)))
     if self._host_loop is None:
@@ -364,7 +428,8 @@ def padded_config(config, member: ml_collections.ConfigDict) -> ml_collections.C
 
 
 def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, copies,
-                     member_hparams, *, per_member_data_order: bool, shared_names):
+                     member_hparams, widths, *, per_member_data_order: bool, shared_names,
+                     padded=None):
   """(population, data keys) for members `ids` (pure; jitted by `Phase`).
 
   Member i's state is created from `state.init_key(seed, ids[i])` and its data
@@ -374,10 +439,16 @@ def _init_population(model, tx, sample_batch, base_hparams, seed, ids, values, c
   every member; `values` ({key: [P]}) set the dynamic settings; `member_hparams`
   ({name: [P]}) a padded LoRA member's rank and scale, its adapters zero past its
   rank. The `shared_names` collections are left out (XLA drops their per-member
-  computation): `_init_shared` makes them once.
+  computation): `_init_shared` makes them once. With `padded` (models/padded.py),
+  member i is initialised at its own hidden sizes `widths[i]` and embedded into the
+  padded arrays.
   """
   rngs = jax.vmap(lambda i: state_lib.init_key(seed, i))(ids)
-  pop = pop_lib.create(model, tx, sample_batch, base_hparams, rngs)
+  if padded is None:
+    pop = pop_lib.create(model, tx, sample_batch, base_hparams, rngs)
+  else:
+    pop = jax.vmap(lambda rng, w: _create_padded(padded, tx, sample_batch, base_hparams, rng,
+                                                 w))(rngs, widths)
   if copies:
     pop = transfer.init_population(copies, pop)
   pop = pop_lib.without_shared(pop, shared_names)
@@ -404,3 +475,13 @@ def _init_shared(model, tx, sample_batch, base_hparams, seed, copies, *, names):
   if copies:
     one = transfer.init_population(copies, one)
   return {k: jax.tree.map(lambda x: x[0], one.model_state[k]) for k in names}
+
+
+def _create_padded(padded, tx, sample_batch, base_hparams, rng, widths):
+  """One padded member of hidden sizes `widths`: `state.create`'s state (the same
+  split of `rng`, so the same init and train keys as an unpadded run), its variables
+  those of its own width embedded (`Padded.init_at`), its widths in its hparams."""
+  model = dataclasses.replace(
+      padded.model, init=lambda r, batch: padded.init_at(r, batch, widths))
+  state = state_lib.create(model, tx, sample_batch, base_hparams, rng)
+  return state.replace(hparams={**state.hparams, models.WIDTHS_KEY: widths})

@@ -19,7 +19,8 @@ members of one program too -- every member is padded to the largest rank, its ow
 rank and scale are state leaves (core/lora.py) -- but stay fixed during training
 (PBT copies them with the parent's state, never perturbs them). Every other key is
 static: members that differ in it are trained as separate groups, one compiled
-program each.
+program each -- except model.hidden_sizes with tune.pad_widths, whose widths of one
+depth share a group, padded to the widest (jaxtrain/models/padded.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ DYNAMIC_KEYS = {
 
 # Config keys served by one padded program, fixed per member (LoRA rank and alpha).
 MEMBER_KEYS = ("model.lora_rank", "model.lora_alpha")
+# The static key whose values tune.pad_widths trains together (same depth, any widths).
+PADDED_KEY = "model.hidden_sizes"
 
 KINDS = ("uniform", "loguniform", "int", "choice")
 # Keys a search may vary: the model, optimizer, loss and batch size. (Step
@@ -178,12 +181,16 @@ def sample_points(dims: list[Dimension], count: int, rng: np.random.Generator) -
   return [{d.key: d.sample(rng) for d in dims} for _ in range(count)]
 
 
-def static_part(setting: dict[str, Any]) -> tuple:
+def static_part(setting: dict[str, Any], pad_widths: bool = False) -> tuple:
   """The static keys of a setting, as a hashable group key (members whose static
-  parts are equal train in one program)."""
-  def frozen(v):
+  parts are equal train in one program). With `pad_widths` (tune.pad_widths)
+  model.hidden_sizes counts by its depth alone: members of one depth train together,
+  padded to the widest (jaxtrain/models/padded.py)."""
+  def frozen(k, v):
+    if pad_widths and k == PADDED_KEY:
+      return ("depth", len(v))
     return tuple(v) if isinstance(v, list) else v
-  return tuple(sorted((k, frozen(v)) for k, v in setting.items()
+  return tuple(sorted((k, frozen(k, v)) for k, v in setting.items()
                       if k not in DYNAMIC_KEYS and k not in MEMBER_KEYS))
 
 

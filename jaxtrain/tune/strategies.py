@@ -125,7 +125,8 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
         continue
       loop["done"].append(summary(m, loop["phase"], status="culled" if strategy == "halving"
                                    else "stopped"))
-      settings = {**static, **{d.key: d.sample(rng) for d in sampled}}
+      settings = {**static, **{d.key: d.sample(rng) for d in sampled},
+                  **phase.sample_widths(rng)}  # A padded phase: any of its widths.
       members[i] = new_member(loop, settings, step)
       lineage.write(event="refill", member=members[i]["id"], parent=None, step=step,
                     phase=loop["phase"], before=m["settings"], after=settings, score=None,
