@@ -78,7 +78,7 @@ def test_padded_members_equal_solo_runs_at_their_own_rank(execution):
   pop, data_keys = jax.jit(functools.partial(
       phase_lib._init_population, r.model, r.tx, data.sample_batch(), r.hparams,
       per_member_data_order=True, shared_names=(lora.BASE,)))(
-          np.int32(c.seed), ids, {}, {}, hparams)
+          np.int32(c.seed), ids, {}, {}, hparams, None)  # No padded widths.
   shared = jax.jit(functools.partial(
       phase_lib._init_shared, r.model, r.tx, data.sample_batch(), r.hparams,
       names=(lora.BASE,)))(np.int32(c.seed), {})
