@@ -222,22 +222,7 @@ def open_study(c, tune_dir: Path, rounds_done: int = 0) -> Study:
   if c.tune.storage:
     return _open_shared_study(c, tune_dir, rounds_done, direction)
   path = tune_dir / "optuna.db"
-  fix = ("it holds the trials of the rounds done: restore it, or start the search over in "
-         "a new --workdir")
-  if rounds_done and not path.is_file():
-    raise errors.UserError(f"{path} is missing, but the checkpoint being resumed has asked "
-                           f"{rounds_done} rounds of it: {fix}")
-  try:
-    study = optuna.create_study(study_name=c.tune.study_name, storage=f"sqlite:///{path}",
-                                direction=direction, load_if_exists=True)
-    told = len(study.get_trials(deepcopy=False))
-  except Exception as e:  # pylint: disable=broad-except
-    # SQLAlchemy and Optuna raise many types for a damaged database file.
-    raise errors.UserError(f"{path} cannot be read as an Optuna study ({type(e).__name__}: "
-                           f"{' '.join(str(e).split())[:160]}): {fix}") from None
-  if rounds_done and not told:
-    raise errors.UserError(f"{path} holds no trials, but the checkpoint being resumed has "
-                           f"asked {rounds_done} rounds of it: {fix}")
+  study = _open_local_study(c, path, rounds_done, direction=direction)
   if study.direction.name.lower() != direction:
     raise errors.UserError(
         f"{path} holds a study that {study.direction.name.lower()}s {c.tune.metric}, but "
@@ -246,14 +231,10 @@ def open_study(c, tune_dir: Path, rounds_done: int = 0) -> Study:
   return Study(study, None, str(path))
 
 
-def _open_pareto_study(c, tune_dir: Path, rounds_done: int) -> Study:
-  """`open_study` of a search with tune.objectives or tune.constraints: an Optuna study
-  with one direction per objective (constraints travel with each trial), in
-  WORKDIR/tune/optuna.db alone (a shared tune.storage is refused by `check_storage`)."""
+def _open_local_study(c, path: Path, rounds_done: int, **directions):
+  """The Optuna study in WORKDIR/tune/optuna.db (`directions`: Optuna's `direction=` or
+  `directions=`), checked against the checkpoint's rounds; damage is one line."""
   import optuna  # pylint: disable=g-import-not-at-top
-  directions = ["maximize" if o.mode == "max" else "minimize" for o in pareto.objectives_of(c)]
-  names = tuple(o.metric for o in pareto.objectives_of(c))
-  path = tune_dir / "optuna.db"
   fix = ("it holds the trials of the rounds done: restore it, or start the search over in "
          "a new --workdir")
   if rounds_done and not path.is_file():
@@ -261,7 +242,7 @@ def _open_pareto_study(c, tune_dir: Path, rounds_done: int) -> Study:
                            f"{rounds_done} rounds of it: {fix}")
   try:
     study = optuna.create_study(study_name=c.tune.study_name, storage=f"sqlite:///{path}",
-                                directions=directions, load_if_exists=True)
+                                load_if_exists=True, **directions)
     told = len(study.get_trials(deepcopy=False))
   except Exception as e:  # pylint: disable=broad-except
     # SQLAlchemy and Optuna raise many types for a damaged database file.
@@ -270,6 +251,17 @@ def _open_pareto_study(c, tune_dir: Path, rounds_done: int) -> Study:
   if rounds_done and not told:
     raise errors.UserError(f"{path} holds no trials, but the checkpoint being resumed has "
                            f"asked {rounds_done} rounds of it: {fix}")
+  return study
+
+
+def _open_pareto_study(c, tune_dir: Path, rounds_done: int) -> Study:
+  """`open_study` of a search with tune.objectives or tune.constraints: an Optuna study
+  with one direction per objective (constraints travel with each trial), in
+  WORKDIR/tune/optuna.db alone (a shared tune.storage is refused by `check_storage`)."""
+  directions = ["maximize" if o.mode == "max" else "minimize" for o in pareto.objectives_of(c)]
+  names = tuple(o.metric for o in pareto.objectives_of(c))
+  path = tune_dir / "optuna.db"
+  study = _open_local_study(c, path, rounds_done, directions=directions)
   studied = [d.name.lower() for d in study.directions]
   metric = study.user_attrs.get(storage_lib.METRIC_ATTR)
   if studied != directions or (metric is not None and metric != list(names)):
