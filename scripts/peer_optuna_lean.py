@@ -24,6 +24,7 @@ START = time.time()  # Before the heavy imports: they count (timed from process 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -32,6 +33,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import optuna  # noqa: E402
 from mnist1d.data import get_dataset_args, make_dataset  # noqa: E402
+
+
+PRINT_LOCK = threading.Lock()
 
 
 class MLP(nn.Module):
@@ -105,8 +109,9 @@ def main(argv=None):
     for start in range(0, args.steps, args.eval_every):
       params, opt_state = train_chunk(params, opt_state, stream, start)
       acc = float(accuracy(params))
-      print(json.dumps({"t": time.time() - START, "trial": trial.number,
-                        "step": start + args.eval_every, "accuracy": acc}), flush=True)
+      with PRINT_LOCK:  # Whole lines when trials run in threads (--n_jobs).
+        print(json.dumps({"t": time.time() - START, "trial": trial.number,
+                          "step": start + args.eval_every, "accuracy": acc}), flush=True)
       trial.report(acc, start + args.eval_every)
       if trial.should_prune():
         raise optuna.TrialPruned()
