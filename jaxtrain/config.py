@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from jaxtrain import errors, records, redact
+from jaxtrain.paths import Path
 
 # Metrics that early stopping and best-checkpoint selection may rank by (they
 # are computed at every evaluation), with the direction that counts as better.

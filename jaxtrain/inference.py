@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -29,12 +28,13 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors, models
+from jaxtrain import errors, models, paths
 from jaxtrain.core import ema as ema_lib, lora, state as state_lib, step as step_lib
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import checkpoint
 from jaxtrain.jobs import checks, evaluate, setup, workdir as workdir_lib
 from jaxtrain.tune import phase as phase_lib, population as pop_lib, space as space_lib
+from jaxtrain.paths import Path
 
 
 @dataclasses.dataclass(repr=False)
@@ -180,8 +180,7 @@ def load(workdir: str | Path, which: int | str | None = None, *, member: int | N
 
 
 def _run_directory(workdir: str | Path) -> Path:
-  errors.check_local_path("workdir", workdir)
-  path = Path(workdir).expanduser()
+  path = paths.of(workdir, "workdir")
   if not path.exists():
     raise errors.UserError(f"{path} does not exist; pass the --workdir of a jaxtrain run")
   if not path.is_dir():

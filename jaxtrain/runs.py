@@ -20,11 +20,11 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from jaxtrain import config as config_lib
 from jaxtrain import errors
+from jaxtrain.paths import Path
 
 CURVE_METRICS = ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
+from jaxtrain.paths import Path
 
 import numpy as np
 
@@ -30,9 +30,13 @@ def _figure(width: float, height: float):
   return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig, path: Path) -> Path:
-  fig.savefig(path, dpi=100)
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+  """Writes `fig` as a PNG to `path` (local or gs://: through the path's own file, as
+  matplotlib would open a URL as a local file name)."""
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=dpi)
   return path
+
 
 
 def _label_step(num_classes: int) -> int:
@@ -76,7 +80,7 @@ def confusion_matrix(confusion: Sequence[Sequence[int]], path: Path) -> Path:
             {1: "st", 2: "nd", 3: "rd"}.get(step % 10, "th"))
   ax.set_title("Confusion matrix" if step == 1 else
                f"Confusion matrix ({num_classes} classes, every {step}{suffix} labelled)")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def _count_alpha(counts: np.ndarray) -> np.ndarray:
@@ -124,7 +128,7 @@ def reliability_diagram(reliability: dict, ece: float, path: Path) -> Path:
   ax_count.set_xlabel("confidence (top-1 probability)")
   ax_count.set_ylabel("examples")
   ax_count.set_xlim(0, 1)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def robustness_curves(robustness: dict, path: Path) -> Path:
@@ -145,7 +149,7 @@ def robustness_curves(robustness: dict, path: Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def _two_lines(name: str) -> str:
@@ -182,7 +186,7 @@ def slice_accuracy(table: list[dict], key: str, path: Path,
   ax.set_ylabel("accuracy")
   ax.set_ylim(0, 1.02)
   ax.set_title(f"Accuracy per slice of {key}")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def attributions(inputs: np.ndarray, maps: dict[str, np.ndarray], titles: list[str],
@@ -215,7 +219,7 @@ def attributions(inputs: np.ndarray, maps: dict[str, np.ndarray], titles: list[s
         ax.plot(values)
         ax.axhline(0, color="gray", lw=0.5)
       ax.set_title(f"{titles[i]}: {name}" if j == 0 else name, fontsize=9)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metric: str,
@@ -233,4 +237,4 @@ def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metri
   ax.set_title(metric)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save_figure(fig, path)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,6 +27,7 @@ from jaxtrain.core import metrics as metrics_lib
 from jaxtrain import models
 from jaxtrain.analysis import attribution, plots, robustness
 from jaxtrain.analysis import slices as slices_lib
+from jaxtrain.paths import Path
 
 REPORT_DIR = "report"
 # The AUROC ranks every example's score of every class, so the report keeps all

@@ -4,11 +4,11 @@ TensorBoard's profile plugin or Perfetto (the trace is a .xplane.pb and a
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import jax
 
 from jaxtrain import errors
+from jaxtrain.paths import Path
 
 
 def check_config(profile_config) -> None:

@@ -12,7 +12,6 @@ import functools
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,13 +19,14 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors
+from jaxtrain import errors, paths
 from jaxtrain.analysis import report as report_lib, slices as slices_lib
 from jaxtrain.core import ema as ema_lib, metrics, state as state_lib, step as step_lib
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import checkpoint, compilation
 from jaxtrain.jobs import checks, setup, workdir as workdir_lib
 from jaxtrain.parallel import sharding
+from jaxtrain.paths import Path
 
 
 @dataclasses.dataclass
@@ -177,7 +177,8 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
     result["weights"] = weights
   if not math.isfinite(result["eval/loss"]):  # Diverged parameters: every metric is NaN.
     result["diverged"] = True
-  if not os.access(workdir, os.W_OK):  # E.g. a finished run on a read-only mount.
+  # E.g. a finished run on a read-only mount (on gs://, a refused write says so itself).
+  if not paths.is_url(workdir) and not os.access(workdir, os.W_OK):
     print(f"warning: {workdir} is read-only: {record}{' and report/' if report else ''} not "
           "written; the result is printed only", file=sys.stderr)
     return result

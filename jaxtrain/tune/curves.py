@@ -13,7 +13,6 @@ on a finished search, a running one and a stopped one alike; nothing is written.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from jaxtrain import config as config_lib
@@ -21,6 +20,7 @@ from jaxtrain import errors
 from jaxtrain import records as records_lib
 from jaxtrain.io import writers
 from jaxtrain.tune import lineage as lineage_lib
+from jaxtrain.paths import Path
 
 
 @dataclasses.dataclass

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import jax
 
 from jaxtrain.core import state as state_lib
 from jaxtrain.jobs import workdir as workdir_lib
 from jaxtrain.tune.phase import member_config
+from jaxtrain.paths import Path
 
 
 def export_member(config, member: dict, state, directory: Path, schedule) -> None:

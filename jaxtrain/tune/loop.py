@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -34,6 +33,7 @@ from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
 from jaxtrain.tune import space as space_lib
 from jaxtrain.tune.phase import Phase, member_config  # noqa: F401 (API)
+from jaxtrain.paths import Path
 
 STRATEGIES = ("grid", "random", "pbt", "halving", "bayes")
 

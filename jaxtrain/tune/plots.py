@@ -13,12 +13,13 @@ back); `write` saves them.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from jaxtrain import config as config_lib
+from jaxtrain.analysis.plots import save_figure
 from jaxtrain.io import writers
 from jaxtrain.tune import lineage as lineage_lib
+from jaxtrain.paths import Path
 
 _LOG_SCALE = ("learning_rate", "weight_decay", "eps")
 # Up to this many members each gets a legend entry (tab10's colours, then the same
@@ -220,9 +221,9 @@ def write(workdir: Path, loop: dict[str, Any], events: list[dict[str, Any]],
   out_dir = Path(workdir) / "tune"
   curves, value_at, offsets = _read_curves(Path(workdir), metric)
   paths = [out_dir / "population.png"]
-  population_figure(curves, value_at, offsets, events, metric).savefig(paths[-1], dpi=110)
+  save_figure(population_figure(curves, value_at, offsets, events, metric), paths[-1], 110)
   fig = schedule_figure(loop, events, curves, offsets)
   if fig is not None:
     paths.append(out_dir / "best_schedule.png")
-    fig.savefig(paths[-1], dpi=110)
+    save_figure(fig, paths[-1], 110)
   return paths

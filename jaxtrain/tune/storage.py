@@ -28,7 +28,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from jaxtrain import errors, records, redact
+from jaxtrain import errors, paths, records, redact
 from jaxtrain.io import writers
 
 WORKER_ATTR = "jaxtrain_worker"  # Trial user attribute: the workdir that asked the trial.
@@ -224,7 +224,7 @@ def new_worker(tune_dir: Path) -> str:
   not derived again: a restarted run (on another host, perhaps) must recognise the
   trials it asked before its first checkpoint.
   """
-  worker = redact.text(f"{socket.gethostname()}:{tune_dir.parent.resolve()}:"
+  worker = redact.text(f"{socket.gethostname()}:{paths.absolute(tune_dir.parent)}:"
                        f"{uuid.uuid4().hex[:8]}")
   writers.write_text_atomic(tune_dir / WORKER_FILE, json.dumps({"worker": worker}) + "\n")
   return worker

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from jaxtrain.jobs import cadence
 from jaxtrain.tune import space as space_lib
 from jaxtrain.tune import storage as storage_lib
 from jaxtrain.tune.phase import Phase
+from jaxtrain.paths import Path
 
 
 def rng_for(seed: int, *counters: int) -> np.random.Generator:
