@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 
 from jaxtrain import errors, records, redact
+from jaxtrain import paths
 from jaxtrain.paths import Path
 
 # Metrics that early stopping and best-checkpoint selection may rank by (they
@@ -392,7 +393,7 @@ def load_snapshot(workdir: str | Path) -> ml_collections.ConfigDict:
     UserError: no config.json, or one that is damaged (not a JSON object, or a
       value of another type than the schema's).
   """
-  path = Path(workdir) / "config.json"
+  path = paths.of(workdir) / "config.json"
   if not path.is_file():
     raise errors.UserError(f"{path} does not exist; --mode=eval needs a workdir written by "
                            "jaxtrain (or pass --config)")

@@ -275,6 +275,6 @@ def _loaded(config, info, model, state, step, which, workdir, *, member, fold,
   slim = state_lib.TrainState(step=state.step, params=params, model_state=model_state,
                               opt_state=None, hparams=hparams, rng=state.rng)
   return LoadedRun(config=config, model=model, variables={"params": params, **model_state},
-                   step=int(step), workdir=Path(workdir), which=which,
+                   step=int(step), workdir=paths.of(workdir), which=which,
                    weights="ema" if use_ema else "raw", info=info, member=member, fold=fold,
                    merged=merged, _state=slim)

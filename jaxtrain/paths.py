@@ -1,11 +1,12 @@
-"""One path type for local folders and cloud storage: `etils.epath.Path`.
+"""One way to name a place for local folders and cloud storage.
 
 A workdir, a checkpoint directory, a TensorBoard logdir, an export or a report may
 be a local path or a `gs://bucket/...` URL. Everything that touches one goes through
-`of()` (which refuses a URL that cannot work, in one line) and the methods of the
-returned `epath.Path` (read_text, write_text, open, mkdir, exists, iterdir, glob,
-...), never `open()`, `os.path` or `pathlib` directly, so that the same code runs on
-both. Orbax reaches gs:// with TensorStore's GCS driver, tensorboardX with
+`of()` (which refuses a URL that cannot work, in one line) and the pathlib methods
+of what it returns (read_text, write_text, open, mkdir, exists, iterdir, glob, ...),
+never `open()` or `os.path` on a string, so that the same code runs on both: a URL
+becomes an `etils.epath.Path`, a local path stays a `pathlib.Path` (exactly what
+local runs used before, so local files are written as they were). Orbax reaches gs:// with TensorStore's GCS driver, tensorboardX with
 google-cloud-storage, and epath with gcsfs (`pip install "jaxtrain[gcs]"`).
 
 What "written whole or not at all" means per backend:
@@ -21,6 +22,7 @@ What "written whole or not at all" means per backend:
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 from typing import Union
 
@@ -28,7 +30,8 @@ from etils import epath
 
 from jaxtrain import errors
 
-Path = epath.Path  # The one path type (local or URL); `of()` makes one from user input.
+# What `of()` returns (for annotations): pathlib for a local path, epath for a URL.
+Path = Union[pathlib.Path, epath.Path]
 PathLike = Union[str, os.PathLike]
 
 # Schemes whose workdirs work end to end (Orbax, TensorStore, tensorboardX, epath).
@@ -74,11 +77,11 @@ def check(what: str, path: PathLike) -> None:
 
 
 def of(path: PathLike, what: str = "path") -> Path:
-  """`path` as the one path type: a URL as it is (after `check`), a local path with
-  ~ expanded."""
+  """`path` as a path object: a URL as an `epath.Path` (after `check`), a local path
+  as a `pathlib.Path` with ~ expanded."""
   check(what, path)
-  p = Path(os.fspath(path))
-  return p if is_url(p) else p.expanduser()
+  text = os.fspath(path)
+  return epath.Path(text) if is_url(text) else pathlib.Path(text).expanduser()
 
 
 def absolute(path: PathLike, what: str = "path") -> Path:

@@ -21,14 +21,14 @@ BUCKET = "jaxtrain-test"
 _SERVER = []
 
 
-def _api_class():
+def _api_thread(host: str, port: int, storage):
+  """The emulator's server thread, with a listen backlog of 1024 instead of 5: it
+  answers one request at a time (its storage is not thread-safe) while TensorStore
+  opens many connections at once; they wait instead of being refused."""
   import http.server  # pylint: disable=g-import-not-at-top
   from gcp_storage_emulator import server as emulator  # pylint: disable=g-import-not-at-top
 
   class Backlogged(http.server.HTTPServer):
-    # The emulator answers one request at a time (its storage is not thread-safe);
-    # TensorStore opens many connections at once, and the default backlog of 5
-    # refused some of them (a checkpoint save then failed under load).
     request_queue_size = 1024
 
   class Api(emulator.APIThread):
@@ -39,11 +39,7 @@ def _api_class():
       self.is_running.set()
       self._httpd.serve_forever()
 
-  return Api
-
-
-def _Api(*args):  # pylint: disable=invalid-name
-  return _api_class()(*args, daemon=True)
+  return Api(host, port, storage, daemon=True)
 
 
 def _keep_gcs_promises() -> None:
@@ -94,7 +90,7 @@ def start() -> str:
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
     _keep_gcs_promises()
     server = emulator.create_server("127.0.0.1", 0, in_memory=True, default_bucket=BUCKET)
-    server._api = _Api("127.0.0.1", 0, server._storage)  # pylint: disable=protected-access
+    server._api = _api_thread("127.0.0.1", 0, server._storage)  # pylint: disable=protected-access
     server.start()
     # A client that hangs up early is not an error worth a traceback on stderr.
     server._api._httpd.handle_error = lambda *args: None  # pylint: disable=protected-access

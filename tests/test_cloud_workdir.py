@@ -37,7 +37,7 @@ def _scalars(workdir) -> dict:
   out = {}
   for event_file in sorted(paths.of(workdir).glob("events.out.tfevents.*")):
     with tempfile.TemporaryDirectory() as local:
-      copy = paths.Path(local) / "events.out.tfevents.copy"
+      copy = paths.of(local) / "events.out.tfevents.copy"
       copy.write_bytes(event_file.read_bytes())
       acc = event_accumulator.EventAccumulator(str(copy))
       acc.Reload()

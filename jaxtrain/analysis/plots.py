@@ -38,6 +38,10 @@ def save_figure(fig, path: Path, dpi: int = 100) -> Path:
   return path
 
 
+def _save(fig, path: Path) -> Path:
+  return save_figure(fig, path)
+
+
 
 def _label_step(num_classes: int) -> int:
   """1 (every class labelled) up to MAX_TICKED classes, else the smallest round step
@@ -80,7 +84,7 @@ def confusion_matrix(confusion: Sequence[Sequence[int]], path: Path) -> Path:
             {1: "st", 2: "nd", 3: "rd"}.get(step % 10, "th"))
   ax.set_title("Confusion matrix" if step == 1 else
                f"Confusion matrix ({num_classes} classes, every {step}{suffix} labelled)")
-  return save_figure(fig, path)
+  return _save(fig, path)
 
 
 def _count_alpha(counts: np.ndarray) -> np.ndarray:
@@ -128,7 +132,7 @@ def reliability_diagram(reliability: dict, ece: float, path: Path) -> Path:
   ax_count.set_xlabel("confidence (top-1 probability)")
   ax_count.set_ylabel("examples")
   ax_count.set_xlim(0, 1)
-  return save_figure(fig, path)
+  return _save(fig, path)
 
 
 def robustness_curves(robustness: dict, path: Path) -> Path:
@@ -149,7 +153,7 @@ def robustness_curves(robustness: dict, path: Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-  return save_figure(fig, path)
+  return _save(fig, path)
 
 
 def _two_lines(name: str) -> str:
@@ -186,7 +190,7 @@ def slice_accuracy(table: list[dict], key: str, path: Path,
   ax.set_ylabel("accuracy")
   ax.set_ylim(0, 1.02)
   ax.set_title(f"Accuracy per slice of {key}")
-  return save_figure(fig, path)
+  return _save(fig, path)
 
 
 def attributions(inputs: np.ndarray, maps: dict[str, np.ndarray], titles: list[str],
@@ -219,7 +223,7 @@ def attributions(inputs: np.ndarray, maps: dict[str, np.ndarray], titles: list[s
         ax.plot(values)
         ax.axhline(0, color="gray", lw=0.5)
       ax.set_title(f"{titles[i]}: {name}" if j == 0 else name, fontsize=9)
-  return save_figure(fig, path)
+  return _save(fig, path)
 
 
 def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metric: str,
@@ -237,4 +241,4 @@ def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metri
   ax.set_title(metric)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  return save_figure(fig, path)
+  return _save(fig, path)

@@ -113,9 +113,12 @@ def _read_csv(name: str, path: str, label_column: str) -> dict[str, np.ndarray]:
   ragged row, and a row of the wrong length must be refused naming its line.
   """
   import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
   try:
-    with paths.of(path).open("r", newline="", encoding="utf-8") as f:
-      rows = list(csv.reader(f))
+    # Bytes, decoded here: epath's open() (gs://) takes no newline=''; csv wants
+    # the text with its line ends as they are.
+    with paths.of(path).open("rb") as f:
+      rows = list(csv.reader(io.StringIO(f.read().decode("utf-8"), newline="")))
   except (OSError, UnicodeDecodeError) as e:
     raise errors.UserError(f"data.name={name!r}: cannot read {path} "
                            f"({getattr(e, 'strerror', None) or type(e).__name__})") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 
 from jaxtrain import errors
+from jaxtrain import paths
 from jaxtrain.paths import Path
 
 
@@ -23,7 +24,7 @@ class Profiler:
   """Traces steps [start_step, start_step + num_steps); inactive when num_steps == 0."""
 
   def __init__(self, workdir: Path, start_step: int, num_steps: int):
-    self.directory = Path(workdir) / "profile"
+    self.directory = paths.of(workdir) / "profile"
     self.start, self.end = start_step, start_step + num_steps
     self.enabled = num_steps > 0
     self.active = False

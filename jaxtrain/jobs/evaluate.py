@@ -50,7 +50,7 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
   config's model and optimizer have, and a checkpoint that does not fit is one
   `UserError` line. Nothing in the workdir is written.
   """
-  workdir = Path(workdir)
+  workdir = paths.of(workdir)
   if config is None:  # From the workdir's record, own model included.
     workdir_lib.add_model_paths(workdir)
     config = config_lib.load_snapshot(workdir)
@@ -59,7 +59,7 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
   cv = c.eval.cross_validation
   if cv.folds or cv.holdout_fraction:  # Its checkpoints hold a population of folds.
     raise errors.UserError(f"{workdir} is a cross-validation run: its results are in "
-                           f"{Path(workdir) / 'cv.json'}; evaluate a single run instead")
+                           f"{paths.of(workdir) / 'cv.json'}; evaluate a single run instead")
   if not has_checkpoints(workdir / "checkpoints"):
     if (workdir / "best" / "checkpoints").is_dir():
       raise errors.UserError(f"{workdir} is a tuning workdir; evaluate its best member with "
@@ -150,7 +150,7 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
   scores its best member on the test split into test.json) and returns
   {"step": s, "eval/accuracy": ..., ...}.
   """
-  workdir = Path(workdir)
+  workdir = paths.of(workdir)
   if config is None:  # From the workdir's record, own model included.
     workdir_lib.add_model_paths(workdir)
     config = config_lib.load_snapshot(workdir)

@@ -288,7 +288,7 @@ def _with_copies(params, model_state, copies: dict[str, np.ndarray], leading: tu
 def write_record(workdir: Path | None, record: dict) -> None:
   """WORKDIR/init_from.json: what `load` copied from where."""
   if workdir is not None:
-    (Path(workdir) / "init_from.json").write_text(json.dumps(record, indent=2) + "\n")
+    (paths.of(workdir) / "init_from.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def init_state(init_config, state, workdir: Path | None = None):

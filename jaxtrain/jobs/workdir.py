@@ -228,9 +228,9 @@ def add_model_paths(workdir: Path) -> None:
   --mode=eval without --config, from anywhere, imports the module again."""
   try:
     record = json.loads((paths.of(workdir) / "provenance.json").read_text())
-    cwd = paths.Path(record["cwd"])
+    cwd = paths.of(record["cwd"])
     specs = [a.split("=", 1)[1] for a in record["command_line"] if a.startswith("--config=")]
-    model_dirs = [paths.Path(record["model_file"]).parent] if record.get("model_file") else []
+    model_dirs = [paths.of(record["model_file"]).parent] if record.get("model_file") else []
   except (OSError, ValueError, KeyError, TypeError, IndexError):
     return  # No record: the module must be importable as it is.
   for directory in [*model_dirs, cwd, *((cwd / spec.split(":")[0]).parent for spec in specs)]:

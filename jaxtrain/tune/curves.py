@@ -20,6 +20,7 @@ from jaxtrain import errors
 from jaxtrain import records as records_lib
 from jaxtrain.io import writers
 from jaxtrain.tune import lineage as lineage_lib
+from jaxtrain import paths
 from jaxtrain.paths import Path
 
 
@@ -59,7 +60,7 @@ def history(workdir: str | Path) -> History:
   Raises:
     UserError: `workdir` is not a tuning workdir, or its records are damaged.
   """
-  workdir = Path(workdir)
+  workdir = paths.of(workdir)
   if not (workdir / "tune").is_dir():
     raise errors.UserError(f"{workdir} is not a tuning workdir (it has no tune/); pass the "
                            "--workdir of a search")

@@ -32,7 +32,7 @@ class Lineage:
   """Appends events; on resume keeps only the first `keep` (those checkpointed)."""
 
   def __init__(self, path: Path, keep: int, write: bool = True, listener=None):
-    self.path = Path(path)
+    self.path = paths.of(path)
     fix = ("the search replays it on resume: restore it, or start the search over in a new "
            "--workdir")
     lines = [line for line, _ in records.read_lines(self.path, fix, required=("event",))]
@@ -62,7 +62,7 @@ class Lineage:
 
 
 def read(path: Path) -> list[dict[str, Any]]:
-  path = Path(path)
+  path = paths.of(path)
   if not path.exists():
     return []
   return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]

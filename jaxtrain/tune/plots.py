@@ -19,6 +19,7 @@ from jaxtrain import config as config_lib
 from jaxtrain.analysis.plots import save_figure
 from jaxtrain.io import writers
 from jaxtrain.tune import lineage as lineage_lib
+from jaxtrain import paths
 from jaxtrain.paths import Path
 
 _LOG_SCALE = ("learning_rate", "weight_decay", "eps")
@@ -218,12 +219,12 @@ def schedule_figure(loop: dict[str, Any], events: list[dict[str, Any]],
 def write(workdir: Path, loop: dict[str, Any], events: list[dict[str, Any]],
           metric: str) -> list[Path]:
   """Writes the figures; returns their paths."""
-  out_dir = Path(workdir) / "tune"
-  curves, value_at, offsets = _read_curves(Path(workdir), metric)
-  paths = [out_dir / "population.png"]
-  save_figure(population_figure(curves, value_at, offsets, events, metric), paths[-1], 110)
+  out_dir = paths.of(workdir) / "tune"
+  curves, value_at, offsets = _read_curves(paths.of(workdir), metric)
+  written = [out_dir / "population.png"]
+  save_figure(population_figure(curves, value_at, offsets, events, metric), written[-1], 110)
   fig = schedule_figure(loop, events, curves, offsets)
   if fig is not None:
-    paths.append(out_dir / "best_schedule.png")
-    save_figure(fig, paths[-1], 110)
-  return paths
+    written.append(out_dir / "best_schedule.png")
+    save_figure(fig, written[-1], 110)
+  return written
