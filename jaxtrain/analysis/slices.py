@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from jaxtrain import errors
-from jaxtrain.paths import Path
 
 MAX_SLICES = 100
 
