@@ -121,3 +121,12 @@ def test_unsupported_url_schemes_are_refused_in_one_line(url, words):
   assert str(e.value).startswith(f"workdir={url}: ") and "\n" not in str(e.value)
   for word in words:
     assert word in str(e.value)
+
+
+def test_a_bayes_search_with_its_study_in_a_gs_workdir_is_refused(gcs_path, capsys):
+  """SQLite (WORKDIR/tune/optuna.db) cannot live on object storage: one line, no files."""
+  code = _cli("--config=configs/digits_bayes.py", f"--workdir={gcs_path}")
+  err = capsys.readouterr().err.strip()
+  assert code == errors.EXIT_USER_ERROR and "\n" not in err, err
+  assert "tune.strategy='bayes'" in err and "set tune.storage" in err
+  assert not (gcs_path / "config.json").exists()

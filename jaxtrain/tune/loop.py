@@ -27,7 +27,7 @@ from jaxtrain.data import catalog
 from jaxtrain.io import compilation, preemption, writers
 from jaxtrain.jobs import cadence, checks, evaluate, setup, transfer, workdir as workdir_lib
 from jaxtrain.parallel import distributed, sharding
-from jaxtrain.tune import export, strategies
+from jaxtrain.tune import export, storage, strategies
 from jaxtrain.tune import lineage as lineage_lib
 from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import population as pop_lib
@@ -133,6 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   dims = validate(config)
   c = config
   workdir = workdir_lib.prepare(workdir, c)
+  storage.check_workdir(c, workdir)
   compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
   tune_dir = workdir / "tune"
   tune_dir.mkdir(exist_ok=True)

@@ -164,6 +164,16 @@ def check(c) -> None:
   target(c)
 
 
+def check_workdir(c, workdir) -> None:
+  """Refuses a Bayesian search whose study would be WORKDIR/tune/optuna.db on cloud
+  storage (gs://): SQLite needs a local file; before anything is written there."""
+  if c.tune.strategy == "bayes" and not c.tune.storage and paths.is_url(workdir):
+    raise errors.UserError(
+        f"tune.strategy='bayes' keeps its Optuna study in WORKDIR/tune/optuna.db (SQLite), "
+        f"which cannot live on {workdir}; set tune.storage to a database URL (e.g. "
+        "postgresql://...) or journal:PATH on a local or shared file system")
+
+
 def file_of(kind: str, where: str) -> Path | None:
   """The file a journal or SQLite storage lives in (None: a database server)."""
   if kind == "journal":
