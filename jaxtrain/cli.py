@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors
+from jaxtrain import errors, paths
 
 MODES = ("train", "eval", "compile")  # compile: jaxtrain/jobs/compile.py, no training.
 HELP_FLAGS = ("-h", "--help", "-help", "--helpfull")
@@ -94,7 +94,7 @@ def parse(argv: list[str]):
     raise errors.UserError("--config is required, e.g. --config=configs/digits_mlp.py")
   if not fv.workdir:
     raise errors.UserError("--workdir is required, e.g. --workdir=runs/digits_mlp")
-  errors.check_local_path("--workdir", fv.workdir)
+  paths.check("--workdir", fv.workdir)
   if fv.start_over and fv.mode != "train":
     raise errors.UserError(f"--start_over starts a new run; it does not go with --mode={fv.mode}")
   if fv.quiet and fv.verbose:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from jaxtrain import errors, records, redact
+from jaxtrain import paths
+from jaxtrain.paths import Path
 
 # Metrics that early stopping and best-checkpoint selection may rank by (they
 # are computed at every evaluation), with the direction that counts as better.
@@ -423,7 +424,7 @@ def load_snapshot(workdir: str | Path) -> ml_collections.ConfigDict:
     UserError: no config.json, or one that is damaged (not a JSON object, or a
       value of another type than the schema's).
   """
-  path = Path(workdir) / "config.json"
+  path = paths.of(workdir) / "config.json"
   if not path.is_file():
     raise errors.UserError(f"{path} does not exist; --mode=eval needs a workdir written by "
                            "jaxtrain (or pass --config)")

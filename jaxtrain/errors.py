@@ -54,17 +54,6 @@ def new_workdir() -> str:
   return "a new --workdir" if _COMMAND_LINE[0] else "a new workdir"
 
 
-def check_local_path(what: str, path) -> None:
-  """Refuses a URL (gs://, s3://, ...) as `what` (a workdir, ...) in one line. Paths are
-  local today: Path('gs://b/run') would silently become the local folder 'gs:/b/run'."""
-  import re  # pylint: disable=g-import-not-at-top
-  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(path)):
-    raise UserError(
-        f"{what}={path}: workdirs on cloud storage are not supported yet (a gs:// or s3:// "
-        "path would become a local folder named after the scheme); use a local path, or "
-        "mount the bucket (e.g. Cloud Storage FUSE at /gcs/BUCKET) and pass that path")
-
-
 class JaxtrainError(Exception):
   """An error reported to the user as one line, with its own exit code."""
   exit_code = 1
@@ -135,7 +124,11 @@ class LibraryLog:
   to a file in the system's temporary folder)."""
 
   def __init__(self, workdir, clean=lambda text: text):
-    self.workdir = Path(workdir) if workdir is not None else None
+    # A workdir on cloud storage (gs://...) keeps its log in the temporary folder: an
+    # object cannot be appended to, and the storage client's own log lines would be
+    # written through that same client.
+    local = workdir is not None and "://" not in str(workdir)
+    self.workdir = Path(workdir) if local else None
     self.clean = clean  # main passes redact.text: no password reaches the file.
     self.path: Path | None = None
     self._lock = threading.Lock()

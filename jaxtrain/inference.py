@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -29,13 +28,14 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors, models, records
+from jaxtrain import errors, models, paths, records
 from jaxtrain.core import ema as ema_lib, lora, state as state_lib, step as step_lib
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import checkpoint
 from jaxtrain.jobs import checks, evaluate, setup, workdir as workdir_lib
 from jaxtrain.models import padded as padded_lib
 from jaxtrain.tune import phase as phase_lib, population as pop_lib, space as space_lib
+from jaxtrain.paths import Path
 
 
 @dataclasses.dataclass(repr=False)
@@ -181,8 +181,7 @@ def load(workdir: str | Path, which: int | str | None = None, *, member: int | N
 
 
 def _run_directory(workdir: str | Path) -> Path:
-  errors.check_local_path("workdir", workdir)
-  path = Path(workdir).expanduser()
+  path = paths.of(workdir, "workdir")
   if not path.exists():
     raise errors.UserError(f"{path} does not exist; pass the --workdir of a jaxtrain run")
   if not path.is_dir():
@@ -329,6 +328,6 @@ def _loaded(config, info, model, state, step, which, workdir, *, member, fold,
   slim = state_lib.TrainState(step=state.step, params=params, model_state=model_state,
                               opt_state=None, hparams=hparams, rng=state.rng)
   return LoadedRun(config=config, model=model, variables={"params": params, **model_state},
-                   step=int(step), workdir=Path(workdir), which=which,
+                   step=int(step), workdir=paths.of(workdir), which=which,
                    weights="ema" if use_ema else "raw", info=info, member=member, fold=fold,
                    merged=merged, _state=slim)

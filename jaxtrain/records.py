@@ -12,10 +12,10 @@ resume rewrites what followed the checkpoint anyway.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from jaxtrain import errors
+from jaxtrain import errors, paths
+from jaxtrain.paths import Path
 
 
 def _damaged(path: Path, what: str, fix: str) -> errors.UserError:
@@ -24,7 +24,7 @@ def _damaged(path: Path, what: str, fix: str) -> errors.UserError:
 
 def read_object(path: Path, fix: str) -> dict[str, Any]:
   """The JSON object in `path`; UserError naming the file and `fix` otherwise."""
-  path = Path(path)
+  path = paths.of(path)
   try:
     text = path.read_bytes().decode("utf-8")
   except OSError as e:
@@ -48,7 +48,7 @@ def read_lines(path: Path, fix: str, required: tuple[str, ...] = ()) -> list[tup
   Every line must be a JSON object with the `required` keys, except a last line
   with no newline after it (torn by a crash), which is dropped.
   """
-  path = Path(path)
+  path = paths.of(path)
   if not path.exists():
     return []
   try:

@@ -20,11 +20,12 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from jaxtrain import config as config_lib
 from jaxtrain import errors
+from jaxtrain import paths as paths_lib
+from jaxtrain.paths import Path
 
 CURVE_METRICS = ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy")
 
@@ -65,7 +66,7 @@ def is_run(path: Path) -> bool:
 
 def find_runs(root: str | Path) -> list[Path]:
   """Run directories at or under `root` (not searched below a run), sorted."""
-  root = Path(root)
+  root = paths_lib.of(root)
   if not root.is_dir():
     raise errors.UserError(f"{root} is not a directory; pass the folder that holds your "
                            "runs' workdirs, e.g. `python -m jaxtrain.runs list runs`")
@@ -89,7 +90,7 @@ def summarize(workdir: str | Path, metric: str = "eval/accuracy") -> dict[str, A
   Raises:
     UserError: `workdir` is not a run (no config.json).
   """
-  workdir = Path(workdir)
+  workdir = paths_lib.of(workdir)
   if not is_run(workdir):
     hint = (" (it holds runs: list them with `python -m jaxtrain.runs list "
             f"{workdir}`)" if workdir.is_dir() and any(is_run(p) for p in workdir.iterdir()
@@ -142,7 +143,7 @@ def curves(workdir: str | Path, summary: dict[str, Any]) -> dict[str, list[tuple
   """{metric: [(step, value)]} from metrics.jsonl (a tuning run: its best member)."""
   out: dict[str, list[tuple[int, float]]] = {}
   member = summary.get("best_member")
-  for r in _records(Path(workdir)):
+  for r in _records(paths_lib.of(workdir)):
     for metric in CURVE_METRICS:
       value = r.get(metric)
       if isinstance(value, list) and member is not None and member in r.get("member_ids", []):
@@ -188,7 +189,7 @@ def _name(path: Path, root: Path) -> str:
 
 def list_table(root: str | Path, metric: str = "eval/accuracy") -> str:
   """The `list` table: one row per run under `root`."""
-  root = Path(root)
+  root = paths_lib.of(root)
   runs = find_runs(root)
   if not runs:
     raise errors.UserError(f"no runs under {root} (a run directory holds config.json); "
@@ -197,7 +198,7 @@ def list_table(root: str | Path, metric: str = "eval/accuracy") -> str:
   keys = differing_keys(summaries)
   header = ["run", "kind", "status", "steps", "wall s", f"final {metric}",
             f"best {metric}", "best step", *keys]
-  rows = [[_name(Path(s["path"]), root), s["kind"], s["status"], s["steps"],
+  rows = [[_name(paths_lib.of(s["path"]), root), s["kind"], s["status"], s["steps"],
            s["wall_time_sec"], s["final"], s["best"], s["best_step"],
            *[s["config"].get(k) for k in keys]] for s in summaries]
   return _markdown(header, rows)
@@ -213,7 +214,7 @@ def compare(paths: list[str | Path], out: str | Path | None = None,
   """
   if not paths:
     raise errors.UserError("compare needs at least one run directory")
-  paths = [Path(p) for p in paths]
+  paths = [paths_lib.of(p) for p in paths]
   if names is not None and len(names) != len(paths):
     raise errors.UserError(f"compare got {len(paths)} runs but {len(names)} names; give one "
                            "name per run, or none")
@@ -228,7 +229,7 @@ def compare(paths: list[str | Path], out: str | Path | None = None,
   figures: list[Path] = []
   if out is not None:
     from jaxtrain.analysis import plots  # pylint: disable=g-import-not-at-top
-    out = Path(out)
+    out = paths_lib.of(out)
     out.mkdir(parents=True, exist_ok=True)
     by_run = {name: curves(p, s) for name, p, s in zip(names, paths, summaries)}
     for curve_metric in CURVE_METRICS:

@@ -77,8 +77,8 @@ CASES = [
     ("member_of_a_search", ["--config=configs/digits_pbt.py", WORKDIR, "--config.tune.member=3"],
      ["tune.member=3 is a single run's key", "tune.member=-1"]),
     # Flags and overrides.
-    ("workdir_on_cloud_storage", [CONFIG, "--workdir=gs://bucket/run"],
-     ["--workdir=gs://bucket/run", "not supported yet", "mount the bucket"]),
+    ("workdir_on_unsupported_storage", [CONFIG, "--workdir=s3://bucket/run"],
+     ["--workdir=s3://bucket/run", "s3:// is not supported", "gs:// or local path"]),
     ("unknown_key", [CONFIG, WORKDIR, "--config.train.num_stepz=5"],
      ["'train.num_stepz'", "did you mean 'train.num_steps'"]),
     ("unknown_section", [CONFIG, WORKDIR, "--config.trian.num_steps=5"],

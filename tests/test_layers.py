@@ -23,6 +23,7 @@ LAYERS = {
     "jaxtrain.config": 0,
     "jaxtrain.records": 0,
     "jaxtrain.redact": 0,
+    "jaxtrain.paths": 0,
     "jaxtrain.core": 1,
     "jaxtrain.models": 1,
     "jaxtrain.data": 1,

@@ -44,13 +44,14 @@ def test_a_finished_run_trains_on_to_a_raised_num_steps_and_equals_the_longer_ru
   assert extended["step"] == 100 and extended["params_sha256"] == whole["params_sha256"]
 
 
-def test_a_cloud_storage_workdir_is_refused_before_a_local_folder_is_made(tmp_path,
-                                                                         monkeypatch):
-  """Until workdirs on cloud storage exist, gs://b/run must not become ./gs:/b/run."""
+def test_an_unsupported_storage_workdir_is_refused_before_a_local_folder_is_made(
+    tmp_path, monkeypatch):
+  """s3:// (Orbax writes arrays to gs:// or local paths only) must not become ./s3:/b/run."""
   monkeypatch.chdir(tmp_path)
-  for call in (lambda: train.run(tiny_config(), "gs://bucket/run"),
-               lambda: __import__("jaxtrain").load("s3://bucket/run")):
-    with pytest.raises(errors.UserError, match="workdir=.*://bucket/run: workdirs on cloud"):
+  for call in (lambda: train.run(tiny_config(), "s3://bucket/run"),
+               lambda: __import__("jaxtrain").load("az://bucket/run")):
+    with pytest.raises(errors.UserError, match=r"workdir=.*://bucket/run: (s3|az):// is not "
+                       "supported"):
       call()
   assert list(tmp_path.iterdir()) == []
 

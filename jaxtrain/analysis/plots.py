@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
+from jaxtrain.paths import Path
 
 import numpy as np
 
@@ -30,9 +30,17 @@ def _figure(width: float, height: float):
   return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig, path: Path) -> Path:
-  fig.savefig(path, dpi=100)
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+  """Writes `fig` as a PNG to `path` (local or gs://: through the path's own file, as
+  matplotlib would open a URL as a local file name)."""
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=dpi)
   return path
+
+
+def _save(fig, path: Path) -> Path:
+  return save_figure(fig, path)
+
 
 
 def _label_step(num_classes: int) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,6 +27,8 @@ from jaxtrain.core import metrics as metrics_lib
 from jaxtrain import models
 from jaxtrain.analysis import attribution, plots, robustness
 from jaxtrain.analysis import slices as slices_lib
+from jaxtrain import paths
+from jaxtrain.paths import Path
 
 REPORT_DIR = "report"
 # The AUROC ranks every example's score of every class, so the report keeps all
@@ -226,7 +227,7 @@ def write(workdir: str | Path, config, model: models.Model, state, inputs: np.nd
           header: dict[str, Any]) -> dict[str, Any]:
   """Writes WORKDIR/report/ (see the module docstring); returns metrics.json's contents."""
   c = config
-  out_dir = Path(workdir) / REPORT_DIR
+  out_dir = paths.of(workdir) / REPORT_DIR
   out_dir.mkdir(parents=True, exist_ok=True)
   for old in out_dir.glob("*.png"):  # Figures of an earlier report that may not recur.
     old.unlink()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxtrain import errors
+from jaxtrain import errors, paths
 
 PREFIX = "npz:"
 CSV_PREFIX = "csv:"
@@ -64,7 +64,11 @@ def _load(name: str, label_column: str) -> dict[str, np.ndarray]:
     return _from_function(name)
   path = name.split(":", 1)[1]
   try:
-    stamp = Path(path).expanduser().stat().st_mtime_ns
+    if paths.is_url(path):  # An object's generation shows in its time and size.
+      info = paths.of(path).stat()
+      stamp = (info.mtime, info.length)
+    else:
+      stamp = Path(path).expanduser().stat().st_mtime_ns
   except OSError:
     stamp = None
   return _load_checked(name, label_column if name.startswith(CSV_PREFIX) else "", stamp)
@@ -78,7 +82,7 @@ def _load_checked(name: str, label_column: str, stamp: int | None) -> dict[str, 
     arrays = _read_csv(name, path, label_column)
   else:
     try:
-      with np.load(Path(path).expanduser(), allow_pickle=False) as f:
+      with paths.of(path).open("rb") as file, np.load(file, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError) as e:
       raise errors.UserError(f"data.name={name!r}: cannot read {path} ({type(e).__name__}: "
@@ -109,9 +113,12 @@ def _read_csv(name: str, path: str, label_column: str) -> dict[str, np.ndarray]:
   ragged row, and a row of the wrong length must be refused naming its line.
   """
   import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
   try:
-    with open(Path(path).expanduser(), newline="", encoding="utf-8") as f:
-      rows = list(csv.reader(f))
+    # Bytes, decoded here: epath's open() (gs://) takes no newline=''; csv wants
+    # the text with its line ends as they are.
+    with paths.of(path).open("rb") as f:
+      rows = list(csv.reader(io.StringIO(f.read().decode("utf-8"), newline="")))
   except (OSError, UnicodeDecodeError) as e:
     raise errors.UserError(f"data.name={name!r}: cannot read {path} "
                            f"({getattr(e, 'strerror', None) or type(e).__name__})") from None
@@ -308,14 +315,17 @@ def save_splits(splits: dict, path: Path) -> str:
     UserError: an unknown split name, arrays that fail the checks, or other data
       already in `path`.
   """
-  path = Path(path).absolute()
+  path = paths.absolute(path)
   arrays = _arrays_of(splits, "data=...")
   if path.exists():
-    with np.load(path, allow_pickle=False) as f:
+    with path.open("rb") as file, np.load(file, allow_pickle=False) as f:
       same = set(f.files) == set(arrays) and all(np.array_equal(f[k], v) for k, v in arrays.items())
     if not same:
       raise errors.UserError(f"{path} holds other data than data=... (this workdir trained on "
                              "it); use a new workdir for new data")
+  elif paths.is_url(path):  # One upload: the object appears whole or not at all.
+    with path.open("wb") as file:
+      np.savez(file, **arrays)
   else:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import zlib
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -33,7 +32,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxtrain import errors, records
+from jaxtrain import errors, paths, records
+from jaxtrain.paths import Path
 
 
 class CheckpointError(errors.WriteError):
@@ -49,7 +49,7 @@ class Checkpoints:
     temporary directories of saves that a killed process left are removed now (a
     second SIGTERM during the save of the first left one that nothing removed)."""
     import grain  # pylint: disable=g-import-not-at-top
-    self.directory = Path(directory).absolute()
+    self.directory = paths.absolute(directory)  # Orbax wants absolute paths (or gs://).
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
         checkpoint_managers.BestN(get_metric_fn=lambda m: m["score"], reverse=False, n=1,
@@ -255,7 +255,7 @@ def checksums(tree) -> dict[str, str]:
 
 def saved_checksums(step_dir: Path) -> dict[str, str] | None:
   """The checksums written with a step, or None for a step saved before they were."""
-  path = Path(step_dir) / CHECKSUMS / "metadata"
+  path = paths.of(step_dir) / CHECKSUMS / "metadata"
   if not path.exists():
     return None
   try:

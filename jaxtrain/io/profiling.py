@@ -4,11 +4,12 @@ TensorBoard's profile plugin or Perfetto (the trace is a .xplane.pb and a
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import jax
 
 from jaxtrain import errors
+from jaxtrain import paths
+from jaxtrain.paths import Path
 
 
 def check_config(profile_config) -> None:
@@ -23,7 +24,7 @@ class Profiler:
   """Traces steps [start_step, start_step + num_steps); inactive when num_steps == 0."""
 
   def __init__(self, workdir: Path, start_step: int, num_steps: int):
-    self.directory = Path(workdir) / "profile"
+    self.directory = paths.of(workdir) / "profile"
     self.start, self.end = start_step, start_step + num_steps
     self.enabled = num_steps > 0
     self.active = False

@@ -6,20 +6,15 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from jaxtrain import records, redact
+from jaxtrain import paths, records, redact
+from jaxtrain.paths import Path
 
 METRICS_FILE = "metrics.jsonl"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-  """Writes `text` to `path` so that a crash leaves the old file or the new one,
-  never a truncated one (write a sibling, then rename it over `path`)."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text, encoding="utf-8")
-  tmp.replace(path)
+write_text_atomic = paths.write_text_atomic  # Whole or not at all, local or gs://.
 
 
 def json_safe(v: Any) -> Any:
@@ -45,9 +40,8 @@ class MetricsLog:
   def __init__(self, workdir: Path, resume_step: int):
     """Reads and checks the records so far (UserError if damaged); writes nothing
     until the first record: a run refused after this leaves the file as it was."""
-    self.path = Path(workdir) / METRICS_FILE
-    self._kept = self._kept_until(resume_step)
-    self._file = None
+    self.path = paths.of(workdir) / METRICS_FILE
+    self._log = paths.LineLog(self.path, self._kept_until(resume_step))
 
   def _kept_until(self, step: int) -> list[str] | None:
     # Records past the restored checkpoint will be logged again by the resumed
@@ -60,21 +54,13 @@ class MetricsLog:
     return [line for line, record in lines
             if isinstance(record["step"], int) and record["step"] <= step]
 
-  def _open(self) -> None:
-    if self._kept is not None:
-      write_text_atomic(self.path, "".join(l + "\n" for l in self._kept))
-    self._file = open(self.path, "a", encoding="utf-8")
-
   def write(self, step: int, values: dict[str, Any]) -> None:
     """Appends {"step", **values, "wall_time": seconds since the epoch (as TensorBoard's
     events carry)}: curves of a metric against time need no other clock."""
     record = {"step": step, **{k: json_safe(v) for k, v in values.items()},
               "wall_time": round(time.time(), 3)}
     try:
-      if self._file is None:
-        self._open()
-      self._file.write(json.dumps(record) + "\n")
-      self._file.flush()
+      self._log.add(json.dumps(record))
     except OSError as e:
       from jaxtrain import errors  # pylint: disable=g-import-not-at-top
       raise errors.WriteError(f"cannot write {self.path} ({e.strerror}); free disk space, "
@@ -82,13 +68,12 @@ class MetricsLog:
                               "checkpoint") from None
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
+    self._log.close()
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
   """All records of WORKDIR/metrics.jsonl, in order."""
-  path = Path(workdir) / METRICS_FILE
+  path = paths.of(workdir) / METRICS_FILE
   return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
 
 
@@ -113,7 +98,7 @@ class TensorBoard:
                queue_size: int = 10_000):
     import queue  # pylint: disable=g-import-not-at-top
     import threading  # pylint: disable=g-import-not-at-top
-    self.workdir = Path(workdir)
+    self.workdir = paths.of(workdir)  # tensorboardX writes gs:// logdirs itself.
     self.failed = False
     self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
     self._full = queue.Full

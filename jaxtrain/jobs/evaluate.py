@@ -12,7 +12,6 @@ import functools
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,13 +19,14 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors
+from jaxtrain import errors, paths
 from jaxtrain.analysis import report as report_lib, slices as slices_lib
 from jaxtrain.core import ema as ema_lib, metrics, state as state_lib, step as step_lib
 from jaxtrain.data import catalog, pipeline
 from jaxtrain.io import checkpoint, compilation
 from jaxtrain.jobs import checks, setup, workdir as workdir_lib
 from jaxtrain.parallel import sharding
+from jaxtrain.paths import Path
 
 
 @dataclasses.dataclass
@@ -50,7 +50,7 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
   config's model and optimizer have, and a checkpoint that does not fit is one
   `UserError` line. Nothing in the workdir is written.
   """
-  workdir = Path(workdir)
+  workdir = paths.of(workdir)
   if config is None:  # From the workdir's record, own model included.
     workdir_lib.add_model_paths(workdir)
     config = config_lib.load_snapshot(workdir)
@@ -59,7 +59,7 @@ def restore(workdir: str | Path, step: int | str | None = None, *,
   cv = c.eval.cross_validation
   if cv.folds or cv.holdout_fraction:  # Its checkpoints hold a population of folds.
     raise errors.UserError(f"{workdir} is a cross-validation run: its results are in "
-                           f"{Path(workdir) / 'cv.json'}; evaluate a single run instead")
+                           f"{paths.of(workdir) / 'cv.json'}; evaluate a single run instead")
   if not has_checkpoints(workdir / "checkpoints"):
     if (workdir / "best" / "checkpoints").is_dir():
       raise errors.UserError(f"{workdir} is a tuning workdir; evaluate its best member with "
@@ -156,7 +156,7 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
   scores its best member on the test split into test.json) and returns
   {"step": s, "eval/accuracy": ..., ...}.
   """
-  workdir = Path(workdir)
+  workdir = paths.of(workdir)
   if config is None:  # From the workdir's record, own model included.
     workdir_lib.add_model_paths(workdir)
     config = config_lib.load_snapshot(workdir)
@@ -183,7 +183,8 @@ def run(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
     result["weights"] = weights
   if not math.isfinite(result["eval/loss"]):  # Diverged parameters: every metric is NaN.
     result["diverged"] = True
-  if not os.access(workdir, os.W_OK):  # E.g. a finished run on a read-only mount.
+  # E.g. a finished run on a read-only mount (on gs://, a refused write says so itself).
+  if not paths.is_url(workdir) and not os.access(workdir, os.W_OK):
     print(f"warning: {workdir} is read-only: {record}{' and report/' if report else ''} not "
           "written; the result is printed only", file=sys.stderr)
     return result

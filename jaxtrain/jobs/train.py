@@ -9,7 +9,6 @@ progress output) happen here and in the I/O layer this module calls.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,6 +22,7 @@ from jaxtrain.core import lora, metrics, multistep, optim, state as state_lib
 from jaxtrain.io import compilation, preemption, profiling, throughput, writers
 from jaxtrain.jobs import cadence, checks, setup, transfer, workdir as workdir_lib
 from jaxtrain.parallel import distributed, sharding
+from jaxtrain.paths import Path
 
 
 NonFiniteError = errors.NonFiniteError  # train.nan_policy stopped the run.

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors, redact
+from jaxtrain import errors, paths, redact
 from jaxtrain.core import lora
 from jaxtrain.core.param_groups import path_str
+from jaxtrain.paths import Path
 
 _STEP_WORDS = ("latest", "best")
 
@@ -79,7 +79,7 @@ def check_config(init_config) -> None:
       raise errors.UserError("init_from.include/exclude/rename are set but "
                              "init_from.workdir is empty; set the run to start from")
     return
-  source = Path(redact.resolve("init_from.workdir", ic.workdir)).expanduser()
+  source = paths.of(redact.resolve("init_from.workdir", ic.workdir), "init_from.workdir")
   ckpt_dir = source / "checkpoints"
   if not (source / "config.json").is_file() or not ckpt_dir.is_dir() or not any(
       p.name.isdigit() for p in ckpt_dir.iterdir()):
@@ -233,8 +233,9 @@ def load(init_config, params, model_state, *, read: bool = True
   Raises:
     UserError: the checkpoint does not fit (every problem listed), or cannot be read.
   """
-  source_dir = Path(redact.resolve("init_from.workdir", init_config.workdir))
-  source_dir = source_dir.expanduser().absolute()  # Orbax wants absolute paths.
+  # Orbax wants absolute paths (or gs:// URLs).
+  source_dir = paths.absolute(redact.resolve("init_from.workdir", init_config.workdir),
+                              "init_from.workdir")
   source_config = config_lib.load_snapshot(source_dir)
   step = _resolve_step(source_dir / "checkpoints", str(init_config.step))
   item = source_dir / "checkpoints" / str(step) / "state"
@@ -287,7 +288,7 @@ def _with_copies(params, model_state, copies: dict[str, np.ndarray], leading: tu
 def write_record(workdir: Path | None, record: dict) -> None:
   """WORKDIR/init_from.json: what `load` copied from where."""
   if workdir is not None:
-    (Path(workdir) / "init_from.json").write_text(json.dumps(record, indent=2) + "\n")
+    (paths.of(workdir) / "init_from.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def init_state(init_config, state, workdir: Path | None = None):

@@ -19,7 +19,6 @@ import json
 import os
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,11 +26,12 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors, records, redact
+from jaxtrain import errors, paths, records, redact
 from jaxtrain.core import lora, metrics, state as state_lib, step
 from jaxtrain.io import checkpoint, provenance, writers
 from jaxtrain.jobs import cadence, setup
 from jaxtrain.parallel import distributed
+from jaxtrain.paths import Path
 
 
 def prepare(workdir: str | Path, config: ml_collections.ConfigDict | None = None, *,
@@ -39,8 +39,7 @@ def prepare(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   """Creates `workdir` if needed; raises `UserError` if it cannot be written, or (with
   `config`) if it holds another kind of run or a run with another config: before this
   run writes anything there (see `check_config`)."""
-  errors.check_local_path("workdir", workdir)  # The command line refused it already.
-  path = Path(workdir).expanduser()
+  path = paths.of(workdir, "workdir")  # The command line refused a bad URL already.
   if path.exists() and not path.is_dir():
     raise errors.UserError(f"--workdir {path} is a file, not a directory; "
                            "pass a directory path (it is created if missing)")
@@ -62,9 +61,12 @@ def move_aside(workdir: str | Path) -> Path | None:
   new run starts empty and nothing of the old one is lost); returns the new name, or
   None when there was nothing to move. Refused while another process writes there.
   """
-  path = Path(workdir).expanduser()
+  path = paths.of(workdir, "workdir")
   if not path.is_dir() or not any(path.iterdir()):
     return None
+  if paths.is_url(path):  # Object storage has no folders to rename: it would copy all.
+    raise errors.UserError(f"{errors.option('start_over')} moves a local workdir only; "
+                           f"{path} is on cloud storage: use {errors.new_workdir()}")
   if jax.process_count() > 1:
     raise errors.UserError(f"{errors.option('start_over')} moves the workdir of a single "
                            "process only; move "
@@ -109,7 +111,7 @@ def with_objects(config: ml_collections.ConfigDict, workdir: str | Path, model=N
   from jaxtrain.data import arrays  # pylint: disable=g-import-not-at-top
   from jaxtrain.models import reference  # pylint: disable=g-import-not-at-top
   config = copy.deepcopy(config)
-  path = Path(workdir).expanduser().absolute() / "data.npz"
+  path = paths.absolute(workdir, "workdir") / "data.npz"
   with config.unlocked():
     if model is not None:
       config.model.name = reference.name_of(model)
@@ -182,8 +184,12 @@ def lock(workdir: Path):
   the same records. An OS lock (filelock: fcntl on POSIX), released by the OS when
   its process exits however it exits, so a dead process leaves no stale lock; the
   holder's pid, host and start time are in WORKDIR/.jaxtrain.lock.json. Process 0
-  holds it for a multi-process run."""
-  if not distributed.is_main():
+  holds it for a multi-process run.
+
+  A workdir on cloud storage (gs://) is not locked: an object store has no lock that
+  its holder's death releases (a lock object would outlive a preempted VM and refuse
+  the resume), so two runs started on one gs:// workdir at once are not refused."""
+  if not distributed.is_main() or paths.is_url(workdir):
     yield
     return
   import filelock  # pylint: disable=g-import-not-at-top
@@ -221,10 +227,10 @@ def add_model_paths(workdir: Path) -> None:
   directory its command ran in and its config file's, from provenance.json; so that
   --mode=eval without --config, from anywhere, imports the module again."""
   try:
-    record = json.loads((Path(workdir) / "provenance.json").read_text())
-    cwd = Path(record["cwd"])
+    record = json.loads((paths.of(workdir) / "provenance.json").read_text())
+    cwd = paths.of(record["cwd"])
     specs = [a.split("=", 1)[1] for a in record["command_line"] if a.startswith("--config=")]
-    model_dirs = [Path(record["model_file"]).parent] if record.get("model_file") else []
+    model_dirs = [paths.of(record["model_file"]).parent] if record.get("model_file") else []
   except (OSError, ValueError, KeyError, TypeError, IndexError):
     return  # No record: the module must be importable as it is.
   for directory in [*model_dirs, cwd, *((cwd / spec.split(":")[0]).parent for spec in specs)]:
@@ -239,7 +245,7 @@ def write_provenance(workdir: Path, model_name: str = "") -> None:
     record = provenance.collect()
     module = sys.modules.get(model_name.partition(":")[0]) if ":" in model_name else None
     if getattr(module, "__file__", None):
-      record["model_file"] = str(Path(module.__file__).absolute())
+      record["model_file"] = str(paths.absolute(module.__file__))
     (workdir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -265,7 +271,7 @@ def export_run(directory: Path, config: ml_collections.ConfigDict, state,
   `jaxtrain.train.run` treat like any run: config.json, one checkpoint (fresh
   metric sums and loop state), the `extra_files` (name -> JSON value) and
   final.json. A rerun replaces an earlier export."""
-  directory = Path(directory)
+  directory = paths.of(directory)
   directory.mkdir(parents=True, exist_ok=True)
   main = distributed.is_main()  # Every process saves the checkpoint; process 0 the files.
   if main:
@@ -316,9 +322,9 @@ def export_merged(config: ml_collections.ConfigDict, state, directory: Path,
       step=state.step, params=params, model_state=model_state, opt_state=tx.init(params),
       hparams={k: v for k, v in state.hparams.items() if k != "ema_decay"}, rng=state.rng)
   merged = jax.device_get(merged)
-  directory = Path(directory)
+  directory = paths.of(directory)
   record = {"status": final.get("status"), "step": int(merged.step),
-            "merged_from": str(directory.parent.absolute()), "lora_final": final.get("final"),
+            "merged_from": str(paths.absolute(directory.parent)), "lora_final": final.get("final"),
             "weights": "ema" if use_ema else "raw",
             "params_sha256": state_lib.params_sha256(merged.params),
             "num_params": state_lib.num_params(merged.params)}

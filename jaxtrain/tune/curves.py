@@ -13,7 +13,6 @@ on a finished search, a running one and a stopped one alike; nothing is written.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from jaxtrain import config as config_lib
@@ -21,6 +20,8 @@ from jaxtrain import errors
 from jaxtrain import records as records_lib
 from jaxtrain.io import writers
 from jaxtrain.tune import lineage as lineage_lib
+from jaxtrain import paths
+from jaxtrain.paths import Path
 
 
 @dataclasses.dataclass
@@ -59,7 +60,7 @@ def history(workdir: str | Path) -> History:
   Raises:
     UserError: `workdir` is not a tuning workdir, or its records are damaged.
   """
-  workdir = Path(workdir)
+  workdir = paths.of(workdir)
   if not (workdir / "tune").is_dir():
     raise errors.UserError(f"{workdir} is not a tuning workdir (it has no tune/); pass the "
                            "--workdir of a search")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -37,6 +36,7 @@ from jaxtrain.jobs import cadence, checks, setup, transfer, workdir as workdir_l
 from jaxtrain.parallel import distributed
 from jaxtrain.tune import folds as folds_lib
 from jaxtrain.tune import population as pop_lib
+from jaxtrain.paths import Path
 
 METRICS = ("accuracy", "loss")
 

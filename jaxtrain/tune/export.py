@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import jax
 
 from jaxtrain.core import state as state_lib
 from jaxtrain.jobs import workdir as workdir_lib
 from jaxtrain.tune.phase import member_config
+from jaxtrain.paths import Path
 
 
 def _single(config, member: dict, state, evals: dict):

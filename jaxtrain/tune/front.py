@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import shutil
-from pathlib import Path
 from typing import Any
 
+from jaxtrain import paths
+from jaxtrain.paths import Path
 from jaxtrain.tune import pareto
 
 FRONT_DIR = "front"
@@ -30,7 +31,7 @@ FRONT_DIR = "front"
 
 def member_dir(workdir: Path, member_id: int) -> Path:
   """Where a front member is exported: WORKDIR/front/member_NNNN."""
-  return Path(workdir) / FRONT_DIR / f"member_{member_id:04d}"
+  return paths.of(workdir) / FRONT_DIR / f"member_{member_id:04d}"
 
 
 def _row(m: dict[str, Any], phase: int) -> dict[str, Any]:
@@ -55,7 +56,11 @@ def finish_phase(c, members: list[dict], loop: dict, workdir: Path, export,
       export(i, member_dir(workdir, rows[i]["id"]))
   for j, row in enumerate(old):
     if j not in on_front and main:  # Dominated by a member of this phase: off the front.
-      shutil.rmtree(member_dir(workdir, row["id"]), ignore_errors=True)
+      gone = member_dir(workdir, row["id"])
+      if paths.is_url(gone):
+        gone.rmtree(missing_ok=True)
+      else:
+        shutil.rmtree(gone, ignore_errors=True)
   loop["front"] = [pool[i] for i in sorted(on_front)]
   return _new_best(c, rows, loop.get("best"))
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-from jaxtrain import errors, records
-from jaxtrain.io import writers
+from jaxtrain import errors, paths, records
+from jaxtrain.paths import Path
 
 
 def _clean(value: Any) -> Any:
@@ -33,7 +32,7 @@ class Lineage:
   """Appends events; on resume keeps only the first `keep` (those checkpointed)."""
 
   def __init__(self, path: Path, keep: int, write: bool = True, listener=None):
-    self.path = Path(path)
+    self.path = paths.of(path)
     fix = ("the search replays it on resume: restore it, or start the search over in a new "
            "--workdir")
     lines = [line for line, _ in records.read_lines(self.path, fix, required=("event",))]
@@ -43,7 +42,8 @@ class Lineage:
                              f"{keep}: {fix}")
     self._kept = lines[:keep]
     self.count = keep
-    self._file = None  # Rewritten at the first event: a refused run leaves it as it was.
+    # Rewritten at the first event: a refused run leaves it as it was.
+    self._log = paths.LineLog(self.path, self._kept) if write else None
     self._write = write  # False: count events only (processes other than 0).
     self._listener = listener  # Called with each new event (e.g. TensorBoard's text).
 
@@ -51,22 +51,18 @@ class Lineage:
     if not self._write:
       self.count += 1
       return
-    if self._file is None:
-      writers.write_text_atomic(self.path, "".join(l + "\n" for l in self._kept))
-      self._file = open(self.path, "a", encoding="utf-8")
-    self._file.write(json.dumps(_clean(event)) + "\n")
-    self._file.flush()
+    self._log.add(json.dumps(_clean(event)))
     self.count += 1
     if self._listener is not None:
       self._listener(event)
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
+    if self._log is not None:
+      self._log.close()
 
 
 def read(path: Path) -> list[dict[str, Any]]:
-  path = Path(path)
+  path = paths.of(path)
   if not path.exists():
     return []
   return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]

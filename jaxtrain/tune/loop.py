@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,7 +27,7 @@ from jaxtrain.data import catalog
 from jaxtrain.io import compilation, preemption, writers
 from jaxtrain.jobs import cadence, checks, evaluate, setup, transfer, workdir as workdir_lib
 from jaxtrain.parallel import distributed, sharding
-from jaxtrain.tune import export, strategies
+from jaxtrain.tune import export, storage, strategies
 from jaxtrain.tune import front as front_lib
 from jaxtrain.tune import pareto
 from jaxtrain.tune import lineage as lineage_lib
@@ -38,6 +37,7 @@ from jaxtrain.tune import soup as soup_lib
 from jaxtrain.tune import space as space_lib
 from jaxtrain.tune import warm_start
 from jaxtrain.tune.phase import Phase, member_config  # noqa: F401 (API)
+from jaxtrain.paths import Path
 
 STRATEGIES = ("grid", "random", "pbt", "halving", "bayes")
 
@@ -190,6 +190,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
   dims = validate(config)
   c = config
   workdir = workdir_lib.prepare(workdir, c)
+  storage.check_workdir(c, workdir)
   compilation.enable_cache(c.compile.cache_dir)  # Before the first compile.
   tune_dir = workdir / "tune"
   tune_dir.mkdir(exist_ok=True)

@@ -17,12 +17,14 @@ read them back); `write` and `write_pareto` save them.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from jaxtrain import config as config_lib
+from jaxtrain.analysis.plots import save_figure
 from jaxtrain.io import writers
 from jaxtrain.tune import lineage as lineage_lib
+from jaxtrain import paths
+from jaxtrain.paths import Path
 
 _LOG_SCALE = ("learning_rate", "weight_decay", "eps")
 # Up to this many members each gets a legend entry (tab10's colours, then the same
@@ -221,15 +223,15 @@ def schedule_figure(loop: dict[str, Any], events: list[dict[str, Any]],
 def write(workdir: Path, loop: dict[str, Any], events: list[dict[str, Any]],
           metric: str) -> list[Path]:
   """Writes the figures; returns their paths."""
-  out_dir = Path(workdir) / "tune"
-  curves, value_at, offsets = _read_curves(Path(workdir), metric)
-  paths = [out_dir / "population.png"]
-  population_figure(curves, value_at, offsets, events, metric).savefig(paths[-1], dpi=110)
+  out_dir = paths.of(workdir) / "tune"
+  curves, value_at, offsets = _read_curves(paths.of(workdir), metric)
+  written = [out_dir / "population.png"]
+  save_figure(population_figure(curves, value_at, offsets, events, metric), written[-1], 110)
   fig = schedule_figure(loop, events, curves, offsets)
   if fig is not None:
-    paths.append(out_dir / "best_schedule.png")
-    fig.savefig(paths[-1], dpi=110)
-  return paths
+    written.append(out_dir / "best_schedule.png")
+    save_figure(fig, written[-1], 110)
+  return written
 
 
 def pareto_figure(objectives: list[tuple[str, str]], members: list[dict[str, Any]],
@@ -285,6 +287,6 @@ def write_pareto(workdir: Path, config, loop: dict[str, Any]) -> Path | None:
                       f"subject to {text}" if text else "")
   if fig is None:
     return None
-  path = Path(workdir) / "tune" / "pareto.png"
-  fig.savefig(path, dpi=110)
+  path = paths.of(workdir) / "tune" / "pareto.png"
+  save_figure(fig, path, 110)
   return path

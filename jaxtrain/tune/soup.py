@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
+from jaxtrain.paths import Path
 from typing import Any, Callable
 
 import jax

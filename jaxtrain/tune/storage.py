@@ -28,7 +28,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from jaxtrain import errors, records, redact
+from jaxtrain import errors, paths, records, redact
 from jaxtrain.io import writers
 
 WORKER_ATTR = "jaxtrain_worker"  # Trial user attribute: the workdir that asked the trial.
@@ -164,6 +164,16 @@ def check(c) -> None:
   target(c)
 
 
+def check_workdir(c, workdir) -> None:
+  """Refuses a Bayesian search whose study would be WORKDIR/tune/optuna.db on cloud
+  storage (gs://): SQLite needs a local file; before anything is written there."""
+  if c.tune.strategy == "bayes" and not c.tune.storage and paths.is_url(workdir):
+    raise errors.UserError(
+        f"tune.strategy='bayes' keeps its Optuna study in WORKDIR/tune/optuna.db (SQLite), "
+        f"which cannot live on {workdir}; set tune.storage to a database URL (e.g. "
+        "postgresql://...) or journal:PATH on a local or shared file system")
+
+
 def file_of(kind: str, where: str) -> Path | None:
   """The file a journal or SQLite storage lives in (None: a database server)."""
   if kind == "journal":
@@ -224,7 +234,7 @@ def new_worker(tune_dir: Path) -> str:
   not derived again: a restarted run (on another host, perhaps) must recognise the
   trials it asked before its first checkpoint.
   """
-  worker = redact.text(f"{socket.gethostname()}:{tune_dir.parent.resolve()}:"
+  worker = redact.text(f"{socket.gethostname()}:{paths.absolute(tune_dir.parent)}:"
                        f"{uuid.uuid4().hex[:8]}")
   writers.write_text_atomic(tune_dir / WORKER_FILE, json.dumps({"worker": worker}) + "\n")
   return worker

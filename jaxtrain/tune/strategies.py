@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from jaxtrain.tune import pareto
 from jaxtrain.tune import space as space_lib
 from jaxtrain.tune import storage as storage_lib
 from jaxtrain.tune.phase import Phase
+from jaxtrain.paths import Path
 
 
 DUPLICATE_ATTR = "jaxtrain_duplicate"  # Trial user attribute: a setting the study held.

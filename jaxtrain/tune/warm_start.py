@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from jaxtrain import config as config_lib
-from jaxtrain import errors, records, redact
+from jaxtrain import errors, paths, records, redact
+from jaxtrain.paths import Path
 from jaxtrain.io import writers
 from jaxtrain.tune import phase as phase_lib
 from jaxtrain.tune import space as space_lib
@@ -96,7 +96,10 @@ def phase_config(c, settings: dict[str, Any], info, sample_batch):
 
 def _workdir(c) -> Path | None:
   """tune.warm_start_from as an earlier search's workdir (None: a storage URL)."""
-  path = Path(redact.resolve("tune.warm_start_from", c.tune.warm_start_from)).expanduser()
+  text = redact.resolve("tune.warm_start_from", c.tune.warm_start_from)
+  if paths.is_url(text) and paths.scheme(text) not in paths.SUPPORTED_SCHEMES:
+    return None  # An Optuna storage URL (sqlite:///, postgresql://, ...).
+  path = paths.of(text, "tune.warm_start_from")
   return path if path.is_dir() else None
 
 
