@@ -285,6 +285,19 @@ def test_bad_search_spaces_are_one_line_errors(space, message):
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "momentum"])
+def test_a_searched_optimizer_setting_the_optimizer_lacks_is_one_line(name):
+  config = tune_config("random")
+  config.optim.name = name
+  config.tune.space = {"optim": {"momentum": "uniform(0.0, 0.9)"}}
+  if name == "momentum":  # optax.trace holds a momentum; sgd and adam do not.
+    tune_run.validate(config)
+    return
+  with pytest.raises(errors.UserError, match=f"optim.name='{name}' does not have") as e:
+    tune_run.validate(config)
+  assert "\n" not in str(e.value) and "tune.space.optim.momentum" in str(e.value)
+
+
 def test_population_size_zero_is_refused():
   with pytest.raises(errors.UserError, match="tune.population_size=0"):
     tune_run.validate(tune_config("random", size=0))

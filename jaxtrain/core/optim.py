@@ -32,6 +32,11 @@ _HPARAMS = {
 }
 
 
+def hparam_names(name: str) -> tuple[str, ...]:
+  """The numeric hyperparameters optimizer `name` has (each a state leaf a tuner may set)."""
+  return _HPARAMS[name]
+
+
 def check_config(optim_config) -> None:
   """Raises `UserError` for an unknown optimizer or schedule, a value out of its range,
   bad schedule fields or bad parameter groups."""

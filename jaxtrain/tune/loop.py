@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxtrain import config as config_lib
 from jaxtrain import errors
+from jaxtrain.core import optim
 from jaxtrain.data import catalog
 from jaxtrain.io import compilation, preemption, writers
 from jaxtrain.jobs import cadence, checks, evaluate, setup, transfer, workdir as workdir_lib
@@ -105,6 +106,7 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
         "tune.strategy='pbt' needs at least one dimension PBT can change during training: "
         + ", ".join(sorted(space_lib.DYNAMIC_KEYS)))
   _check_lora_ranks(dims)
+  _check_optimizer_hparams(config, dims)
   for d in dims:
     for value in ([d.low, d.high] if d.kind != "choice" else list(d.choices)):
       try:
@@ -113,6 +115,22 @@ def validate(config: ml_collections.ConfigDict) -> list[space_lib.Dimension]:
         raise errors.UserError(f"tune.space.{d.key} allows {value!r}, which fails: {e}") from None
   _check_pad_widths(config, dims)
   return dims
+
+
+def _check_optimizer_hparams(config, dims) -> None:
+  """A searched optimizer hyperparameter exists in every searched optimizer (SGD has no
+  momentum: the search would fail inside its first compile)."""
+  names = next((d.choices for d in dims if d.key == "optim.name"), (config.optim.name,))
+  for d in dims:
+    where, name = space_lib.DYNAMIC_KEYS.get(d.key, (None, None))
+    if where != "opt":
+      continue
+    for optimizer in names:
+      if optimizer in optim.NAMES and name not in optim.hparam_names(optimizer):
+        raise errors.UserError(
+            f"tune.space.{d.key} searches {name}, which optim.name={optimizer!r} does not have "
+            f"(it has {', '.join(optim.hparam_names(optimizer))}); choose an optimizer that "
+            f"has it (e.g. optim.name='momentum' for momentum) or drop tune.space.{d.key}")
 
 
 def _check_lora_ranks(dims) -> None:
