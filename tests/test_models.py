@@ -76,3 +76,17 @@ def test_logistic_regression_is_an_mlp_without_hidden_layers():
   model = _build("mlp", (40,), hidden_sizes=())
   variables = model.init(jax.random.PRNGKey(0), {"inputs": jnp.ones((2, 40))})
   assert [x.shape for x in jax.tree.leaves(variables["params"])] == [(10,), (40, 10)]
+
+
+@pytest.mark.parametrize("shape", [(7,), (8, 100), (3, 5, 11)])
+def test_dropout_draws_jaxs_bernoulli_bit_for_bit(shape):
+  """`layers.bernoulli` (one flat draw, reshaped: it compiles ~4x faster on CPU) is
+  JAX's `jax.random.bernoulli` at the same key, probability and shape."""
+  from jaxtrain.models import layers
+  keys = jax.random.split(jax.random.PRNGKey(5), 4)
+  p = jnp.float32(0.7)
+  for key in keys:
+    ours = jax.jit(lambda k: layers.bernoulli(k, p, shape))(key)
+    np.testing.assert_array_equal(ours, jax.random.bernoulli(key, p, shape))
+  batched = jax.jit(jax.vmap(lambda k: layers.bernoulli(k, p, shape)))(keys)
+  np.testing.assert_array_equal(batched, jax.vmap(lambda k: jax.random.bernoulli(k, p, shape))(keys))

@@ -130,8 +130,8 @@ def test_a_diverged_member_is_never_a_parent_and_infeasible_ones_copy_feasible()
   assert math.isnan(scores[2])
   assert scores[3] > scores[1] > scores[4] > scores[0]  # Ends of the front: by accuracy.
   for method, key in itertools.product(("truncation", "tournament"), range(20)):
-    parents, exploited = pop_lib.exploit(jnp.asarray(scores, jnp.float32),
-                                         jax.random.PRNGKey(key), method=method,
+    parents, exploited = pop_lib.exploit(np.asarray(scores, np.float32),
+                                         np.random.default_rng(key), method=method,
                                          fraction=0.4)
     parents = np.asarray(parents)
     assert 2 not in parents[np.arange(5) != 2]  # Nobody copies the diverged member.

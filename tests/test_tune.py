@@ -126,27 +126,32 @@ def test_population_sharded_over_8_devices_matches_one_device():
 def test_exploit_copies_whole_member_state_and_explores():
   pop = _engine(4)
   dims = [space_lib.parse_dimension("optim.learning_rate", "loguniform(1e-4, 1.0)")]
-  scores = jnp.asarray([0.9, 0.1, 0.5, 0.7], jnp.float32)
-  new, parents, exploited = jax.jit(
-      lambda p, s, r: pop_lib.exploit_and_explore(
-          p, s, r, dims, method="truncation", fraction=0.25, factors=(0.5, 2.0),
-          resample_probability=0.0))(pop, scores, jax.random.PRNGKey(0))
-  assert np.asarray(parents).tolist() == [0, 0, 2, 3]  # Worst (1) copies the best (0).
-  assert np.asarray(exploited).tolist() == [False, True, False, False]
+  scores = np.asarray([0.9, 0.1, 0.5, 0.7], np.float32)
   lr_old = np.asarray(optim.get_hparams(pop.opt_state)["learning_rate"])
+  event = pop_lib.pbt_event(scores, {"optim.learning_rate": lr_old}, np.random.default_rng(0),
+                            dims, method="truncation", fraction=0.25, factors=(0.5, 2.0),
+                            resample_probability=0.0)
+  assert event["parents"].tolist() == [0, 0, 2, 3]  # Worst (1) copies the best (0).
+  assert event["exploited"].tolist() == [False, True, False, False]
+  new = jax.jit(pop_lib.apply_exploit)(pop, event["parents"], event["exploited"],
+                                       event["values"], event["rngs"])
   lr_new = np.asarray(optim.get_hparams(new.opt_state)["learning_rate"])
   assert lr_new[1] in (np.float32(lr_old[0] * 0.5), np.float32(lr_old[0] * 2.0))
+  np.testing.assert_array_equal(lr_new, event["values"]["optim.learning_rate"])
   np.testing.assert_array_equal(lr_new[[0, 2, 3]], lr_old[[0, 2, 3]])
   member = lambda tree, i: jax.tree.map(lambda x: np.asarray(x)[i], tree)
   chex.assert_trees_all_equal(member(new.params, 1), member(pop.params, 0), strict=True)
   chex.assert_trees_all_equal(member(new.opt_state.inner_state, 1),
                               member(pop.opt_state.inner_state, 0), strict=True)
+  for i in (0, 2, 3):  # The others are untouched, RNG streams included.
+    chex.assert_trees_all_equal(member(new, i), member(pop, i), strict=True)
   assert not np.array_equal(np.asarray(new.rng[1]), np.asarray(pop.rng[0]))
+  np.testing.assert_array_equal(np.asarray(new.rng[1]), event["rngs"][1])
 
 
 def test_tournament_copies_only_from_better_members():
-  scores = jnp.asarray([0.1, 0.2, 0.3, 0.4, float("nan")], jnp.float32)
-  parents, exploited = pop_lib.exploit(scores, jax.random.PRNGKey(3), method="tournament",
+  scores = np.asarray([0.1, 0.2, 0.3, 0.4, float("nan")], np.float32)
+  parents, exploited = pop_lib.exploit(scores, np.random.default_rng(3), method="tournament",
                                        fraction=0.25)
   parents = np.asarray(parents)
   clean = np.nan_to_num(np.asarray(scores), nan=-np.inf)
@@ -343,8 +348,8 @@ def test_sharded_pbt_search_matches_unsharded(tmp_path):
 
 def test_explore_keeps_choice_dimensions_on_their_choices():
   dims = [space_lib.parse_dimension("optim.momentum", "choice(0.5, 0.9, 0.99)")]
-  values = {"optim.momentum": jnp.asarray([0.9, 0.99, 0.5, 0.9], jnp.float32)}
-  out = pop_lib.explore(values, jnp.ones((4,), bool), jax.random.PRNGKey(0), dims,
+  values = {"optim.momentum": np.asarray([0.9, 0.99, 0.5, 0.9], np.float32)}
+  out = pop_lib.explore(values, np.ones((4,), bool), np.random.default_rng(0), dims,
                         factors=(0.8, 1.25), resample_probability=0.0)
   allowed = np.asarray([0.5, 0.9, 0.99], np.float32)
   for v in np.asarray(out["optim.momentum"]):
@@ -355,26 +360,26 @@ def test_explore_moves_a_choice_to_a_neighbouring_choice():
   """As Ray Tune's PBT: one index up or down (multiplying 0.5 by 1.25 and snapping
   back never left 0.5)."""
   dims = [space_lib.parse_dimension("optim.momentum", "choice(0.5, 0.9, 0.99)")]
-  start = jnp.full((64,), 0.5, jnp.float32)
-  out = np.asarray(pop_lib.explore({"optim.momentum": start}, jnp.ones((64,), bool),
-                                   jax.random.PRNGKey(0), dims, factors=(0.8, 1.25),
+  start = np.full((64,), 0.5, np.float32)
+  out = np.asarray(pop_lib.explore({"optim.momentum": start}, np.ones((64,), bool),
+                                   np.random.default_rng(0), dims, factors=(0.8, 1.25),
                                    resample_probability=0.0)["optim.momentum"])
   assert set(out.tolist()) == {np.float32(0.5), np.float32(0.9)}  # Clipped at the end, or up one.
-  middle = np.asarray(pop_lib.explore({"optim.momentum": jnp.full((64,), 0.9, jnp.float32)},
-                                      jnp.ones((64,), bool), jax.random.PRNGKey(1), dims,
+  middle = np.asarray(pop_lib.explore({"optim.momentum": np.full((64,), 0.9, np.float32)},
+                                      np.ones((64,), bool), np.random.default_rng(1), dims,
                                       factors=(0.8, 1.25), resample_probability=0.0)
                       ["optim.momentum"])
   assert set(middle.tolist()) == {np.float32(0.5), np.float32(0.99)}
 
 
 def test_truncation_never_exploits_among_equal_scores():
-  parents, exploited = pop_lib.exploit(jnp.full((8,), 0.5), jax.random.PRNGKey(0),
+  parents, exploited = pop_lib.exploit(np.full((8,), 0.5), np.random.default_rng(0),
                                        method="truncation", fraction=0.25)
   assert not np.any(np.asarray(exploited))
   assert np.array_equal(np.asarray(parents), np.arange(8))
   # Strictly better parents are still copied.
-  scores = jnp.asarray([0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9])
-  parents, exploited = pop_lib.exploit(scores, jax.random.PRNGKey(0), method="truncation",
+  scores = np.asarray([0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9])
+  parents, exploited = pop_lib.exploit(scores, np.random.default_rng(0), method="truncation",
                                        fraction=0.25)
   assert np.asarray(exploited)[0] and np.asarray(parents)[0] != 0
 
@@ -582,11 +587,9 @@ def test_an_exploited_member_takes_its_parents_early_stopping_state():
   class Phase:  # Member 0 copies member 1.
     dynamic_keys = ["optim.learning_rate"]
 
-    def exploit(self, pop, scores, rng):
-      return pop, np.array([1, 1]), np.array([True, False])
-
-    def dynamic_of(self, pop):
-      return jax.device_get(pop_lib.get_dynamic(pop, self.dynamic_keys))
+    def exploit(self, pop, scores, event, members):
+      values = {"optim.learning_rate": np.asarray([1e-2, 1e-2], np.float32)}
+      return pop, np.array([1, 1]), np.array([True, False]), values
 
   dims = [space_lib.parse_dimension("optim.learning_rate", "loguniform(1e-4, 1e-1)")]
   strategies.act(c, Phase(), pop, acc, loop, [0.5, 0.8], _Lineage(), dims, dims)

@@ -237,14 +237,10 @@ class Phase:
           compiler_options=compilation.run_once_options())(np.int32(self.seed),
                                                            self.init_copies)
     # Every function that replaces the population donates the old one: updated in place.
-    self._exploit = bounded(jax.jit(
-        lambda pop, scores, seed, event: pop_lib.exploit_and_explore(
-            pop, scores, jax.random.fold_in(jax.random.PRNGKey(seed), event), dynamic_dims,
-            method=config.tune.pbt.exploit, fraction=config.tune.pbt.fraction,
-            factors=tuple(config.tune.pbt.perturb_factors),
-            resample_probability=config.tune.pbt.resample_probability),
-        donate_argnums=0, in_shardings=(ps, replicated, replicated, replicated) if shard else None,
-        out_shardings=(ps, replicated, replicated) if shard else None,
+    self._apply_exploit = bounded(jax.jit(
+        pop_lib.apply_exploit, donate_argnums=0,
+        in_shardings=(ps, replicated, replicated, replicated, replicated) if shard else None,
+        out_shardings=ps if shard else None,
         compiler_options=compilation.run_once_options()))
     # Selects populations and metric sums alike: placed like its (global) inputs.
     self._select = bounded(jax.jit(pop_lib.select, donate_argnums=2))
@@ -265,10 +261,6 @@ class Phase:
   def member_metrics(self, sums, prefix: str) -> list[dict[str, float]]:
     """Per-member means of metric sums, on every process (gathered from all of them)."""
     return pop_lib.compute_member_metrics(sharding.to_host(sums), prefix)
-
-  def dynamic_of(self, pop) -> dict[str, np.ndarray]:
-    """The members' dynamic settings ({key: [P]}) as host arrays, on every process."""
-    return sharding.to_host(pop_lib.get_dynamic(pop, self.dynamic_keys))
 
   def take(self, pop, index: int):
     """Member `index`'s state as host arrays, on every process (to export it): as a
@@ -386,12 +378,21 @@ class Phase:
         m.update(ema)
     return values
 
-  def exploit(self, pop, scores: list[float], event: int):
-    """PBT's exploit and explore at evaluation `event` (its randomness: (seed, event))."""
+  def exploit(self, pop, scores: list[float], event: int, members):
+    """PBT's exploit and explore at evaluation `event` (its randomness: (seed, event));
+    returns (population, parents [P], exploited [P], the members' dynamic settings
+    afterwards {key: [P]}). `members`: their current settings."""
+    c = self.config.tune.pbt
     scores_arr = np.asarray([s if s is not None else math.nan for s in scores], np.float32)
-    new_pop, parents, exploited = self._exploit(pop, scores_arr, np.int32(self.seed),
-                                                np.int32(event))
-    return new_pop, np.asarray(parents), np.asarray(exploited)
+    event_ = pop_lib.pbt_event(
+        scores_arr, self.dynamic_values(members), np.random.default_rng([self.seed, 3, event]),
+        self.dynamic_dims, method=c.exploit, fraction=c.fraction,
+        factors=tuple(c.perturb_factors), resample_probability=c.resample_probability)
+    if not event_["exploited"].any():  # Nobody copies: the population stays as it is.
+      return pop, event_["parents"], event_["exploited"], event_["values"]
+    new_pop = self._apply_exploit(pop, event_["parents"], event_["exploited"],
+                                  event_["values"], event_["rngs"])
+    return new_pop, event_["parents"], event_["exploited"], event_["values"]
 
   def refill(self, pop, acc, members, mask: list[bool]):
     """Replaces the masked slots with fresh members (new init, settings, data order)."""

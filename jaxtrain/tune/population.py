@@ -11,7 +11,7 @@ optionally `steps_per_call` steps per dispatch with `lax.scan`.
 
 Members never mix: each has its own optimizer state, hyperparameters, RNG and
 data order, so one member's NaN cannot reach another. Exploit, explore and
-refill are pure functions that gather whole member states on device.
+refill gather whole member states on device (PBT's decisions are made on the host).
 
 Model-state collections that every member holds identically and never changes
 (a LoRA population's frozen base, `lora.BASE`) are *shared*: kept out of the
@@ -212,11 +212,16 @@ def compute_member_metrics(sums: dict[str, Any], prefix: str) -> list[dict[str, 
   return [metrics_lib.compute({k: v[i] for k, v in sums.items()}, prefix) for i in range(size)]
 
 
-# --- Exploit and explore (PBT). Pure; jit once, reuse for every event. ---
+# --- Exploit and explore (PBT). ---
+# The decisions (who copies whom, the new settings, fresh RNG keys) concern P numbers and
+# are made on the host with numpy; one small program then copies the member states on
+# device (`apply_exploit`). Made on device, they cost a program of their own whose
+# dozen threefry draws took XLA 0.8-1.1 s to compile on CPU, on the way to the second
+# evaluation of every cold search (docs/BENCHMARKS.md, time to result).
 
 
-def exploit(scores_P: jax.Array, rng: jax.Array, *, method: str, fraction: float
-            ) -> tuple[jax.Array, jax.Array]:
+def exploit(scores_P: np.ndarray, rng: np.random.Generator, *, method: str, fraction: float
+            ) -> tuple[np.ndarray, np.ndarray]:
   """Chooses parents; returns (parent index [P], exploited mask [P]).
 
   `truncation`: the bottom `fraction` of members (by score; NaN counts as the
@@ -226,29 +231,31 @@ def exploit(scores_P: jax.Array, rng: jax.Array, *, method: str, fraction: float
   is exploited. `tournament`: every member meets a random other member and
   copies it if the other scored strictly better. Members that copy are 'exploited'.
   """
-  size = scores_P.shape[0]
-  scores = jnp.where(jnp.isnan(scores_P), -jnp.inf, scores_P)
-  members = jnp.arange(size)
+  scores = np.asarray(scores_P, np.float64)
+  scores = np.where(np.isnan(scores), -np.inf, scores)
+  size = scores.shape[0]
+  members = np.arange(size)
   if method == "truncation":
     count = max(1, int(size * fraction))
-    order = jnp.argsort(scores, stable=True)  # Ascending: worst first.
+    order = np.argsort(scores, kind="stable")  # Ascending: worst first.
     bottom, top = order[:count], order[size - count:]
-    picks = top[jax.random.randint(rng, (count,), 0, count)]
-    picks = jnp.where(scores[picks] > scores[bottom], picks, bottom)  # Ties: keep your own.
-    parents = members.at[bottom].set(picks)
+    picks = top[rng.integers(0, count, size=count)]
+    picks = np.where(scores[picks] > scores[bottom], picks, bottom)  # Ties: keep your own.
+    parents = members.copy()
+    parents[bottom] = picks
   elif method == "tournament":
-    offset = jax.random.randint(rng, (size,), 1, max(size, 2))
+    offset = rng.integers(1, max(size, 2), size=size)
     opponent = (members + offset) % size
-    parents = jnp.where(scores[opponent] > scores, opponent, members)
+    parents = np.where(scores[opponent] > scores, opponent, members)
   else:
     raise ValueError(f"unknown exploit method {method!r}")
-  return parents, parents != members
+  return parents.astype(np.int32), parents != members
 
 
-def explore(values: dict[str, jax.Array], exploited_P: jax.Array, rng: jax.Array,
+def explore(values: dict[str, np.ndarray], exploited_P: np.ndarray, rng: np.random.Generator,
             dims: Sequence[space_lib.Dimension], *, factors: Sequence[float],
-            resample_probability: float) -> dict[str, jax.Array]:
-  """New dynamic hyperparameters for exploited members (others unchanged).
+            resample_probability: float) -> dict[str, np.ndarray]:
+  """New dynamic hyperparameters for exploited members (others unchanged; float32).
 
   Each exploited member's value is resampled from its dimension with
   probability `resample_probability`, otherwise multiplied by a factor drawn
@@ -257,55 +264,56 @@ def explore(values: dict[str, jax.Array], exploited_P: jax.Array, rng: jax.Array
   clipped to the ends), as Ray Tune's PBT perturbs categorical values.
   """
   out = {}
-  factors_arr = jnp.asarray(factors, jnp.float32)
-  for i, dim in enumerate(dims):
-    value = values[dim.key]
+  for dim in dims:
+    value = np.asarray(values[dim.key], np.float32)
     size = value.shape[0]
-    k_choice, k_factor, k_sample = jax.random.split(jax.random.fold_in(rng, i), 3)
-    resample = jax.random.uniform(k_choice, (size,)) < resample_probability
-    perturbed = value * factors_arr[jax.random.randint(k_factor, (size,), 0, len(factors))]
-    fresh = _sample_on_device(dim, k_sample, size)
-    new = jnp.where(resample, fresh, perturbed)
+    resample = rng.random(size) < resample_probability
+    fresh = _sample(dim, rng, size)
     if dim.kind in ("uniform", "loguniform", "int"):
-      new = jnp.clip(new, dim.low, dim.high)
+      factor = np.asarray(factors, np.float32)[rng.integers(0, len(factors), size=size)]
+      new = np.clip(np.where(resample, fresh, value * factor), dim.low, dim.high)
       if dim.kind == "int":
-        new = jnp.round(new)
+        new = np.round(new)
     else:  # A choice moves to a neighbouring choice (multiplying would stay put).
-      choices = jnp.asarray(dim.choices, jnp.float32)
-      index = jnp.argmin(jnp.abs(value[:, None] - choices[None, :]), axis=1)
-      step = jnp.where(jax.random.uniform(jax.random.fold_in(k_factor, 1), (size,)) < 0.5, -1, 1)
-      neighbour = choices[jnp.clip(index + step, 0, len(dim.choices) - 1)]
-      new = jnp.where(resample, fresh, neighbour)
-    out[dim.key] = jnp.where(exploited_P, new, value).astype(value.dtype)
+      choices = np.asarray(dim.choices, np.float32)
+      index = np.argmin(np.abs(value[:, None] - choices[None, :]), axis=1)
+      step = np.where(rng.random(size) < 0.5, -1, 1)
+      neighbour = choices[np.clip(index + step, 0, len(dim.choices) - 1)]
+      new = np.where(resample, fresh, neighbour)
+    out[dim.key] = np.where(exploited_P, new, value).astype(np.float32)
   return out
 
 
-def _sample_on_device(dim: space_lib.Dimension, rng: jax.Array, size: int) -> jax.Array:
+def _sample(dim: space_lib.Dimension, rng: np.random.Generator, size: int) -> np.ndarray:
   if dim.kind == "uniform":
-    return jax.random.uniform(rng, (size,), minval=dim.low, maxval=dim.high)
+    return rng.uniform(dim.low, dim.high, size)
   if dim.kind == "loguniform":
-    return jnp.exp(jax.random.uniform(rng, (size,), minval=np.log(dim.low),
-                                      maxval=np.log(dim.high)))
+    return np.exp(rng.uniform(np.log(dim.low), np.log(dim.high), size))
   if dim.kind == "int":
-    return jax.random.randint(rng, (size,), int(dim.low), int(dim.high) + 1).astype(jnp.float32)
-  choices = jnp.asarray(dim.choices, jnp.float32)
-  return choices[jax.random.randint(rng, (size,), 0, len(dim.choices))]
+    return rng.integers(int(dim.low), int(dim.high) + 1, size=size).astype(np.float64)
+  return np.asarray(dim.choices, np.float64)[rng.integers(0, len(dim.choices), size=size)]
 
 
-def exploit_and_explore(pop_state, scores_P, rng, dims, *, method: str, fraction: float,
-                        factors: Sequence[float], resample_probability: float):
-  """One PBT event: returns (new population, parents [P], exploited [P]).
+def pbt_event(scores_P, values: dict[str, np.ndarray], rng: np.random.Generator, dims, *,
+              method: str, fraction: float, factors: Sequence[float],
+              resample_probability: float) -> dict[str, np.ndarray]:
+  """One PBT event's decisions, on the host: {'parents' [P], 'exploited' [P],
+  'values' (the members' dynamic settings afterwards, {key: [P]}), 'rngs' ([P, 2] new
+  RNG keys; used by exploited members only)}. `values`: the members' settings now."""
+  parents, exploited = exploit(scores_P, rng, method=method, fraction=fraction)
+  copied = {k: np.asarray(v, np.float32)[parents] for k, v in values.items()}
+  new_values = explore(copied, exploited, rng, dims, factors=factors,
+                       resample_probability=resample_probability)
+  rngs = rng.integers(0, 2**32, size=(len(parents), 2), dtype=np.uint32)
+  return {"parents": parents, "exploited": exploited, "values": new_values, "rngs": rngs}
 
-  Exploited members receive a copy of their parent's whole state (parameters,
-  model state, optimizer state with its hyperparameters, step), a fresh RNG
-  stream, and explored dynamic hyperparameters.
-  """
-  k_exploit, k_explore, k_rng = jax.random.split(rng, 3)
-  parents, exploited = exploit(scores_P, k_exploit, method=method, fraction=fraction)
-  copied = jax.tree.map(lambda x: x[parents], pop_state)
-  fresh_rngs = jax.vmap(lambda i: jax.random.fold_in(k_rng, i))(jnp.arange(parents.shape[0]))
-  copied = copied.replace(rng=jnp.where(exploited[:, None], fresh_rngs, copied.rng))
-  keys = [d.key for d in dims]
-  values = explore(get_dynamic(copied, keys), exploited, k_explore, dims, factors=factors,
-                   resample_probability=resample_probability)
-  return set_dynamic(copied, values), parents, exploited
+
+def apply_exploit(pop_state, parents_P, exploited_P, values, rngs_P):
+  """The population after a PBT event (pure; jitted by `Phase`): exploited members
+  receive a copy of their parent's whole state (parameters, model state, optimizer
+  state with its hyperparameters, step), a fresh RNG stream (`rngs_P`) and their
+  explored dynamic settings (`values`, {key: [P]})."""
+  copied = jax.tree.map(lambda x: x[parents_P], pop_state)
+  copied = copied.replace(rng=jnp.where(exploited_P[:, None], rngs_P.astype(copied.rng.dtype),
+                                        copied.rng))
+  return set_dynamic(copied, values)

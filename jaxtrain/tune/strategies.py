@@ -76,8 +76,7 @@ def act(c, phase: Phase, pop, acc, loop, scores, lineage, dims, dynamic_dims):
     # Several objectives or constraints: members rank by the constrained Pareto order.
     ranks = (pareto.scores_of(c, [m["last_eval"] for m in members]) if pareto.enabled(c)
              else [m["score"] for m in members])
-    pop, parents, exploited = phase.exploit(pop, ranks, loop["event"])
-    new_values = phase.dynamic_of(pop)
+    pop, parents, exploited, new_values = phase.exploit(pop, ranks, loop["event"], members)
     old_members = copy.deepcopy(members)
     for i, m in enumerate(members):
       if not exploited[i]:
