@@ -299,6 +299,7 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
                     width_choices=phase_lib.width_choices(c, dims, settings))
       if phase.init_record is not None:
         transfer.write_record(workdir, phase.init_record)
+      phase.precompile(loop["members"])
       pop, acc = phase.initial_state(loop["members"])
       if resuming:
         pop, acc = phase.restore(ckpts, latest, pop, acc)
