@@ -145,6 +145,7 @@ class Phase:
       settings = {**settings, WIDTHS: padded_lib.widest(width_choices)}
     self.search_config = config  # What its exported members' configs derive from.
     self.config = member_config(config, settings)
+    self.strategy = config.tune.strategy  # (self.config is a member's: strategy 'none'.)
     self.size = size
     self.seed = config.seed
     self.dynamic_dims = dynamic_dims
@@ -310,8 +311,8 @@ class Phase:
             self.member_hparams(members), self.member_widths(members))
 
   def precompile(self, members) -> None:
-    """Compiles the init, train and eval programs for `members` at once; their first
-    calls then reuse them (JAX keeps a lowered program's executable).
+    """Compiles the init, train and eval programs for `members` (and PBT's exploit) at
+    once; their first calls then reuse them (JAX keeps a lowered program's executable).
 
     Why: XLA releases the GIL while it compiles, and the init program (built without
     backend optimisation) and the eval program compile on the other core while this
@@ -328,6 +329,13 @@ class Phase:
     jobs = [lambda: self._init.lower(*init_args).compile()]
     if self.eval_batches:
       jobs.append(lambda: self._eval.lower(pop, self.eval_batches[0], self.shared).compile())
+    if self.strategy == "pbt":  # Needed right after the first evaluation.
+      n = len(members)
+      vector = lambda dtype, *shape: jax.ShapeDtypeStruct((n, *shape), dtype)
+      jobs.append(lambda: self._apply_exploit.lower(
+          pop, vector(np.int32), vector(np.bool_),
+          {k: vector(np.float32) for k in self.dynamic_keys},
+          vector(np.uint32, 2)).compile())
     threads = [threading.Thread(target=_quietly, args=(job,), daemon=True) for job in jobs]
     for t in threads:
       t.start()
