@@ -66,8 +66,11 @@ def local_tmp_path(tmp_path_factory):
 
 
 def files_under(root) -> list:
-  """Every file below `root` (recursively), sorted."""
+  """Every file below `root` (recursively), sorted; none when `root` does not exist
+  (as pathlib's rglob)."""
   out = []
+  if not root.is_dir():
+    return out
   for p in root.iterdir():
     out.extend(files_under(p) if p.is_dir() else [p])
   return sorted(out)
