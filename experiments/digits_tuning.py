@@ -43,7 +43,8 @@ import ml_collections
 
 from experiments import common
 from jaxtrain import config as config_lib
-from jaxtrain import tune
+from jaxtrain import paths, tune
+from jaxtrain.analysis import plots
 from jaxtrain.io import writers
 from jaxtrain.jobs import evaluate, train
 
@@ -107,7 +108,7 @@ def run(workdir_root: str | Path, quick: bool = False) -> dict[str, Any]:
     evaluation), `wall_time_sec` (the whole call: data, compilation, export,
     test scoring) and `workdir`; tuners also give `best_settings`.
   """
-  root = Path(workdir_root)
+  root = paths.of(workdir_root, "workdir")  # Local or gs://.
   rows = []
   for method in METHODS:
     config = method_config(method, quick)
@@ -172,9 +173,9 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
   cost_ax.set_ylabel("test accuracy of the chosen model")
   cost_ax.set_title("Test accuracy vs cost")
   fig.tight_layout()
-  path = Path(path)
+  path = paths.of(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  plots.save_figure(fig, path, dpi=110)  # Through the path's own file (gs:// too).
   plt.close(fig)
   return path
 

@@ -34,6 +34,7 @@ from typing import Any
 import ml_collections
 
 from experiments import common
+from jaxtrain import paths
 from jaxtrain.jobs import train
 
 MODELS = ("logistic", "mlp", "cnn", "gru")
@@ -101,7 +102,7 @@ def run(workdir_root: str | Path, num_steps: int | None = None, quick: bool = Fa
     `wall_time_sec` (the whole `train.run` call: data, compilation, training)
     and `workdir`.
   """
-  root = Path(workdir_root) / "mnist1d_models"
+  root = paths.of(workdir_root, "workdir") / "mnist1d_models"  # Local or gs://.
   rows = []
   for model in models:
     steps = num_steps or (QUICK_STEPS if quick else DEFAULT_STEPS[model])
@@ -163,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows = run(args.workdir, quick=args.quick)
   print(table(rows))
   print(f"\nwall time of the study: {time.perf_counter() - start:.0f} s; runs in "
-        f"{Path(args.workdir) / 'mnist1d_models'}")
+        f"{paths.of(args.workdir) / 'mnist1d_models'}")
 
 
 if __name__ == "__main__":

@@ -186,6 +186,10 @@ def _resolve_config_path(spec: str) -> str:
   config, so the shipped configs run from any folder and from a plain install. Raises
   `UserError` when neither exists.
   """
+  if paths.is_url(spec):  # Else read as PATH "gs" and ARG "//...": "file 'gs' not found".
+    raise errors.UserError(
+        f"--config={spec}: a config file is Python imported from a local path, not a URL; "
+        "copy it to a local file (e.g. gcloud storage cp) and pass that path")
   path, colon, arg = spec.partition(":")
   if Path(path).is_file():
     return spec

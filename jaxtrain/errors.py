@@ -173,9 +173,11 @@ def library_output_to_log(workdir, clean=lambda text: text):
   which reports it). Yields the log, so that the error line can point at it.
   """
   log = LibraryLog(workdir, clean)
-  absl = logging.getLogger("absl")
+  # absl: Orbax, TFDS; gcsfs (gs:// paths through epath) warns e.g. that it could not
+  # tell a bucket's layout before falling back to its default.
+  loggers = [logging.getLogger(name) for name in ("absl", "gcsfs")]
   handler = _LogHandler(log)
-  saved = absl.propagate, threading.excepthook, sys.unraisablehook
+  saved = [l.propagate for l in loggers], threading.excepthook, sys.unraisablehook
 
   def thread_hook(args):
     if args.exc_type is SystemExit:
@@ -189,15 +191,18 @@ def library_output_to_log(workdir, clean=lambda text: text):
         traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
                                    unraisable.exc_traceback)))
 
-  absl.addHandler(handler)
-  absl.propagate = False
+  for logger in loggers:
+    logger.addHandler(handler)
+    logger.propagate = False
   threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
   try:
     yield log
   finally:
     gc.collect()  # Objects dropped by a failure report their errors while hooked.
-    absl.removeHandler(handler)
-    absl.propagate, threading.excepthook, sys.unraisablehook = saved
+    propagate, threading.excepthook, sys.unraisablehook = saved
+    for logger, was in zip(loggers, propagate):
+      logger.removeHandler(handler)
+      logger.propagate = was
 
 
 # --- Range checks shared by every component's `check_config` (same message everywhere).

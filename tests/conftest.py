@@ -53,6 +53,46 @@ if WORKDIR_SCHEME == "gs":
     return gcs_path
 
 
+@pytest.fixture
+def local_tmp_path(tmp_path_factory):
+  """A fresh local folder under either scheme, for what is local by nature: a config
+  or model file Python imports, an OS lock, file modes, a data dir."""
+  return tmp_path_factory.mktemp("local")
+
+
+# Scheme-neutral file helpers for tests (pathlib's rglob and shutil work on local
+# paths only; gcsfs refuses `**` globs): plain iterdir/read_bytes/write_bytes, which
+# both pathlib and epath have.
+
+
+def files_under(root) -> list:
+  """Every file below `root` (recursively), sorted; none when `root` does not exist
+  (as pathlib's rglob)."""
+  out = []
+  if not root.is_dir():
+    return out
+  for p in root.iterdir():
+    out.extend(files_under(p) if p.is_dir() else [p])
+  return sorted(out)
+
+
+def copy_tree(source, target) -> None:
+  """Copies the folder `source` to `target` file by file (either may be gs://)."""
+  for p in files_under(source):
+    dest = target / str(p.relative_to(source))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(p.read_bytes())
+
+
+def remove_tree(root) -> None:
+  """Removes the folder `root` (local or gs://)."""
+  if hasattr(root, "rmtree"):  # An epath (gs://).
+    root.rmtree()
+  else:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(root)
+
+
 def tiny_config(**overrides):
   """A digits MLP small enough to train in about a second."""
   c = base_config()

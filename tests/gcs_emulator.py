@@ -102,6 +102,9 @@ def start() -> str:
     # No cloud credentials here: the emulator takes anonymous requests; an empty
     # credentials folder keeps gcloud's own from being looked up.
     os.environ.setdefault("CLOUDSDK_CONFIG", tempfile.mkdtemp(prefix="gcloud-"))
+    # TensorStore's test token (the emulator ignores it): without it TensorStore looks
+    # for credentials and prints "Could not find the credentials file" on stderr.
+    os.environ["GOOGLE_AUTH_TOKEN_FOR_TESTING"] = "emulator"
     logging.getLogger("gcsfs").setLevel(logging.ERROR)
     _SERVER.append(server)
   return f"gs://{BUCKET}"

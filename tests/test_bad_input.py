@@ -8,7 +8,6 @@ traceback, no absl/TFDS warnings.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,12 +16,14 @@ from pathlib import Path
 import pytest
 
 from jaxtrain import main
+from tests.conftest import copy_tree, files_under, remove_tree
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "--config=configs/digits_mlp.py"
-WORKDIR = "--workdir={tmp}/run"  # {tmp}: the test's tmp_path.
+WORKDIR = "--workdir={tmp}/run"  # {tmp}: the test's tmp_path (gs:// under the gs scheme).
 
-# Config files for the cases below, written into {tmp}.
+# Config files for the cases below, written into {local}: a local folder under either
+# scheme (a config file is a Python file, imported from a local path).
 FILES = {
     "syntax_error.py": "def get_config(:\n  pass\n",
     "returns_dict.py": "def get_config():\n  return {'train': {'num_steps': 5}}\n",
@@ -50,11 +51,11 @@ FILES = {
 # (id, command-line args after the program name, substrings of the error line)
 CASES = [
     # Tuning: search spaces and population.
-    ("space_unknown_key", ["--config={tmp}/space_typo.py", WORKDIR],
+    ("space_unknown_key", ["--config={local}/space_typo.py", WORKDIR],
      ["tune.space.optim.learning_rat", "did you mean 'optim.learning_rate'"]),
-    ("space_empty_range", ["--config={tmp}/space_empty_range.py", WORKDIR],
+    ("space_empty_range", ["--config={local}/space_empty_range.py", WORKDIR],
      ["tune.space.optim.learning_rate", "range is empty"]),
-    ("space_loguniform_zero", ["--config={tmp}/space_log_zero.py", WORKDIR],
+    ("space_loguniform_zero", ["--config={local}/space_log_zero.py", WORKDIR],
      ["tune.space.optim.weight_decay", "loguniform needs low > 0"]),
     ("population_size_zero", ["--config=configs/digits_pbt.py", WORKDIR,
                               "--config.tune.population_size=0"],
@@ -104,17 +105,17 @@ CASES = [
     # Config files.
     ("config_file_missing", ["--config=configs/digit_mlp.py", WORKDIR],
      ["'configs/digit_mlp.py' not found", "did you mean 'digits_mlp.py'"]),
-    ("config_syntax_error", ["--config={tmp}/syntax_error.py", WORKDIR],
+    ("config_syntax_error", ["--config={local}/syntax_error.py", WORKDIR],
      ["syntax_error.py", "SyntaxError"]),
-    ("config_raises", ["--config={tmp}/raises.py", WORKDIR],
+    ("config_raises", ["--config={local}/raises.py", WORKDIR],
      ["raises.py failed to load", "ValueError: boom"]),
     ("config_arg_not_taken", ["--config=configs/digits_mlp.py:fast", WORKDIR],
      ["digits_mlp.py:fast", "TypeError", "get_config()"]),
-    ("config_returns_dict", ["--config={tmp}/returns_dict.py", WORKDIR],
+    ("config_returns_dict", ["--config={local}/returns_dict.py", WORKDIR],
      ["returns_dict.py", "returned a dict", "base_config()"]),
-    ("config_returns_none", ["--config={tmp}/returns_none.py", WORKDIR],
+    ("config_returns_none", ["--config={local}/returns_none.py", WORKDIR],
      ["returns_none.py", "returned None"]),
-    ("config_extra_key", ["--config={tmp}/extra_key.py", WORKDIR],
+    ("config_extra_key", ["--config={local}/extra_key.py", WORKDIR],
      ["unknown config key 'train.num_epochs'"]),
     # Values.
     ("zero_batch_size", [CONFIG, WORKDIR, "--config.data.batch_size=0"],
@@ -169,7 +170,9 @@ CASES = [
      ["model.name='mlp'", "label per token", "model.name='transformer'"]),
     # Workdir.
     ("workdir_is_a_file", [CONFIG, "--workdir={tmp}/a_file"], ["a_file is a file"]),
-    ("workdir_under_a_file", [CONFIG, "--workdir={tmp}/a_file/run"],
+    # Local on purpose: a local file has no children, while on gs:// a name can be an
+    # object and a folder at once (gs://B/a_file/run below the object a_file is valid).
+    ("workdir_under_a_file", [CONFIG, "--workdir={local}/a_file/run"],
      ["a_file/run is not writable"]),
     ("workdir_in_proc", [CONFIG, "--workdir=/proc/jaxtrain_run"],
      ["/proc/jaxtrain_run is not writable"]),
@@ -281,14 +284,16 @@ SUBPROCESS_CASES = ["unknown_key", "config_file_missing", "catalog_dataset_not_p
 
 
 @pytest.fixture
-def args_for(tmp_path, data_dir):
-  """Returns a function from a case's args to argv, with the case's files in tmp_path."""
+def args_for(tmp_path, local_tmp_path, data_dir):
+  """Returns a function from a case's args to argv, with the case's files in
+  local_tmp_path (and a_file, a plain file, in tmp_path too)."""
   del data_dir  # Requested so that $JAXTRAIN_DATA_DIR is the session's tmp data dir.
   for name, text in FILES.items():
-    (tmp_path / name).write_text(text)
+    (local_tmp_path / name).write_text(text)
+  (tmp_path / "a_file").write_text(FILES["a_file"])
 
   def args_for_case(args):
-    return [arg.format(tmp=tmp_path) for arg in args]
+    return [arg.format(tmp=tmp_path, local=local_tmp_path) for arg in args]
   return args_for_case
 
 
@@ -343,10 +348,11 @@ def _records(workdir):
   return {p.name: p.read_bytes() for p in sorted(workdir.iterdir()) if p.is_file()}
 
 
-def test_a_second_process_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
+def test_a_second_process_on_a_busy_workdir_exits_2_naming_the_holder(local_tmp_path):
   """A process holds WORKDIR/.jaxtrain.lock (as a running jaxtrain does); another run
-  there is refused within seconds, with the holder's pid, and writes nothing."""
-  workdir = tmp_path / "run"
+  there is refused within seconds, with the holder's pid, and writes nothing. Local on
+  purpose: the lock is an OS file lock; a gs:// workdir has none (docs/guide/sharding.md)."""
+  workdir = local_tmp_path / "run"
   workdir.mkdir()
   holder = subprocess.Popen(
       [sys.executable, "-c",
@@ -396,8 +402,7 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten_by_another_config
           "--config.train.num_steps=20", "--config.train.eval_every_steps=10",
           "--config.mesh.num_devices=1"]
   assert main.main(args) == 0
-  import shutil  # pylint: disable=g-import-not-at-top
-  shutil.rmtree(tmp_path / "checkpoints")
+  remove_tree(tmp_path / "checkpoints")
   before = _records(tmp_path)
   capsys.readouterr()
   assert main.main(args + ["--config.optim.learning_rate=0.5"]) == 2
@@ -414,9 +419,10 @@ def _damage_arrays(step_dir):
   array data files: zstd without content checksums decodes them to other values without
   an error, which is what a bit rot or a bad copy does."""
   magic = b"\x28\xb5\x2f\xfd"
-  for data in (p for p in (step_dir / "state").rglob("*")
-               if p.is_file() and p.parent.name == "d" and p.stat().st_size > 10_000):
+  for data in (p for p in files_under(step_dir / "state") if p.parent.name == "d"):
     raw = bytearray(data.read_bytes())
+    if len(raw) <= 10_000:
+      continue
     starts = [i for i in range(len(raw)) if raw.startswith(magic, i)]
     for start, end in zip(starts, starts[1:] + [len(raw)]):
       if end - start > 200:
@@ -426,8 +432,8 @@ def _damage_arrays(step_dir):
 
 
 def _tree_bytes(root):
-  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-          if p.is_file() and ".jaxtrain.lock" not in p.name}
+  return {str(p.relative_to(root)): p.read_bytes() for p in files_under(root)
+          if ".jaxtrain.lock" not in p.name}
 
 
 def test_a_damaged_checkpoint_is_refused_by_eval_resume_and_init_from(tmp_path, capsys):
@@ -569,9 +575,12 @@ BROKEN = [  # (id, run, extra args, damage, texts the line must hold)
 @pytest.mark.parametrize("run, extra, damage, expected", [c[1:] for c in BROKEN],
                          ids=[c[0] for c in BROKEN])
 def test_a_broken_record_is_one_line_and_changes_nothing(run, extra, damage, expected,
-                                                         stopped_runs, tmp_path, capsys):
-  workdir = tmp_path / run
-  shutil.copytree(stopped_runs / run, workdir)
+                                                         stopped_runs, tmp_path, local_tmp_path,
+                                                         capsys):
+  # The Bayesian search's Optuna study is WORKDIR/tune/optuna.db, a SQLite file: its
+  # workdir is local on purpose (a gs:// one is refused, see test_cloud_workdir.py).
+  workdir = (local_tmp_path if run == "bayes" else tmp_path) / run
+  copy_tree(stopped_runs / run, workdir)
   damage(workdir)
   before = _tree_bytes(workdir)
   args = [*ARGS[run], f"--workdir={workdir}"]
@@ -587,9 +596,9 @@ def test_a_broken_record_is_one_line_and_changes_nothing(run, extra, damage, exp
 def test_a_torn_last_metrics_line_is_dropped_on_resume(stopped_runs, tmp_path):
   """A crash mid-write leaves a last line without its newline: expected, not damage."""
   workdir = tmp_path / "single"
-  shutil.copytree(stopped_runs / "single", workdir)
-  with open(workdir / "metrics.jsonl", "ab") as f:
-    f.write(b'{"step": 35, "train/lo')
+  copy_tree(stopped_runs / "single", workdir)
+  metrics = workdir / "metrics.jsonl"
+  metrics.write_bytes(metrics.read_bytes() + b'{"step": 35, "train/lo')
   assert main.main(["jaxtrain", *SINGLE, f"--workdir={workdir}"]) == 0
   steps = [r["step"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
   assert steps == sorted(set(steps)) and steps[-1] == 40
@@ -637,7 +646,9 @@ def test_a_killed_saves_temporary_directory_is_removed_by_the_next_writer(tmp_pa
   assert "40" in names and not [n for n in names if "tmp" in n], names
 
 
-def test_eval_of_a_read_only_workdir_prints_the_result(tmp_path, capsys):
+def test_eval_of_a_read_only_workdir_prints_the_result(local_tmp_path, capsys):
+  # Local on purpose: a read-only bind mount.
+  tmp_path = local_tmp_path
   source = tmp_path / "source"
   assert main.main(["jaxtrain", CONFIG, f"--workdir={source / 'run'}",
                     "--config.train.num_steps=20", "--config.mesh.num_devices=1"]) == 0
@@ -661,8 +672,11 @@ def test_eval_of_a_read_only_workdir_prints_the_result(tmp_path, capsys):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_start_over_moves_the_old_workdir_aside_and_only_when_the_run_can_start(tmp_path,
+def test_start_over_moves_the_old_workdir_aside_and_only_when_the_run_can_start(local_tmp_path,
                                                                                 capsys):
+  # Local on purpose: --start_over renames the workdir, which a bucket cannot (it is
+  # refused on gs://: test_cloud_workdir.py).
+  tmp_path = local_tmp_path
   workdir = tmp_path / "run"
   single = ["jaxtrain", CONFIG, f"--workdir={workdir}", "--config.train.num_steps=20",
             "--config.mesh.num_devices=1"]

@@ -130,3 +130,21 @@ def test_a_bayes_search_with_its_study_in_a_gs_workdir_is_refused(gcs_path, caps
   assert code == errors.EXIT_USER_ERROR and "\n" not in err, err
   assert "tune.strategy='bayes'" in err and "set tune.storage" in err
   assert not (gcs_path / "config.json").exists()
+
+
+def test_a_config_url_and_start_over_on_gs_are_refused_in_one_line(gcs_path, capsys):
+  """A config file is imported from a local path; --start_over would rename a folder,
+  which a bucket has not: each is one line, and nothing is written or moved."""
+  code = _cli(f"--config={gcs_path}/my_config.py", f"--workdir={gcs_path}/run")
+  err = capsys.readouterr().err.strip()
+  assert code == errors.EXIT_USER_ERROR and "\n" not in err, err
+  assert f"--config={gcs_path}/my_config.py: " in err and "copy it to a local file" in err
+  workdir = gcs_path / "run"
+  assert _cli(*RUN, "--config.train.num_steps=10", f"--workdir={workdir}") == 0
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  capsys.readouterr()
+  code = _cli(*RUN, f"--workdir={workdir}", "--start_over")
+  err = capsys.readouterr().err.strip()
+  assert code == errors.EXIT_USER_ERROR and "\n" not in err, err
+  assert "--start_over moves a local workdir only" in err and str(workdir) in err
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before

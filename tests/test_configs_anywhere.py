@@ -4,6 +4,8 @@ bare name, and a user's config in its own folder can build on one.
 Each command runs in a fresh folder, with only the `jaxtrain` package importable (a
 folder linking it, as an install would hold it): neither the repository root nor a
 top-level `configs` is on the path, so a config that imported `configs.X` fails here.
+Those folders and the user's config files are local (`local_tmp_path`: Python imports
+them); the workdirs are `tmp_path` (gs:// under JAXTRAIN_TEST_WORKDIR_SCHEME=gs).
 """
 
 import json
@@ -18,9 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def site(tmp_path) -> dict[str, str]:
+def site(tmp_path, local_tmp_path) -> dict[str, str]:
   """The environment of a command: `jaxtrain` importable, nothing else of the repo."""
-  packages = tmp_path / "site-packages"
+  del tmp_path  # Requested first: on gs:// it starts the emulator, whose address env holds.
+  packages = local_tmp_path / "site-packages"
   packages.mkdir()
   (packages / "jaxtrain").symlink_to(REPO / "jaxtrain", target_is_directory=True)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # One CPU device.
@@ -39,21 +42,22 @@ def _main(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complet
     "digits_bayes",  # Imports its sibling digits_pbt.
     "digits_cnn_scratch_5to9",  # Imports a sibling that imports another.
 ])
-def test_a_shipped_config_runs_by_absolute_path_from_another_folder(name, tmp_path, site):
+def test_a_shipped_config_runs_by_absolute_path_from_another_folder(name, tmp_path, site,
+                                                                   local_tmp_path):
   # --mode=compile loads, validates and builds the config (the data too) without training.
   proc = _main([f"--config={REPO / 'configs' / f'{name}.py'}", f"--workdir={tmp_path / 'run'}",
-                "--mode=compile"], tmp_path / "elsewhere", site)
+                "--mode=compile"], local_tmp_path / "elsewhere", site)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_a_shipped_config_runs_by_bare_name(tmp_path, site):
+def test_a_shipped_config_runs_by_bare_name(tmp_path, site, local_tmp_path):
   proc = _main(["--config=digits_mlp.py", f"--workdir={tmp_path / 'run'}", "--mode=compile"],
-               tmp_path / "elsewhere", site)
+               local_tmp_path / "elsewhere", site)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_a_file_of_that_name_in_the_folder_comes_first(tmp_path, site):
-  here = tmp_path / "here"
+def test_a_file_of_that_name_in_the_folder_comes_first(tmp_path, site, local_tmp_path):
+  here = local_tmp_path / "here"
   here.mkdir()
   (here / "digits_mlp.py").write_text("def get_config():\n  return None\n")
   proc = _main(["--config=digits_mlp.py", f"--workdir={tmp_path / 'run'}"], here, site)
@@ -61,9 +65,9 @@ def test_a_file_of_that_name_in_the_folder_comes_first(tmp_path, site):
   assert "get_config() returned None" in proc.stderr, proc.stderr
 
 
-def test_an_unknown_bare_name_is_one_error_line(tmp_path, site):
+def test_an_unknown_bare_name_is_one_error_line(tmp_path, site, local_tmp_path):
   proc = _main(["--config=digits_mpl.py", f"--workdir={tmp_path / 'run'}"],
-               tmp_path / "elsewhere", site)
+               local_tmp_path / "elsewhere", site)
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1, proc.stderr
@@ -72,8 +76,9 @@ def test_an_unknown_bare_name_is_one_error_line(tmp_path, site):
   assert not (tmp_path / "run").exists()
 
 
-def test_a_user_config_in_its_own_folder_extends_a_shipped_one(tmp_path, site):
-  project = tmp_path / "myproject"
+def test_a_user_config_in_its_own_folder_extends_a_shipped_one(tmp_path, site,
+                                                               local_tmp_path):
+  project = local_tmp_path / "myproject"
   project.mkdir()
   (project / "my_config.py").write_text(
       "from jaxtrain.configs import digits_mlp\n\n\n"
@@ -84,7 +89,7 @@ def test_a_user_config_in_its_own_folder_extends_a_shipped_one(tmp_path, site):
   workdir = tmp_path / "run"
   proc = _main([f"--config={project / 'my_config.py'}", f"--workdir={workdir}",
                 "--config.train.num_steps=2", "--config.train.eval_every_steps=2"],
-               tmp_path / "elsewhere", site)
+               local_tmp_path / "elsewhere", site)
   assert proc.returncode == 0, proc.stderr[-3000:]
   config = json.loads((workdir / "config.json").read_text())
   assert config["model"]["hidden_sizes"] == [32]  # Changed by the user's file...

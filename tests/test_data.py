@@ -169,9 +169,10 @@ def test_permute_features_is_one_fixed_permutation():
 
 
 @pytest.mark.slow
-def test_processes_starting_together_prepare_an_embedded_dataset_once(tmp_path):
+def test_processes_starting_together_prepare_an_embedded_dataset_once(local_tmp_path):
   """The hosts of one run share the data dir: preparing it concurrently raced (one
   process failed while its peers waited for it in jax.distributed)."""
+  tmp_path = local_tmp_path  # A data dir: local under either scheme (docs/guide/sharding.md).
   import subprocess
   import sys
   code = ("import sys; from jaxtrain.data import catalog; "

@@ -153,7 +153,10 @@ def _venv(tmp_path: Path, env: dict) -> dict:
 
 
 @pytest.mark.parametrize("page", [_param(p) for p in PAGES])
-def test_doc_page_commands_run(page, tmp_path, compilation_cache):
+def test_doc_page_commands_run(page, local_tmp_path, compilation_cache):
+  # Local on purpose under either scheme: the blocks run in a shell whose current
+  # folder this is, with workdirs relative to it (runs/...), as a reader runs them.
+  tmp_path = local_tmp_path
   for name in LINKED:
     (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
   env = _environment(compilation_cache)

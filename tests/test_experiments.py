@@ -13,6 +13,7 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 from experiments import digits_tuning, mnist1d_models  # noqa: E402
+from jaxtrain import paths  # noqa: E402
 from jaxtrain.jobs import checks  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +31,7 @@ def check_mnist1d_rows(rows, models):
     assert 0 < r["test_accuracy"] <= 1 and math.isfinite(r["test_loss"])
     assert r["num_steps"] == mnist1d_models.QUICK_STEPS
     assert 0 < r["train_time_sec"] <= r["wall_time_sec"]
-    assert (Path(r["workdir"]) / "final.json").is_file()
+    assert (paths.of(r["workdir"]) / "final.json").is_file()  # Local or gs://.
   params = {r["model"]: r["num_params"] for r in rows}
   assert all(r["num_params"] == params[r["model"]] for r in rows)  # Shuffling changes no shape.
   if "logistic" in params:

@@ -182,10 +182,12 @@ def test_a_lora_run_as_trained_and_merged_predict_the_same(lora_run):
                               rtol=1e-6, atol=1e-6)
 
 
-def test_a_model_of_the_users_own_loads_from_its_record(tmp_path, monkeypatch):
-  """model.name='module:Attr': the module is found again through provenance.json."""
-  (tmp_path / "code").mkdir()
-  (tmp_path / "code" / "load_user_net.py").write_text(textwrap.dedent('''
+def test_a_model_of_the_users_own_loads_from_its_record(tmp_path, local_tmp_path, monkeypatch):
+  """model.name='module:Attr': the module is found again through provenance.json. The
+  module's folder is local (Python imports it), the workdir tmp_path (gs:// or local)."""
+  code = local_tmp_path / "code"
+  code.mkdir()
+  (code / "load_user_net.py").write_text(textwrap.dedent('''
       import flax.linen as nn
 
 
@@ -196,11 +198,11 @@ def test_a_model_of_the_users_own_loads_from_its_record(tmp_path, monkeypatch):
         def __call__(self, x):
           return nn.Dense(self.num_classes)(nn.relu(nn.Dense(32)(x.reshape((x.shape[0], -1)))))
   '''))
-  monkeypatch.syspath_prepend(str(tmp_path / "code"))
+  monkeypatch.syspath_prepend(str(code))
   final = train.run(tiny_config(**{"model.name": "load_user_net:Net", "train.num_steps": 20,
                                    "train.eval_every_steps": 20}), tmp_path / "run")
   # A later session: neither imported nor on the path.
-  monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "code")])
+  monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(code)])
   monkeypatch.delitem(sys.modules, "load_user_net")
   run = jaxtrain.load(tmp_path / "run")
   assert type(run.module).__name__ == "Net" and "load_user_net" in sys.modules
@@ -246,6 +248,9 @@ def test_loading_writes_nothing(single, tuned, folds, lora_run):
     ("folds", {"member": 0}, ["member=0", "is a cross-validation run"]),
 ])
 def test_a_bad_choice_is_one_line(where, kwargs, expected, request, tmp_path):
+  # "empty": a folder that holds no run (a stray file in it: a gs:// folder without an
+  # object in it does not exist).
+  (tmp_path / "notes.txt").write_text("")
   paths = {"missing": tmp_path / "nowhere", "empty": tmp_path}
   workdir = paths.get(where) or request.getfixturevalue(where)
   with pytest.raises(errors.UserError) as e:

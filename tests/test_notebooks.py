@@ -62,7 +62,8 @@ def test_runs_go_under_the_working_directory(path):
   assert 'RUNS = pathlib.Path("runs")' in code, path.name
 
 
-def test_install_cell_without_jaxtrain_or_a_source_stops_with_one_line(tmp_path):
+def test_install_cell_without_jaxtrain_or_a_source_stops_with_one_line(local_tmp_path):
+  tmp_path = local_tmp_path  # A current folder (local under either scheme).
   # -S: no site-packages, so jaxtrain is not importable whatever this machine has
   # installed; the cell must stop before it imports anything else (jax) or runs pip.
   proc = subprocess.run([sys.executable, "-S", "-c", _install_cell(NOTEBOOKS[0])],
@@ -127,10 +128,12 @@ def _kernel_env(site: pathlib.Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_twice_from_an_empty_folder_on_a_wheel_install(path, tmp_path,
+def test_notebook_runs_twice_from_an_empty_folder_on_a_wheel_install(path, local_tmp_path,
                                                                      wheel_site):
   """Runs every cell, then every cell again in the same kernel (Colab's "Run all" a
-  second time: the runs of the first pass exist and are resumed)."""
+  second time: the runs of the first pass exist and are resumed). Local under either
+  scheme: the kernel's current folder, with the notebook's runs in ./runs."""
+  tmp_path = local_tmp_path
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
   pytest.importorskip("ipykernel")

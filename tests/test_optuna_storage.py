@@ -18,6 +18,7 @@ from jaxtrain import errors, main, redact
 from jaxtrain.tune import space as space_lib
 from jaxtrain.tune import storage as storage_lib
 from jaxtrain.tune import strategies
+from tests.conftest import files_under
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "S3cr3tPW-4711"
@@ -51,15 +52,18 @@ def tell(study, settings, value_of):
   strategies.tell_round(study, members, "eval/accuracy")
 
 
-def storages(tmp_path):
-  return {"journal": f"journal:{tmp_path / 'study.log'}",
-          "sqlite": f"sqlite:///{tmp_path / 'study.db'}"}
+def storages(local):
+  """The shared study's storages: files on a (local) file system, which Optuna locks
+  and rewrites in place; the workdirs are tmp_path (gs:// under the gs scheme)."""
+  return {"journal": f"journal:{local / 'study.log'}",
+          "sqlite": f"sqlite:///{local / 'study.db'}"}
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_two_workers_share_one_study_and_recover_only_their_own_trials(tmp_path, kind):
+def test_two_workers_share_one_study_and_recover_only_their_own_trials(tmp_path, local_tmp_path,
+                                                                       kind):
   import optuna
-  c = bayes_config(storages(tmp_path)[kind])
+  c = bayes_config(storages(local_tmp_path)[kind])
   dims = dims_of(c)
   a, b = open_worker(c, tmp_path, "a"), open_worker(c, tmp_path, "b")
   assert a.worker != b.worker and a.worker and b.worker
@@ -98,8 +102,10 @@ def test_two_workers_share_one_study_and_recover_only_their_own_trials(tmp_path,
   assert study.user_attrs[storage_lib.METRIC_ATTR] == "eval/accuracy"
 
 
-def test_the_per_workdir_study_is_as_before(tmp_path):
-  """tune.storage='' keeps WORKDIR/tune/optuna.db, unmarked trials, and recovers all."""
+def test_the_per_workdir_study_is_as_before(local_tmp_path):
+  """tune.storage='' keeps WORKDIR/tune/optuna.db, unmarked trials, and recovers all.
+  Local on purpose: a SQLite file in a gs:// workdir is refused (test_cloud_workdir.py)."""
+  tmp_path = local_tmp_path
   c = bayes_config("")
   study = open_worker(c, tmp_path, "w")
   assert study.worker is None and study.where.endswith("optuna.db")
@@ -108,8 +114,8 @@ def test_the_per_workdir_study_is_as_before(tmp_path):
   assert all(not t.user_attrs for t in study.optuna.trials)
 
 
-def test_a_resumed_worker_needs_its_study_and_its_trials(tmp_path):
-  journal = tmp_path / "study.log"
+def test_a_resumed_worker_needs_its_study_and_its_trials(tmp_path, local_tmp_path):
+  journal = local_tmp_path / "study.log"
   c = bayes_config(f"journal:{journal}")
   with pytest.raises(errors.UserError, match="optuna_worker.json is missing"):
     open_worker(c, tmp_path, "a", rounds_done=1)
@@ -122,7 +128,7 @@ def test_a_resumed_worker_needs_its_study_and_its_trials(tmp_path):
   open_worker(c, tmp_path, "b")  # Creates study 'another', without a trial of A.
   with pytest.raises(errors.UserError, match="holds none of this workdir's trials"):
     open_worker(c, tmp_path, "a", rounds_done=1)
-  moved = tmp_path / "moved.log"
+  moved = local_tmp_path / "moved.log"
   journal.rename(moved)
   with pytest.raises(errors.UserError, match=r"study.log is missing.*asked 1 rounds"):
     open_worker(bayes_config(f"journal:{journal}"), tmp_path, "a", rounds_done=1)
@@ -139,17 +145,19 @@ def test_a_resumed_worker_needs_its_study_and_its_trials(tmp_path):
 @pytest.mark.parametrize("value, message", [
     ("journal:", "names no file"),
     ("journal:{tmp}/missing/study.log", "does not exist; create it"),
+    ("journal:gs://bucket/study.log", "gs:// object storage cannot hold"),
+    ("sqlite:///gs://bucket/study.db", "gs:// object storage cannot hold"),
     ("redis://localhost", "SQLAlchemy does not know"),
     ("study.log", "is not a storage"),
     ("sqlite://", "in-memory"),
     ("env:JAXTRAIN_TEST_UNSET_STORAGE", "JAXTRAIN_TEST_UNSET_STORAGE is not set"),
 ])
-def test_bad_storages_are_one_line_before_anything_is_written(tmp_path, value, message):
-  c = bayes_config(value.format(tmp=tmp_path))
+def test_bad_storages_are_one_line_before_anything_is_written(local_tmp_path, value, message):
+  c = bayes_config(value.format(tmp=local_tmp_path))
   with pytest.raises(errors.UserError, match=message) as e:
     strategies.check_storage(c)
   assert "\n" not in str(e.value)
-  c = bayes_config(f"journal:{tmp_path / 'study.log'}")
+  c = bayes_config(f"journal:{local_tmp_path / 'study.log'}")
   c.tune.strategy = "random"
   with pytest.raises(errors.UserError, match="read by tune.strategy='bayes' only"):
     strategies.check_storage(c)
@@ -186,7 +194,7 @@ def test_a_garbled_reference_is_not_quoted(monkeypatch):
 
 def _scan(root: Path, *texts: str) -> list[str]:
   """The files under `root` (and the texts) holding the secret."""
-  hits = [str(p) for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+  hits = [str(p) for p in files_under(root) if SECRET.encode() in p.read_bytes()]
   return hits + [t for t in texts if SECRET in t]
 
 
@@ -236,13 +244,13 @@ def _env(**extra) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_two_processes_complete_one_study(tmp_path, kind):
+def test_two_processes_complete_one_study(tmp_path, local_tmp_path, kind):
   """Two jaxtrain processes, started together with their own workdirs and one storage,
   complete one study: every trial told once, numbered without gaps or repeats, and
   each told value that of the member in its workdir's result.json."""
   import optuna
   rounds, size = 2, 2
-  storage = storages(tmp_path)[kind]
+  storage = storages(local_tmp_path)[kind]
   workdirs = [tmp_path / f"host{i}" for i in range(2)]
   procs = [subprocess.Popen(_search_args(w, storage, rounds, size), cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -272,12 +280,12 @@ def test_two_processes_complete_one_study(tmp_path, kind):
 
 
 @pytest.mark.slow
-def test_a_search_by_reference_resumes_and_records_only_the_reference(tmp_path):
+def test_a_search_by_reference_resumes_and_records_only_the_reference(tmp_path, local_tmp_path):
   """tune.storage='env:NAME': the resolved value (here a journal path holding the fake
   secret) reaches no record and no output; a resume with the variable set continues the
   study, without it is one error line naming the variable; --mode=eval of the best
   member needs no variable."""
-  shared = tmp_path / SECRET
+  shared = local_tmp_path / SECRET  # The journal's folder (local), named by the secret.
   shared.mkdir()
   env = _env(**{VAR: f"journal:{shared / 'study.log'}"})
   workdir = tmp_path / "run"

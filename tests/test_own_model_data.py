@@ -102,13 +102,13 @@ def _cli(args, cwd, timeout=300):
   return proc.returncode, proc.stdout, proc.stderr
 
 
-def test_a_linen_module_of_ones_own_on_ones_own_arrays(user_dir, tmp_path):
+def test_a_linen_module_of_ones_own_on_ones_own_arrays(user_dir, tmp_path, local_tmp_path):
   """Trained, stopped and resumed (bitwise the uninterrupted run), evaluated without
   --config from another directory, and tuned with PBT: all from the command line."""
   data = f"npz:{user_dir / 'blobs.npz'}"
   common = [f"--config={user_dir / 'user_config.py'}", f"--config.data.name={data}",
             "--config.data.eval_split=validation", "--config.model.kwargs.width=48"]
-  code, _, err = _cli([*common, f"--workdir={tmp_path / 'whole'}"], cwd=tmp_path)
+  code, _, err = _cli([*common, f"--workdir={tmp_path / 'whole'}"], cwd=local_tmp_path)
   assert code == 0, err[-2000:]
   final = json.loads((tmp_path / "whole" / "final.json").read_text())
   assert final["final"]["eval/accuracy"] >= 0.9
@@ -117,7 +117,8 @@ def test_a_linen_module_of_ones_own_on_ones_own_arrays(user_dir, tmp_path):
       "name": "user_models:MLP", "kwargs": {"width": 48}}
   # Stopped and resumed: the same parameters as the uninterrupted run.
   for extra in (["--stop_after_steps=100"], []):
-    code, _, err = _cli([*common, f"--workdir={tmp_path / 'resumed'}", *extra], cwd=tmp_path)
+    code, _, err = _cli([*common, f"--workdir={tmp_path / 'resumed'}", *extra],
+                        cwd=local_tmp_path)
     assert code == 0, err[-2000:]
   resumed = json.loads((tmp_path / "resumed" / "final.json").read_text())
   assert resumed["params_sha256"] == final["params_sha256"]
@@ -127,17 +128,17 @@ def test_a_linen_module_of_ones_own_on_ones_own_arrays(user_dir, tmp_path):
   assert json.loads(out)["eval/accuracy"] == pytest.approx(final["final"]["eval/accuracy"])
   # PBT over the learning rate, 4 members of the user's module.
   code, _, err = _cli([f"--config={user_dir / 'user_pbt.py'}", *common[1:],
-                       f"--workdir={tmp_path / 'pbt'}"], cwd=tmp_path)
+                       f"--workdir={tmp_path / 'pbt'}"], cwd=local_tmp_path)
   assert code == 0, err[-2000:]
   result = json.loads((tmp_path / "pbt" / "tune" / "result.json").read_text())
   assert result["num_members"] == 4 and result["best_score"] >= 0.9
 
 
-def test_an_nnx_module_trains_and_evaluates(user_dir, tmp_path):
+def test_an_nnx_module_trains_and_evaluates(user_dir, tmp_path, local_tmp_path):
   args = [f"--config={user_dir / 'user_config.py'}", f"--workdir={tmp_path / 'nnx'}",
           f"--config.data.name=npz:{user_dir / 'blobs.npz'}", "--config.model.name=user_models:NNXMLP",
           "--config.model.kwargs.in_features=20", "--config.model.kwargs.width=32"]
-  code, _, err = _cli(args, cwd=tmp_path)
+  code, _, err = _cli(args, cwd=local_tmp_path)
   assert code == 0, err[-2000:]
   assert json.loads((tmp_path / "nnx" / "final.json").read_text())["final"]["eval/accuracy"] >= 0.9
   code, out, err = _cli([f"--workdir={tmp_path / 'nnx'}", "--mode=eval"], cwd="/")
@@ -190,7 +191,8 @@ def _csv(tmp_path, **kw):
 
 def _npz(tmp_path, **arrays):
   path = tmp_path / "bad.npz"
-  np.savez(path, **arrays)
+  with path.open("wb") as f:  # np.savez(path) writes local files only.
+    np.savez(f, **arrays)
   return f"--config.data.name=npz:{path}"
 
 
@@ -336,9 +338,11 @@ def test_python_objects_from_a_notebook_train_tune_and_are_found_again(tmp_path)
   assert result["num_members"] == 2 and result["best_score"] >= 0.9
 
 
-def test_data_from_a_function_of_ones_own(tmp_path, monkeypatch, capsys, compiles):
-  """data.name='module:function': the function returns {'train': (x, y), ...}."""
-  (tmp_path / "user_data.py").write_text(textwrap.dedent('''
+def test_data_from_a_function_of_ones_own(tmp_path, local_tmp_path, monkeypatch, capsys,
+                                          compiles):
+  """data.name='module:function': the function returns {'train': (x, y), ...}. The
+  module is local (Python imports it), the workdirs tmp_path."""
+  (local_tmp_path / "user_data.py").write_text(textwrap.dedent('''
       import numpy as np
 
       def splits():
@@ -352,7 +356,7 @@ def test_data_from_a_function_of_ones_own(tmp_path, monkeypatch, capsys, compile
       def not_a_dict():
         return [1, 2]
   '''))
-  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.syspath_prepend(str(local_tmp_path))
   args = ["jaxtrain", "--config=configs/digits_mlp.py", "--config.data.eval_split=validation",
           "--config.data.batch_size=32", "--config.train.num_steps=200",
           "--config.mesh.num_devices=1"]
@@ -367,11 +371,11 @@ def test_data_from_a_function_of_ones_own(tmp_path, monkeypatch, capsys, compile
   assert len(err) == 1 and "returned a list" in err[0] and not compiles, err
 
 
-def test_a_grain_source_of_ones_own_trains(tmp_path, monkeypatch):
+def test_a_grain_source_of_ones_own_trains(tmp_path, local_tmp_path, monkeypatch):
   """data.name='module:function' whose splits are grain random-access sources: records
   as dicts ('label' + one inputs key) or as (inputs, label) pairs; an empty one is one
   line naming its split."""
-  (tmp_path / "user_grain.py").write_text(textwrap.dedent('''
+  (local_tmp_path / "user_grain.py").write_text(textwrap.dedent('''
       import numpy as np
 
 
@@ -397,7 +401,7 @@ def test_a_grain_source_of_ones_own_trains(tmp_path, monkeypatch):
       def empty():
         return {"train": Blobs(1, 0, as_dict=True)}
   '''))
-  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.syspath_prepend(str(local_tmp_path))
   args = ["jaxtrain", "--config=configs/digits_mlp.py", "--config.data.eval_split=validation",
           "--config.data.batch_size=32", "--config.train.num_steps=200",
           "--config.mesh.num_devices=1"]
@@ -441,24 +445,26 @@ BUILDER = textwrap.dedent('''
 
 
 @pytest.mark.slow  # Three CLI processes (~20 s).
-def test_a_tfds_builder_of_ones_own_named_in_import_modules_trains_offline(tmp_path):
+def test_a_tfds_builder_of_ones_own_named_in_import_modules_trains_offline(tmp_path,
+                                                                           local_tmp_path):
   """data.import_modules imports the builder's module; its dataset is prepared locally
-  like the embedded ones; a module that does not import is one line."""
-  (tmp_path / "user_builders.py").write_text(BUILDER)
+  like the embedded ones; a module that does not import is one line. The module, the
+  data dir and the current folder are local; the workdirs tmp_path."""
+  (local_tmp_path / "user_builders.py").write_text(BUILDER)
   args = ["--config=" + str(REPO / "configs" / "digits_mlp.py"),
           "--config.data.name=user_blobs", "--config.data.import_modules=('user_builders',)",
           "--config.data.train_split=train", "--config.data.eval_split=test",
           "--config.data.test_split=", "--config.data.batch_size=32",
           "--config.train.num_steps=200", "--config.mesh.num_devices=1",
-          f"--config.data.data_dir={tmp_path / 'data'}"]
-  code, _, err = _cli([*args, f"--workdir={tmp_path / 'run'}"], cwd=tmp_path)
+          f"--config.data.data_dir={local_tmp_path / 'data'}"]
+  code, _, err = _cli([*args, f"--workdir={tmp_path / 'run'}"], cwd=local_tmp_path)
   assert code == 0, err[-2000:]
   assert json.loads((tmp_path / "run" / "final.json").read_text())["final"]["eval/accuracy"] >= 0.9
   # --mode=eval from elsewhere finds the builder through the recorded config.
-  code, out, err = _cli(["--mode=eval", f"--workdir={tmp_path / 'run'}"], cwd=tmp_path)
+  code, out, err = _cli(["--mode=eval", f"--workdir={tmp_path / 'run'}"], cwd=local_tmp_path)
   assert code == 0, err[-2000:]
   code, _, err = _cli([*args, "--config.data.import_modules=('no_such_module',)",
-                       f"--workdir={tmp_path / 'bad'}"], cwd=tmp_path)
+                       f"--workdir={tmp_path / 'bad'}"], cwd=local_tmp_path)
   assert code == 2 and len(err.strip().splitlines()) == 1, err
   assert "data.import_modules: cannot import 'no_such_module'" in err
 
@@ -474,7 +480,8 @@ def test_missing_splits_are_carved_from_train_by_a_seeded_permutation(tmp_path, 
   y = rng.integers(0, 3, 1000)
   x = (centers[y] + rng.normal(0, 1, (1000, 20))).astype(np.float32)
   x[:, 0] = np.arange(1000)  # Row ids, to check which rows went where.
-  np.savez(tmp_path / "only_train.npz", x_train=x, y_train=y)
+  with (tmp_path / "only_train.npz").open("wb") as f:  # np.savez(path): local files only.
+    np.savez(f, x_train=x, y_train=y)
   c = base_config().data
   c.name, c.validation_fraction, c.test_fraction = f"npz:{tmp_path / 'only_train.npz'}", 0.1, 0.2
   rows = {s: np.asarray(catalog.split_of(c, s)[0].__getitems__(range(n)))

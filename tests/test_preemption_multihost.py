@@ -148,9 +148,11 @@ def uninterrupted(tmp_path_factory, data_dir):
     # The fallback: each iteration all-gathers the processes' flags.
     (signal.SIGTERM, 1, {"JAX_ENABLE_PREEMPTION_SERVICE": "false"}),
 ], ids=["sigterm_to_process_1", "ctrl_c_to_process_0", "sigterm_without_jax_service"])
-def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path, uninterrupted, sig,
+def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path, local_tmp_path,
+                                                             uninterrupted, sig,
                                                              target, env):
-  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  # The processes write their output to open local files; the workdir is tmp_path.
+  workdir, logs = tmp_path / "run", local_tmp_path / "logs"
   procs = _start(workdir, logs, env)
   deadline = time.time() + TIMEOUT
   # Process 0 prints the progress lines (stdout): the loop has started once one appears.
@@ -178,7 +180,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path, uninterru
   assert not [p.name for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
 
   # Rerunning both commands finishes bitwise equal to the uninterrupted run.
-  for code, err in _run(workdir, tmp_path / "logs_resumed"):
+  for code, err in _run(workdir, local_tmp_path / "logs_resumed"):
     assert code == 0, err[-3000:]
   want, want_records = uninterrupted
   got = _final(workdir)

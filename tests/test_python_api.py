@@ -45,8 +45,9 @@ def test_a_finished_run_trains_on_to_a_raised_num_steps_and_equals_the_longer_ru
 
 
 def test_an_unsupported_storage_workdir_is_refused_before_a_local_folder_is_made(
-    tmp_path, monkeypatch):
+    local_tmp_path, monkeypatch):
   """s3:// (Orbax writes arrays to gs:// or local paths only) must not become ./s3:/b/run."""
+  tmp_path = local_tmp_path  # The current folder: local under either scheme.
   monkeypatch.chdir(tmp_path)
   for call in (lambda: train.run(tiny_config(), "s3://bucket/run"),
                lambda: __import__("jaxtrain").load("az://bucket/run")):
@@ -56,7 +57,10 @@ def test_an_unsupported_storage_workdir_is_refused_before_a_local_folder_is_made
   assert list(tmp_path.iterdir()) == []
 
 
-def test_start_over_moves_the_used_workdir_aside_from_python(tmp_path, capsys):
+def test_start_over_moves_the_used_workdir_aside_from_python(local_tmp_path, capsys):
+  # Local on purpose: a gs:// workdir cannot be renamed, and start_over is refused there
+  # (test_cloud_workdir.py).
+  tmp_path = local_tmp_path
   train.run(tiny_config(), tmp_path / "run")
   other = tiny_config(**{"optim.learning_rate": 3e-3})
   result = train.run(other, tmp_path / "run", start_over=True)

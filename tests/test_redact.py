@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from jaxtrain import main, redact
+from jaxtrain import main, paths, redact
+from tests.conftest import files_under
 
 SECRET = "S3cr3tPW"
 
@@ -74,8 +75,13 @@ def test_every_writer_masks_what_a_config_holds(tmp_path, monkeypatch):
   assert hparams["data.data_dir"] == "gs://reader:***@bucket/tfds"
   monkeypatch.setattr("sys.argv", ["jaxtrain", f"--config.data.data_dir={url}"])
   assert SECRET not in json.dumps(provenance.collect())
-  errors.LibraryLog(workdir, redact.text).write(f"WARNING opening {url} failed")
-  assert SECRET not in (workdir / "jaxtrain.log").read_text()
+  log = errors.LibraryLog(workdir, redact.text)
+  log.write(f"WARNING opening {url} failed")
+  # WORKDIR/jaxtrain.log; a gs:// workdir's is in the temporary folder (no appends there).
+  import os, pathlib, tempfile  # pylint: disable=g-import-not-at-top,multiple-imports
+  assert log.path == (workdir / "jaxtrain.log" if not paths.is_url(workdir) else
+                      pathlib.Path(tempfile.gettempdir()) / f"jaxtrain-{os.getpid()}.log")
+  assert SECRET not in log.path.read_text() and "gs://reader:***@bucket" in log.path.read_text()
 
 
 def test_an_error_line_does_not_quote_a_password(tmp_path, capsys):
@@ -88,7 +94,7 @@ def test_an_error_line_does_not_quote_a_password(tmp_path, capsys):
 
 
 def test_a_value_given_by_reference_is_read_at_run_time_and_recorded_as_the_reference(
-    tmp_path, capsys, monkeypatch, data_dir):
+    tmp_path, local_tmp_path, capsys, monkeypatch, data_dir):
   """'env:NAME' / 'file:PATH' keep a secret (here the data directory stands in for a
   storage URL) off the command line and out of every record; resume and --mode=eval
   read it again, and a missing one is one line naming the variable."""
@@ -103,7 +109,7 @@ def test_a_value_given_by_reference_is_read_at_run_time_and_recorded_as_the_refe
   config = json.loads((workdir / "config.json").read_text())
   assert config["data"]["data_dir"] == "env:JAXTRAIN_TEST_DATA"
   assert main.main(["jaxtrain", f"--workdir={workdir}", "--mode=eval"]) == 0  # Read again.
-  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  before = {p: p.read_bytes() for p in files_under(workdir)}
   capsys.readouterr()
   monkeypatch.delenv("JAXTRAIN_TEST_DATA")
   for argv in (args, ["jaxtrain", f"--workdir={workdir}", "--mode=eval"]):
@@ -111,13 +117,13 @@ def test_a_value_given_by_reference_is_read_at_run_time_and_recorded_as_the_refe
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "data.data_dir='env:JAXTRAIN_TEST_DATA'" in err[0], err
     assert "the environment variable JAXTRAIN_TEST_DATA is not set" in err[0]
-  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+  assert {p: p.read_bytes() for p in files_under(workdir)} == before
   # From a file: its text, stripped.
-  (tmp_path / "data_dir.txt").write_text(data_dir + "\n")
+  (local_tmp_path / "data_dir.txt").write_text(data_dir + "\n")  # file: reads a local file.
   other = tmp_path / "other"
   assert main.main(["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={other}",
-                    f"--config.data.data_dir=file:{tmp_path / 'data_dir.txt'}",
+                    f"--config.data.data_dir=file:{local_tmp_path / 'data_dir.txt'}",
                     "--config.train.num_steps=10", "--config.mesh.num_devices=1"]) == 0
   assert json.loads((other / "config.json").read_text())["data"]["data_dir"].startswith("file:")
   assert main.main(["jaxtrain", "--config=configs/digits_mlp.py", f"--workdir={tmp_path / 'x'}",
-                    f"--config.data.data_dir=file:{tmp_path / 'missing.txt'}"]) == 2
+                    f"--config.data.data_dir=file:{local_tmp_path / 'missing.txt'}"]) == 2

@@ -30,8 +30,10 @@ def _no_library_noise(out, err):
   assert err == "", err[-2000:]  # Diagnostics only; a normal run has none.
 
 
-def test_a_single_run_on_a_fresh_data_dir_prints_progress_and_its_result_only(tmp_path):
-  """The first use of an embedded dataset prepares it (in an empty data dir)."""
+def test_a_single_run_on_a_fresh_data_dir_prints_progress_and_its_result_only(local_tmp_path):
+  """The first use of an embedded dataset prepares it (in an empty data dir). Local under
+  either scheme: the current folder (--workdir=run) and the data dir."""
+  tmp_path = local_tmp_path
   out, err = _run([f"--config={REPO / 'configs' / 'digits_mlp.py'}", "--workdir=run",
                    "--config.train.num_steps=60", "--config.train.eval_every_steps=20",
                    "--config.train.log_every_steps=20"], tmp_path, tmp_path / "data")
@@ -42,7 +44,10 @@ def test_a_single_run_on_a_fresh_data_dir_prints_progress_and_its_result_only(tm
 
 
 def test_a_tuning_run_prints_a_progress_line_per_evaluation_and_nothing_else(
-    tmp_path, data_dir):
+    local_tmp_path, data_dir):
+  # Local under either scheme: the current folder holds --workdir=bayes, a Bayesian
+  # search whose study is WORKDIR/tune/optuna.db (SQLite).
+  tmp_path = local_tmp_path
   args = [f"--config={REPO / 'configs' / 'digits_bayes.py'}", "--config.train.num_steps=40",
           "--config.train.eval_every_steps=20", "--config.checkpoint.every_steps=40",
           "--config.tune.population_size=4", "--config.tune.bayes.rounds=2"]

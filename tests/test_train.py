@@ -7,7 +7,7 @@ import pytest
 
 from jaxtrain.io import writers
 from jaxtrain.jobs import evaluate, train
-from tests.conftest import tiny_config
+from tests.conftest import files_under, tiny_config
 
 
 def _losses(workdir):
@@ -81,10 +81,9 @@ def test_resume_after_crash_between_checkpoints(tmp_path):
   full = train.run(config, tmp_path / "full")
   train.run(config, tmp_path / "crashed", stop_after_steps=40)
   # Simulate a crash at step 50: checkpoint 50 never committed, logs got to 50.
-  import shutil
   workdir = tmp_path / "crashed"
   train.run(config, tmp_path / "scratch", stop_after_steps=50)
-  shutil.copy(tmp_path / "scratch" / "metrics.jsonl", workdir / "metrics.jsonl")
+  (workdir / "metrics.jsonl").write_bytes((tmp_path / "scratch" / "metrics.jsonl").read_bytes())
   assert writers.read_metrics(workdir)[-1]["step"] == 50
   resumed = train.run(config, workdir)
   assert resumed["params_sha256"] == full["params_sha256"]
@@ -185,7 +184,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_loses_nothing(tmp_path):
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
   metrics = tmp_path / "run" / "metrics.jsonl"
   deadline = time.time() + 60
-  while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+  while time.time() < deadline and not (metrics.exists() and metrics.read_bytes()):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=60)
@@ -236,18 +235,18 @@ def test_checkpoint_of_another_model_lists_every_mismatch(tmp_path):
 def test_truncated_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   from jaxtrain import errors
   train.run(tiny_config(), tmp_path, stop_after_steps=20)
-  for f in (tmp_path / "checkpoints" / "20" / "state").rglob("*"):
-    if f.is_file() and f.stat().st_size > 100:
-      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  for f in files_under(tmp_path / "checkpoints" / "20" / "state"):
+    if len(f.read_bytes()) > 100:
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
   with pytest.raises(errors.UserError, match="cannot be read|does not match"):
     train.run(tiny_config(), tmp_path)
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(local_tmp_path):
   """A 1.5 MB tmpfs (root only); skips where mounting is not allowed."""
   import subprocess
-  mount = tmp_path / "small"
+  mount = local_tmp_path / "small"
   mount.mkdir()
   if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mount)],
                     capture_output=True).returncode != 0:
@@ -256,7 +255,9 @@ def small_disk(tmp_path):
   subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_full_disk_stops_the_run_and_keeps_the_last_committed_checkpoint(tmp_path, small_disk):
+def test_full_disk_stops_the_run_and_keeps_the_last_committed_checkpoint(local_tmp_path,
+                                                                          small_disk):
+  tmp_path = local_tmp_path  # Local on purpose: its checkpoints are a link to a small tmpfs.
   from jaxtrain.io import checkpoint as checkpoint_lib
   from jaxtrain import errors
   workdir = tmp_path / "run"
@@ -284,7 +285,9 @@ def test_full_disk_stops_the_run_and_keeps_the_last_committed_checkpoint(tmp_pat
 
 
 
-def test_full_disk_on_the_command_line_is_one_error_line(tmp_path, small_disk, capsys, data_dir):
+def test_full_disk_on_the_command_line_is_one_error_line(local_tmp_path, small_disk, capsys,
+                                                        data_dir):
+  tmp_path = local_tmp_path  # Local on purpose: its checkpoints are a link to a small tmpfs.
   # Orbax's failed async save logged the error and printed tracebacks from its
   # threads and asyncio callbacks: ~380 lines of stderr around the error line.
   from jaxtrain import main

@@ -258,7 +258,8 @@ def test_grid_with_a_static_dimension_makes_one_program_per_group(tmp_path):
   assert widths == {(16,), (32,)}
 
 
-def test_bayes_persists_the_optuna_study(tmp_path):
+def test_bayes_persists_the_optuna_study(local_tmp_path):
+  tmp_path = local_tmp_path  # Local on purpose: the study is WORKDIR/tune/optuna.db (SQLite).
   import optuna
   result = tune_run.run(tune_config("bayes"), tmp_path)
   assert result["num_members"] == 8
@@ -323,7 +324,8 @@ def test_schedule_follows_the_ancestry():
 
 
 @pytest.mark.slow
-def test_bayes_resume_mid_round_is_bitwise_identical(tmp_path):
+def test_bayes_resume_mid_round_is_bitwise_identical(local_tmp_path):
+  tmp_path = local_tmp_path  # Local on purpose: the study is WORKDIR/tune/optuna.db (SQLite).
   full = tune_run.run(tune_config("bayes"), tmp_path / "full")
   stopped = tune_run.run(tune_config("bayes"), tmp_path / "resumed", stop_after_steps=60)
   assert stopped["status"] == "stopped"  # Inside round 2 (steps 40..80).
@@ -399,7 +401,7 @@ def test_sigterm_stops_a_tuning_run_with_a_checkpoint(tmp_path):
   proc = subprocess.Popen(cmd, cwd=repo, stderr=subprocess.PIPE, text=True)
   metrics = tmp_path / "run" / "metrics.jsonl"
   deadline = time.time() + 120
-  while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+  while time.time() < deadline and not (metrics.exists() and metrics.read_bytes()):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
@@ -518,9 +520,10 @@ def test_lora_search_over_ranks_from_a_pretrained_run(tmp_path):
 # --- Against the published algorithms and Optuna's contract. ---
 
 
-def test_bayes_minimises_a_lower_is_better_metric(tmp_path):
+def test_bayes_minimises_a_lower_is_better_metric(local_tmp_path):
   """Optuna is told eval/loss itself in a minimising study: its best trial is the
   member with the lowest loss (it was the highest before: the score was negated twice)."""
+  tmp_path = local_tmp_path  # Local on purpose: the study is WORKDIR/tune/optuna.db (SQLite).
   import optuna
   result = tune_run.run(tune_config("bayes", **{"tune.metric": "eval/loss"}), tmp_path)
   study = optuna.load_study(study_name="jaxtrain",
@@ -602,11 +605,12 @@ class _Killed(Exception):
   pass
 
 
-def test_a_kill_between_telling_optuna_and_the_checkpoint_resumes(tmp_path, monkeypatch):
+def test_a_kill_between_telling_optuna_and_the_checkpoint_resumes(local_tmp_path, monkeypatch):
   """A run killed at the save that ends round 1 resumes to the uninterrupted run's
   result: Optuna is told a round only after its checkpoint, a restart tells what the
   checkpoint finished, and the step-20 checkpoint (written asynchronously while
   training went on) holds step 20's loop state, not a later one's."""
+  tmp_path = local_tmp_path  # Local on purpose: the study is WORKDIR/tune/optuna.db (SQLite).
   import optuna
   full = tune_run.run(tune_config("bayes"), tmp_path / "full")
   save = checkpoint.Checkpoints.save

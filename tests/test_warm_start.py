@@ -40,7 +40,9 @@ def _settings(trial):
   return tuple(sorted(trial.params.items()))
 
 
-def test_a_warm_started_bayes_search_asks_no_trial_it_already_has(tmp_path):
+def test_a_warm_started_bayes_search_asks_no_trial_it_already_has(local_tmp_path):
+  # Local on purpose: a Bayesian search's study is WORKDIR/tune/optuna.db (SQLite).
+  tmp_path = local_tmp_path
   tune_loop.run(bayes_config(3, 1), tmp_path / "earlier")
   earlier = _trials(tmp_path / "earlier")
   assert len(earlier) == 3
@@ -71,7 +73,9 @@ def test_a_warm_started_bayes_search_asks_no_trial_it_already_has(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_random_search_warm_starts_bayes_with_its_completed_members(tmp_path):
+def test_a_random_search_warm_starts_bayes_with_its_completed_members(local_tmp_path):
+  # Local on purpose: a Bayesian search's study is WORKDIR/tune/optuna.db (SQLite).
+  tmp_path = local_tmp_path
   earlier = bayes_config(4, 1)
   earlier.tune.strategy = "random"
   first = tune_loop.run(earlier, tmp_path / "random")
@@ -87,7 +91,9 @@ def test_a_random_search_warm_starts_bayes_with_its_completed_members(tmp_path):
   assert sorted((_settings(t), t.value) for t in warm) == want
 
 
-def test_bad_warm_starts_are_one_line_errors(tmp_path):
+def test_bad_warm_starts_are_one_line_errors(local_tmp_path):
+  # Local on purpose: a Bayesian search's study is WORKDIR/tune/optuna.db (SQLite).
+  tmp_path = local_tmp_path
   tune_loop.run(bayes_config(2, 1), tmp_path / "earlier")
   c = bayes_config(2, 1)
   c.tune.strategy = "random"
@@ -125,7 +131,9 @@ def test_bad_warm_starts_are_one_line_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_warm_start_params_start_the_members_from_the_earlier_best_when_it_fits(tmp_path):
+def test_warm_start_params_start_the_members_from_the_earlier_best_when_it_fits(local_tmp_path):
+  # Local on purpose: a Bayesian search's study is WORKDIR/tune/optuna.db (SQLite).
+  tmp_path = local_tmp_path
   tune_loop.run(bayes_config(2, 1), tmp_path / "earlier")
   c = bayes_config(2, 1)
   c.tune.execution = "map"  # Bitwise equal to single runs (test_member_equivalence.py).

@@ -125,8 +125,9 @@ def test_eval_step_counts_tokens_and_reports_bits_per_char():
   assert float(sums["accuracy"]) == correct
 
 
-def test_charlm_is_deterministic_and_split_by_file(tmp_path, data_dir):
+def test_charlm_is_deterministic_and_split_by_file(local_tmp_path, data_dir):
   """The prepared data is a pure function of the listed stdlib files."""
+  tmp_path = local_tmp_path  # A data dir: local under either scheme (docs/guide/sharding.md).
   assert not set(charlm.TRAIN_FILES) & set(charlm.TEST_FILES)
   arrays = {}
   for where in (data_dir, str(tmp_path)):  # The session's copy and a fresh preparation.

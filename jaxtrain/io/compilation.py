@@ -3,13 +3,11 @@ compiled program needs of a device (`compile.*` config keys)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import jax
 
-from jaxtrain import errors, redact
+from jaxtrain import errors, paths, redact
 
 CACHE_MAX_BYTES = 4 * 2**30  # Least recently used entries are evicted beyond this.
 
@@ -30,20 +28,25 @@ def enable_cache(cache_dir: str) -> str | None:
   object so the new directory is used. JAX writes entries without a lock unless
   the cache has a size limit, so a limit is set: reads and writes then take a
   file lock, and concurrent runs (or test processes) can share the directory.
+  A gs:// cache (e.g. one for every host of a pod) is passed to JAX as the URL, without
+  a size limit: JAX's lock is a local file, and an object is replaced whole anyway.
   """
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
   cache_dir = redact.resolve("compile.cache_dir", cache_dir)
-  path = str(Path(os.path.expanduser(cache_dir)).absolute()) if cache_dir else None
+  # paths.absolute: Path(URL).absolute() was a local folder named 'gs:'.
+  path = str(paths.absolute(cache_dir, "compile.cache_dir")) if cache_dir else None
   current = jax.config.jax_compilation_cache_dir
   if path == current and bool(path) == jax.config.jax_enable_compilation_cache:
     return path
   if path:
     try:
-      Path(path).mkdir(parents=True, exist_ok=True)
+      paths.of(path).mkdir(parents=True, exist_ok=True)
     except OSError:
       path = None  # An unwritable cache must not stop a run: compile without it.
   jax.config.update("jax_compilation_cache_dir", path)
-  if jax.config.jax_compilation_cache_max_size == -1:  # -1: JAX's default (no limit, no lock).
+  if path and paths.is_url(path):
+    jax.config.update("jax_compilation_cache_max_size", -1)  # -1: no limit, no lock.
+  elif jax.config.jax_compilation_cache_max_size == -1:  # JAX's default (no limit, no lock).
     jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
   jax.config.update("jax_enable_compilation_cache", bool(path))
   compilation_cache.reset_cache()

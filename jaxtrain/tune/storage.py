@@ -103,12 +103,10 @@ def target(c) -> tuple[str, str]:
   value = redact.resolve("tune.storage", c.tune.storage).strip()
   where = shown(c)
   if value.startswith(JOURNAL):
-    path = Path(value[len(JOURNAL):]).expanduser()
     if not value[len(JOURNAL):].strip():
       raise errors.UserError(f"{where} names no file; give journal:PATH, e.g. "
                              "journal:/shared/optuna/digits_bayes.log")
-    _check_directory(where, path)
-    return "journal", str(path)
+    return "journal", str(_check_directory(where, value[len(JOURNAL):]))
   try:
     import sqlalchemy  # pylint: disable=g-import-not-at-top
     url = sqlalchemy.engine.make_url(value)
@@ -131,17 +129,29 @@ def target(c) -> tuple[str, str]:
     if url.database in (None, "", ":memory:"):
       raise errors.UserError(f"{where} is an in-memory database, which no other process "
                              "(and no resumed run) sees; give sqlite:///PATH")
-    _check_directory(where, Path(url.database).expanduser())
+    _check_directory(where, url.database)
   return "rdb", value
 
 
-def _check_directory(where: str, path: Path) -> None:
+def _check_directory(where: str, text: str) -> Path:
+  """The file `text` names (a journal, a SQLite database) as a local path, once its
+  folder is known to exist."""
+  # A URL read as a path was a local folder named 'gs:' ("the directory gs:/BUCKET does
+  # not exist"): say what is wrong with it instead.
+  if paths.is_url(text):
+    raise errors.UserError(
+        f"{where}: a journal file or a SQLite database is a file that Optuna locks and "
+        f"rewrites in place, which {paths.scheme(text)}:// object storage cannot hold; "
+        "give a path on a file system every machine of the search mounts, or a database "
+        "server URL (postgresql://..., mysql://...)")
+  path = Path(text).expanduser()
   if path.is_dir():
     raise errors.UserError(f"{where}: {path} is a directory; name a file in it")
   if not path.parent.is_dir():
     raise errors.UserError(
         f"{where}: the directory {path.parent} does not exist; create it (on a file system "
         "every machine of the search mounts)")
+  return path
 
 
 def check(c) -> None:
