@@ -316,9 +316,9 @@ class Phase:
 
     Why: XLA releases the GIL while it compiles, and the init program (built without
     backend optimisation) and the eval program compile on the other core while this
-    thread traces, lowers and compiles the train program. On the 2-core CPU a cold
-    mnist1d_pbt search compiled them in 2.55-2.77 s at once against 2.88-3.43 s one
-    after another. A failed background compile is dropped: the program's first call
+    thread traces, lowers and compiles the train program (`scripts/bench_compile.py
+    --cli` shows each program's compile seconds and the first evaluation's time, before
+    and after). A failed background compile is dropped: the program's first call
     compiles it again and raises where it always did. Members one at a time (`map`)
     keep compiling on first use.
     """
