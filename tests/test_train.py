@@ -1,6 +1,7 @@
 """The training loop end to end: results, files, resume, compile count."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -136,37 +137,44 @@ GOLDEN_FINAL_ACCURACY = 0.9472222222222222
 
 
 def _checkpointed_params_finite(workdir):
+  """Restores every checkpoint in WORKDIR, checks its parameters are finite, returns the steps."""
   import orbax.checkpoint as ocp
-  for step_dir in (workdir / "checkpoints").iterdir():
-    if not step_dir.name.isdigit():
-      continue
-    tree = ocp.StandardCheckpointer().restore(step_dir / "state")
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  for step in steps:
+    tree = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
     for leaf in __import__("jax").tree.leaves(tree["train_state"]["params"]):
-      assert np.all(np.isfinite(np.asarray(leaf))), step_dir
+      assert np.all(np.isfinite(np.asarray(leaf))), step
+  return steps
+
+
+def _diverge_after_20_steps(tmp_path, **overrides):
+  """Trains 20 good steps (checkpoints at 10 and 20), then resumes at a learning rate near
+  float32's largest, which makes the next update overflow."""
+  from jaxtrain.jobs.train import NonFiniteError
+  good = {"optim.name": "sgd", "train.num_steps": 200, "checkpoint.every_steps": 10}
+  train.run(tiny_config(**good), tmp_path, stop_after_steps=20)
+  bad = tiny_config(**{**good, "optim.learning_rate": 1e38, **overrides})
+  with pytest.raises(NonFiniteError) as e:
+    train.run(bad, tmp_path, allow_config_change=True)
+  return str(e.value), json.loads((tmp_path / "final.json").read_text())
 
 
 def test_nan_policy_stop_keeps_the_last_good_checkpoint(tmp_path):
-  from jaxtrain.jobs.train import NonFiniteError
-  # A learning rate near float32's largest makes the first update overflow.
-  config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": 1e38,
-                          "train.num_steps": 200, "checkpoint.every_steps": 10})
-  with pytest.raises(NonFiniteError, match=r"non-finite loss or gradient at step \d+"):
-    train.run(config, tmp_path)
-  final = json.loads((tmp_path / "final.json").read_text())
-  assert final["status"] == "nonfinite" and final["step"] < 200
-  _checkpointed_params_finite(tmp_path)
+  message, final = _diverge_after_20_steps(tmp_path)
+  # The first update at the new learning rate overflows; the loop stops at the end of that chunk.
+  assert re.search(r"non-finite loss or gradient at step 21\b", message), message
+  assert final["status"] == "nonfinite" and 20 < final["step"] < 200
+  # The good checkpoints stay; none is written from the diverged state.
+  assert _checkpointed_params_finite(tmp_path) == [10, 20]
 
 
 def test_nan_policy_skip_stops_after_consecutive_skips(tmp_path):
-  from jaxtrain.jobs.train import NonFiniteError
-  config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": 1e38,
-                          "train.num_steps": 200, "train.nan_policy": "skip",
-                          "train.max_consecutive_skips": 3})
-  with pytest.raises(NonFiniteError, match="consecutive"):
-    train.run(config, tmp_path)
-  final = json.loads((tmp_path / "final.json").read_text())
+  message, final = _diverge_after_20_steps(
+      tmp_path, **{"train.nan_policy": "skip", "train.max_consecutive_skips": 3})
+  assert "consecutive" in message, message
   assert final["skipped_steps"] >= 3
-  _checkpointed_params_finite(tmp_path)
+  steps = _checkpointed_params_finite(tmp_path)
+  assert steps[:2] == [10, 20] and len(steps) >= 2
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_loses_nothing(tmp_path):
