@@ -21,9 +21,11 @@ What "written whole or not at all" means per backend:
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import re
+import time
 from typing import Union
 
 from etils import epath
@@ -106,8 +108,14 @@ def write_text_atomic(path: PathLike, text: str) -> None:
 
 class LineLog:
   """A text file that grows by lines (metrics.jsonl, lineage.jsonl): appended to
-  and flushed locally; on object storage, which has no append, rewritten whole at
-  each `add` (each upload replaces the object whole)."""
+  and flushed locally. Object storage has no append: each upload replaces the
+  object whole, so there the lines are uploaded at most every `UPLOAD_EVERY_SEC`
+  (the first line at once) and at `sync` and `close`. Writers call `sync` before a
+  checkpoint commits: a crash loses only lines past the last checkpoint, which the
+  resumed run writes again. (Uploading at every line rewrote the whole file per
+  log step: quadratic bytes, and a blocking upload in the training loop.)"""
+
+  UPLOAD_EVERY_SEC = 10.0
 
   def __init__(self, path: PathLike, kept: list[str] | None):
     """`kept`: the lines the file starts with (rewritten at the first `add`, dropping
@@ -116,16 +124,19 @@ class LineLog:
     self._kept = kept
     self._file = None
     self._lines: list[str] | None = None  # Object storage: everything written so far.
+    self._uploaded = 0  # Object storage: how many of `_lines` the object holds.
+    self._upload_time = -math.inf
 
   def add(self, line: str) -> None:
-    """Appends `line` (without its newline); the file is complete after each call."""
+    """Appends `line` (without its newline); a local file is complete after each call."""
     if is_url(self.path):
       if self._lines is None:
         self._lines = (self._kept if self._kept is not None else
                        self.path.read_text(encoding="utf-8").splitlines()
                        if self.path.exists() else [])
       self._lines.append(line)
-      self.path.write_text("".join(l + "\n" for l in self._lines), encoding="utf-8")
+      if time.monotonic() - self._upload_time >= self.UPLOAD_EVERY_SEC:
+        self.sync()
       return
     if self._file is None:
       if self._kept is not None:
@@ -134,6 +145,15 @@ class LineLog:
     self._file.write(line + "\n")
     self._file.flush()
 
+  def sync(self) -> None:
+    """Object storage: uploads the lines not yet uploaded (the whole object). Local: a no-op
+    (`add` flushed already)."""
+    if self._lines is not None and self._uploaded < len(self._lines):
+      self.path.write_text("".join(l + "\n" for l in self._lines), encoding="utf-8")
+      self._uploaded = len(self._lines)
+      self._upload_time = time.monotonic()
+
   def close(self) -> None:
+    self.sync()
     if self._file is not None:
       self._file.close()

@@ -98,9 +98,15 @@ def test_records_on_gs_are_whole_objects_and_append_by_rewriting(gcs_path):
   log = paths.LineLog(path, kept=["a"])  # Keeps "a", drops "old", at the first add.
   log.add("b")
   assert path.read_text() == "a\nb\n"
+  # Within UPLOAD_EVERY_SEC of that upload, lines wait for sync() (each upload rewrites the
+  # object whole: uploading every line would be quadratic in bytes and block the loop).
   log.add("c")
-  log.close()
+  assert path.read_text() == "a\nb\n"
+  log.sync()
   assert path.read_text() == "a\nb\nc\n"
+  log.add("d")
+  log.close()
+  assert path.read_text() == "a\nb\nc\nd\n"
   assert not (gcs_path / "log.jsonl.tmp").exists()  # No rename on object storage.
   np_path = gcs_path / "arrays.npz"
   from jaxtrain.data import arrays  # pylint: disable=g-import-not-at-top

@@ -59,16 +59,24 @@ class MetricsLog:
     events carry)}: curves of a metric against time need no other clock."""
     record = {"step": step, **{k: json_safe(v) for k, v in values.items()},
               "wall_time": round(time.time(), 3)}
+    self._io(self._log.add, json.dumps(record))
+
+  def sync(self) -> None:
+    """The records so far on storage (object storage uploads in batches; see
+    `paths.LineLog`): called before a checkpoint commits."""
+    self._io(self._log.sync)
+
+  def close(self) -> None:
+    self._io(self._log.close)
+
+  def _io(self, fn, *args) -> None:
     try:
-      self._log.add(json.dumps(record))
+      fn(*args)
     except OSError as e:
       from jaxtrain import errors  # pylint: disable=g-import-not-at-top
       raise errors.WriteError(f"cannot write {self.path} ({e.strerror}); free disk space, "
                               "then rerun the same command to resume from the last "
                               "checkpoint") from None
-
-  def close(self) -> None:
-    self._log.close()
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:

@@ -157,6 +157,7 @@ def _save(ckpts, records: "_Records", step: int, bundle, loop_state, iterator, s
   # This step's record reaches disk before its checkpoint can commit: a crash in
   # between would otherwise resume after the record and never write it.
   records.flush()
+  records.log.sync()  # Object storage uploads records in batches (paths.LineLog).
   ckpts.save(step, bundle, loop_state, iterator, score=score)
 
 

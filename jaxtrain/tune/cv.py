@@ -183,6 +183,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *,
             stop_after_steps is not None and step >= stop_after_steps)
         if cadence.itstime(step, c.checkpoint.every_steps, c.train.num_steps) or stopping:
           train_sec += time.perf_counter() - t_interval  # Checkpoint writes not counted.
+          metrics_log.sync()  # The records on storage before the checkpoint commits.
           ckpts.save(step, {"population": pop, "metric_sums": acc},
                      {"step": step, "last": last, "train_sec": train_sec})
           t_interval = time.perf_counter()

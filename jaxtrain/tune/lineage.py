@@ -56,6 +56,11 @@ class Lineage:
     if self._listener is not None:
       self._listener(event)
 
+  def sync(self) -> None:
+    """The events so far on storage (before a checkpoint records `count`)."""
+    if self._log is not None:
+      self._log.sync()
+
   def close(self) -> None:
     if self._log is not None:
       self._log.close()

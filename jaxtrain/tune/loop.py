@@ -317,7 +317,7 @@ def _train_phases(c, s, dims, loop, study, ckpts, records, latest, eval_batches,
         stopping = preempt.should_stop(loop["global_step"]) or (
             stop_after_steps is not None and loop["global_step"] >= stop_after_steps)
         if cadence.itstime(loop["step"], c.checkpoint.every_steps, c.train.num_steps) or stopping:
-          clock.save(ckpts, loop, records.lineage, phase.checkpoint_items(pop, acc))
+          clock.save(ckpts, loop, records, phase.checkpoint_items(pop, acc))
       if study is not None and loop["step"] >= c.train.num_steps:
         # Optuna hears of a round only once its checkpoint has committed: a kill in
         # between leaves trials RUNNING, which a restart tells (`reconcile`), never a
@@ -409,10 +409,11 @@ class _Clock:
   def __init__(self):
     self.start, self.trained = time.perf_counter(), False
 
-  def save(self, ckpts, loop, lineage, items) -> None:
+  def save(self, ckpts, loop, records: "_Records", items) -> None:
     loop["elapsed_sec"] += time.perf_counter() - self.start
     self.start = time.perf_counter()
-    loop["lineage_count"] = lineage.count  # Lineage events past a checkpoint are redone.
+    loop["lineage_count"] = records.lineage.count  # Lineage events past a checkpoint are redone.
+    records.sync()  # What the checkpoint counts is on storage before it commits.
     ckpts.save(loop["global_step"], items, loop)  # Phase.checkpoint_items
 
   def stop(self, loop) -> None:
@@ -499,6 +500,11 @@ class _Records:
   def _session(self, member: int, settings: dict[str, Any]) -> None:
     self.tensorboard.session(_run(member), writers.hparams_for_tensorboard(settings),
                              sorted(self.member_tags) or [self.c.tune.metric])
+
+  def sync(self) -> None:
+    """lineage.jsonl and metrics.jsonl on storage (object storage uploads in batches)."""
+    self.lineage.sync()
+    self.log.sync()
 
   def close(self) -> None:
     self.lineage.close()
@@ -590,6 +596,7 @@ def _finish_phase(c, phase: Phase, pop, loop, lineage, tune_dir: Path) -> None:
     status = ("stopped" if not m["active"] else
               "completed" if m["created_step"] == 0 else "cut_short")
     loop["done"].append(strategies.summary(m, loop["phase"], status))
+  lineage.sync()  # The export below reads the schedule back from lineage.jsonl.
   main = distributed.is_main()
 
   def export_to(index: int, directory: Path) -> None:
