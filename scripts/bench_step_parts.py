@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -135,7 +136,14 @@ def main(argv=None) -> dict:
       row = result[f"{name} {mode}"]
       print(f"| {name} | {label} | {row['wall_us']:.0f} | {hand / row['wall_us']:.3f} | "
             f"{row['cpu_us']:.0f} |")
-  print(f"\n(jax {jax.__version__}, {os.cpu_count()} CPUs, {args.rounds} rounds)")
+  # How many separately scheduled kernels one step is (XLA fusions in the compiled program).
+  for name, v in variants.items():
+    text = v["one"].lower(v["carry"]).compile().as_text()
+    entry = text[text.index("ENTRY"):]
+    result[f"{name} fusions"] = len(re.findall(r"= \S+ fusion\(", entry))
+  print("\nfusions in one step's program: " + ", ".join(
+      f"{name} {result[name + ' fusions']}" for name in variants))
+  print(f"(jax {jax.__version__}, {os.cpu_count()} CPUs, {args.rounds} rounds)")
   return result
 
 
