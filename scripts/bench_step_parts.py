@@ -6,10 +6,12 @@
 `scripts/bench_loop.py` compares whole loops; this script takes the loop away and times
 only the compiled step of `configs/digits_mlp.py` (MLP 64-256-256-10, batch 128) in one
 process, in four variants that share the model, the initial parameters and the
-device-resident data with its per-epoch order:
+device-resident data:
 
-  hand             optax.adam, the loss and its gradient; nothing else (scripts/bench_loop.py's
-                   hand-written step)
+  hand             optax.adam, the loss and its gradient; nothing else; the batch gathered
+                   by jaxtrain's per-epoch order (`pipeline.refresh_order`, a `cond` per step)
+  hand_stream      the same step reading a precomputed index stream instead, as
+                   scripts/bench_loop.py's hand-written loop does
   jaxtrain         jaxtrain's own step (`core.step.guarded_train_step` after the device batch,
                    as `jobs/setup.programs` builds it): metrics (loss, accuracy, gradient and
                    update norms, learning rate), the non-finite guard of
@@ -108,7 +110,28 @@ def main(argv=None) -> dict:
     return programs(one, (params, tx.init(params), jnp.zeros((), jnp.int32),
                           pipeline.new_epoch_order(n)))
 
-  variants = {"hand": hand_variant(), "jaxtrain": jaxtrain_variant("stop"),
+  def hand_stream_variant():
+    """`hand` reading its batch from a precomputed index stream (scripts/bench_loop.py's
+    hand-written loop): no per-step epoch-order `cond`, no order in the carry."""
+    tx = optax.adam(c.optim.learning_rate)
+    params = fresh_state().params
+    per_epoch = n // bs
+    epochs = (args.rounds * 2 * steps + 3 * steps) // per_epoch + 2
+    stream = jnp.concatenate([pipeline.epoch_permutation(key, e, n)[:per_epoch * bs]
+                              for e in range(epochs)]).astype(jnp.int32)
+
+    def loss_fn(p, batch):
+      logits, _ = model.apply({"params": p}, batch, key, True, {"dropout_rate": 0.0})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+
+    def one(params, opt_state, step):
+      indices = jax.lax.dynamic_slice_in_dim(stream, step * bs, bs)
+      batch = {k: jnp.take(v, indices, axis=0) for k, v in arrays.items()}
+      updates, opt_state = tx.update(jax.grad(loss_fn)(params, batch), opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, step + 1
+    return programs(one, (params, tx.init(params), jnp.zeros((), jnp.int32)))
+
+  variants = {"hand": hand_variant(), "hand_stream": hand_stream_variant(), "jaxtrain": jaxtrain_variant("stop"),
               "no_guard": jaxtrain_variant("none"),
               "guard_no_unorm": jaxtrain_variant("stop", guard_without_update_norm)}
   wall = {(k, m): [] for k in variants for m in ("scan", "one")}
