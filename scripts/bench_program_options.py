@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_loop import load_config  # The same config loader (scripts/ is on sys.path).
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -40,13 +42,9 @@ def main(argv=None) -> dict:
   sys.path.insert(0, str(REPO))
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import importlib.util  # pylint: disable=g-import-not-at-top
   from jaxtrain.jobs import setup  # pylint: disable=g-import-not-at-top
 
-  spec = importlib.util.spec_from_file_location("cfg", REPO / "configs" / "digits_mlp.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = load_config(str(REPO / "configs" / "digits_mlp.py"), [])
   s = setup.build(c)
   prog = setup.programs(s)
   train_one = prog.train.__wrapped__  # The Python function placement.jit_train compiled.

@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_loop import load_config  # The same config loader (scripts/ is on sys.path).
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -55,11 +57,7 @@ def main(argv=None) -> dict:
   from jaxtrain.data import pipeline  # pylint: disable=g-import-not-at-top
   from jaxtrain.jobs import setup  # pylint: disable=g-import-not-at-top
 
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("cfg", REPO / "configs" / "digits_mlp.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = load_config(str(REPO / "configs" / "digits_mlp.py"), [])
   s = setup.build(c)
   r, data = s.recipe, s.train_data
   n, bs, key, arrays, model = (data.num_examples, c.data.batch_size, data.data_key,
